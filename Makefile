@@ -1,0 +1,71 @@
+# The platform's entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STACK := infra/local/stack.sh
+PYTEST_ARGS ?=
+# Commands that talk to the stack read the addresses `stack.sh up` writes.
+WITH_STACK_ENV := set -a; [ -f .stack/env ] && . .stack/env; set +a;
+
+export PYTHON := $(abspath $(PY))
+
+.PHONY: help setup up down status test test-unit test-integration test-stack bench demo protos protos-check lint clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger (cached)
+	bash infra/local/install.sh
+
+up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready
+	bash $(STACK) up
+
+down: ## Stop the stack and the services (data is kept; `bash infra/local/stack.sh down --purge` drops it)
+	bash $(STACK) down
+
+status: ## Show what is running and ready
+	bash $(STACK) status
+
+test: up ## Run every test (unit, integration against the real stack, stack lifecycle)
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed ## Unit tests only (no services needed)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: up ## Integration tests against the running stack
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ and the README
+	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_bus
+
+demo: up ## Run the platform's main job on the embedded stack and print where to look
+	$(WITH_STACK_ENV) $(PY) -m mlops.demo
+
+protos: $(VENV)/.installed ## Generate Python code from protos/ into libs/
+	bash protos/generate.sh libs
+
+protos-check: $(VENV)/.installed ## Fail when the generated code is stale or was edited by hand
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && bash protos/generate.sh $$tmp >/dev/null && \
+	  for f in $$(cd $$tmp && find . -name '*.py' -o -name '*.pyi' | sort); do \
+	    cmp -s $$tmp/$$f libs/$$f || { echo "stale or hand-edited: libs/$${f#./} (run 'make protos')"; exit 1; }; \
+	  done && \
+	  for f in $$(cd libs && find . -name '*_pb2*.py*' | sed 's|^\./||' | sort); do \
+	    test -f $$tmp/$$f || { echo "generated file without a proto: libs/$$f"; exit 1; }; \
+	  done && echo "generated code is up to date"
+
+lint: $(VENV)/.installed ## Ruff over the hand-written code (generated code is excluded)
+	$(VENV)/bin/ruff check libs services tests
+	$(VENV)/bin/ruff format --check libs services tests
+
+clean: ## Remove caches of the build (not the stack's data)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

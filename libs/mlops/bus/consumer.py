@@ -1,0 +1,268 @@
+"""Consuming events: a CONSUMER span per record, inbox de-duplication, bounded retries, dead letters.
+
+Records of one partition are handled in order; partitions of a batch are handled concurrently.
+Offsets are committed after the batch is handled and everything it published is acknowledged,
+so a crash redelivers (at least once) and the inbox turns redelivery into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from mlops.bus import envelope, metrics
+from mlops.bus.admin import ensure_topics, with_dead_letters
+from mlops.bus.catalog import DLQ_SUFFIX, spec_for
+from mlops.bus.envelope import Envelope, MalformedEvent, rfc3339
+from mlops.bus.inbox import Inbox
+from mlops.bus.producer import EventPublisher, deferred_deliveries
+from mlops.bus.tracing import extract, tracer
+from mlops.db import Database
+from mlops.errors import MlopsError
+from mlops.settings import BusSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EventContext:
+    """What a handler knows about the record besides the event itself."""
+
+    envelope: Envelope
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    attempt: int
+    session: AsyncSession | None = None
+    """The open transaction (idempotent handlers): write state and outbox rows through it."""
+
+
+Handler = Callable[[Message, EventContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    handler: Handler
+    idempotent: bool
+
+
+class EventConsumer:
+    """One consumer group of one service. subscribe(), then start() and run() until stop()."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        bus: BusSettings,
+        *,
+        group_id: str,
+        publisher: EventPublisher,
+        database: Database | None = None,
+        inbox: Inbox | None = None,
+        from_end: bool = False,
+    ) -> None:
+        self.kafka = kafka
+        self.bus = bus
+        self.group_id = group_id
+        self.publisher = publisher
+        self.database = database
+        self.inbox = inbox
+        self.from_end = from_end
+        """Skip history: start at the end of every partition (tools and tests, not services)."""
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._metric_children: dict[str, tuple] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    def subscribe(self, event: type[Message], handler: Handler, *, idempotent: bool = True) -> None:
+        """Call `handler` for every event of this type. Idempotent handlers run inside an inbox transaction."""
+        if idempotent and (self.database is None or self.inbox is None):
+            raise ValueError("an idempotent handler needs the consumer's database and inbox")
+        self._subscriptions[self.bus.topic_prefix + spec_for(event).topic] = _Subscription(handler, idempotent)
+
+    async def start(self) -> None:
+        topics = list(self._subscriptions)
+        await ensure_topics(self.kafka, self.bus, with_dead_letters(topics))
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            **self.kafka.client_options(),
+            group_id=self.group_id,
+            client_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.bus.max_poll_records,
+            isolation_level="read_committed",
+        )
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit it, and leave the group."""
+        self._stopping.set()
+        if self._consumer is not None:
+            await self._stopped.wait()
+
+    async def wait_assigned(self, timeout_s: float = 30.0) -> None:
+        """Return once the group has assigned this consumer its partitions and their positions are known.
+
+        With `from_end`, positions are fixed at the end before returning, so an event published
+        after this call is never skipped.
+        """
+        assert self._consumer is not None
+        deadline = time.monotonic() + timeout_s
+        while not self._consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"consumer group {self.group_id} got no partitions in {timeout_s}s")
+            await asyncio.sleep(0.02)
+        assignment = list(self._consumer.assignment())
+        if self.from_end:
+            await self._consumer.seek_to_end(*assignment)
+        for tp in assignment:
+            await self._consumer.position(tp)
+
+    async def run(self) -> None:
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=self.bus.poll_timeout_ms)
+                if not batch:
+                    continue
+                with deferred_deliveries() as pending:
+                    done = await asyncio.gather(*(self._handle_partition(tp, records) for tp, records in batch.items()))
+                    if pending:
+                        await asyncio.gather(*pending)
+                await consumer.commit({tp: OffsetAndMetadata(offset + 1, "") for tp, offset in done})
+                self._record_lag(consumer, done)
+        finally:
+            await consumer.stop()
+            self._stopped.set()
+
+    def _record_lag(self, consumer: AIOKafkaConsumer, handled: list[tuple[TopicPartition, int]]) -> None:
+        for tp, offset in handled:
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                metrics.LAG.labels(tp.topic, str(tp.partition), self.group_id).set(max(highwater - offset - 1, 0))
+
+    async def _handle_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> tuple[TopicPartition, int]:
+        for record in records:
+            await self._handle_record(record)
+        return tp, records[-1].offset
+
+    async def _handle_record(self, record: ConsumerRecord) -> None:
+        topic = record.topic
+        started = time.perf_counter()
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": topic,
+            "messaging.consumer.group.name": self.group_id,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+        }
+        if record.key is not None:
+            attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+        with tracer.start_as_current_span(
+            f"process {topic}", context=extract(record.headers), kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            try:
+                env, event = envelope.decode(
+                    topic=topic.removeprefix(self.bus.topic_prefix),
+                    partition=record.partition,
+                    offset=record.offset,
+                    timestamp_ms=record.timestamp,
+                    headers=record.headers,
+                    value=record.value,
+                )
+            except MalformedEvent as error:
+                await self._dead_letter(record, span, error, attempts=0)
+                return
+            span.set_attribute("messaging.message.id", env.id)
+            span.set_attribute("cloudevents.event_id", env.id)
+            span.set_attribute("cloudevents.event_type", env.type)
+            span.set_attribute("cloudevents.event_source", env.source)
+            outcome = await self._handle_with_retries(record, env, event, span)
+            consumed, seconds = self._metrics(topic)
+            consumed[outcome].inc()
+            seconds.observe(time.perf_counter() - started)
+
+    def _metrics(self, topic: str):  # noqa: ANN202 - prometheus children, cached per topic
+        cached = self._metric_children.get(topic)
+        if cached is None:
+            outcomes = ("handled", "duplicate", "dead_lettered")
+            cached = (
+                {outcome: metrics.CONSUMED.labels(topic, self.group_id, outcome) for outcome in outcomes},
+                metrics.HANDLE_SECONDS.labels(topic, self.group_id),
+            )
+            self._metric_children[topic] = cached
+        return cached
+
+    async def _handle_with_retries(self, record: ConsumerRecord, env: Envelope, event: Message, span) -> str:
+        subscription = self._subscriptions[record.topic]
+        delay = self.bus.retry_backoff_ms / 1000
+        for attempt in range(1, self.bus.max_attempts + 1):
+            context = EventContext(
+                envelope=env,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+                attempt=attempt,
+            )
+            try:
+                if subscription.idempotent:
+                    return await self._handle_once(subscription.handler, event, context)
+                await subscription.handler(event, context)
+                return "handled"
+            except Exception as error:  # noqa: BLE001 - every failure is either retried or dead-lettered
+                span.record_exception(error, attributes={"attempt": attempt})
+                permanent = isinstance(error, MlopsError) and not error.retryable
+                if permanent or attempt == self.bus.max_attempts:
+                    await self._dead_letter(record, span, error, attempts=attempt)
+                    return "dead_lettered"
+                metrics.RETRIES.labels(record.topic, self.group_id).inc()
+                log.warning("handling %s offset %d failed (attempt %d): %s", record.topic, record.offset, attempt, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
+        raise AssertionError("unreachable")
+
+    async def _handle_once(self, handler: Handler, event: Message, context: EventContext) -> str:
+        assert self.database is not None and self.inbox is not None
+        async with self.database.transaction() as session:
+            if not await self.inbox.claim(session, consumer=self.group_id, event_id=context.envelope.id):
+                trace.get_current_span().set_attribute("mlops.duplicate", True)
+                return "duplicate"
+            context.session = session
+            await handler(event, context)
+        return "handled"
+
+    async def _dead_letter(self, record: ConsumerRecord, span, error: Exception, *, attempts: int) -> None:
+        reason = error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.set_attribute("mlops.dead_lettered", True)
+        headers = [(name, value or b"") for name, value in record.headers if not name.startswith("mlops_dlq_")]
+        headers += [
+            ("mlops_dlq_reason", reason.encode()),
+            ("mlops_dlq_error_type", type(error).__name__.encode()),
+            ("mlops_dlq_attempts", str(attempts).encode()),
+            ("mlops_dlq_topic", record.topic.encode()),
+            ("mlops_dlq_partition", str(record.partition).encode()),
+            ("mlops_dlq_offset", str(record.offset).encode()),
+            ("mlops_dlq_consumer", self.group_id.encode()),
+            ("mlops_dlq_time", rfc3339().encode()),
+        ]
+        log.error("dead-lettering %s offset %d after %d attempts: %s", record.topic, record.offset, attempts, reason)
+        await self.publisher.publish_encoded(record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers)
+        if attempts == 0:
+            self._metrics(record.topic)[0]["dead_lettered"].inc()

@@ -1,0 +1,86 @@
+"""The one place where platform errors become gRPC statuses."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from mlops.errors import MlopsError
+from mlops.telemetry import current_trace_id
+
+log = logging.getLogger(__name__)
+
+
+async def _abort_for(error: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(error, MlopsError):
+        await context.abort(error.grpc_code, error.message)
+    trace_id = current_trace_id()
+    log.exception("unexpected error in %s (trace %s)", method, trace_id)
+    where = f" (trace {trace_id})" if trace_id else ""
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}{where}; the server logged it")
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable], method: str) -> Callable[..., Awaitable]:
+    async def wrapped(request, context):  # noqa: ANN001, ANN202
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            await _abort_for(error, context, method)
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable, method: str) -> Callable:
+    async def wrapped(request, context):  # noqa: ANN001, ANN202
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            await _abort_for(error, context, method)
+
+    return wrapped
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns `MlopsError` into its status with the error's message, anything else into INTERNAL.
+
+    A client never sees a traceback; the server logs it with the trace id that the message names.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary and inspect.iscoroutinefunction(handler.unary_unary):
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary and inspect.iscoroutinefunction(handler.stream_unary):
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream and inspect.isasyncgenfunction(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream and inspect.isasyncgenfunction(handler.stream_stream):
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

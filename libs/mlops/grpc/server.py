@@ -1,0 +1,71 @@
+"""A grpc.aio server with the standard health service, reflection, OpenTelemetry and error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from mlops.grpc.errors import ErrorInterceptor
+from mlops.settings import GrpcServerSettings
+
+log = logging.getLogger(__name__)
+
+Registration = Callable[[grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """Builds the server once; `add(register, service_name)` per API, then `start()`.
+
+    Health starts NOT_SERVING for every service and flips to SERVING when the composition root
+    calls `set_serving()` (after migrations, consumers and caches are ready).
+    """
+
+    def __init__(self, settings: GrpcServerSettings, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+        self.settings = settings
+        size = settings.max_message_mb * 1024 * 1024
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), ErrorInterceptor(), *interceptors],
+            options=[
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self._names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        self.port: int | None = None
+
+    def add(self, register: Registration, service_name: str) -> None:
+        register(self.server)
+        self._names.append(service_name)
+
+    async def start(self) -> int:
+        reflection.enable_server_reflection([*self._names, reflection.SERVICE_NAME], self.server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: the port is taken or the address is wrong") from error
+        await self.server.start()
+        for name in ["", *self._names[1:]]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("gRPC listening on %s:%d", self.settings.host, self.port)
+        return self.port
+
+    async def set_serving(self, serving: bool = True) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._names[1:]]:
+            await self.health.set(name, status)
+
+    async def stop(self) -> None:
+        await self.set_serving(False)
+        await self.server.stop(self.settings.shutdown_grace_s)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

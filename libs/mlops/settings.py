@@ -1,0 +1,154 @@
+"""Typed settings, one class per concern, each read from environment variables with its own prefix.
+
+Services build the classes they need once, in their composition root, and pass them into
+constructors; nothing imports a settings object as a global.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+
+def current_environment() -> Environment:
+    """`MLOPS_ENV`: development (default), test or production. Production refuses insecure defaults."""
+    value = os.environ.get("MLOPS_ENV", "development")
+    if value not in ("development", "test", "production"):
+        raise ValueError(f"MLOPS_ENV must be development, test or production, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster (`MLOPS_KAFKA_*`)."""
+
+    model_config = _config("MLOPS_KAFKA_")
+
+    bootstrap: str = "127.0.0.1:9092"
+    """Comma-separated bootstrap servers."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Transport security; managed clusters usually want SASL_SSL."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism when the protocol is SASL_*."""
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    request_timeout_ms: int = 30_000
+    """Upper bound on one broker request, including metadata at start-up."""
+
+    def client_options(self) -> dict[str, object]:
+        """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
+        options: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            options |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        return options
+
+
+class BusSettings(BaseSettings):
+    """Behaviour of the event bus (`MLOPS_BUS_*`): retries, batching, the outbox relay, topics."""
+
+    model_config = _config("MLOPS_BUS_")
+
+    max_attempts: int = Field(5, ge=1)
+    """Attempts at one message before it goes to `<topic>.dlq`."""
+    retry_backoff_ms: int = Field(100, ge=0)
+    """First retry delay; doubles per attempt up to `retry_backoff_max_ms`."""
+    retry_backoff_max_ms: int = Field(5_000, ge=0)
+    max_poll_records: int = Field(500, ge=1)
+    """Largest batch a consumer takes from Kafka at once."""
+    poll_timeout_ms: int = Field(200, ge=1)
+    outbox_batch_size: int = Field(500, ge=1)
+    """Largest number of outbox rows the relay publishes per round trip."""
+    outbox_poll_interval_ms: int = Field(1_000, ge=10)
+    """Fallback poll of the outbox; commits also wake the relay at once through NOTIFY."""
+    inbox_retention_hours: int = Field(24 * 7, ge=1)
+    """How long handled event ids are kept for de-duplication."""
+    topic_partitions: int = Field(3, ge=1)
+    """Partitions for topics the platform creates; size them for consumer-group scale-out."""
+    topic_replication: int = Field(1, ge=1)
+    topic_prefix: str = ""
+    """Prepended to every topic name, so that environments (or a benchmark) can share one cluster."""
+    linger_ms: int = Field(5, ge=0)
+    """Producer batching delay: a few milliseconds buys large batches under load."""
+
+
+class DatabaseSettings(BaseSettings):
+    """PostgreSQL (`MLOPS_DATABASE_*`)."""
+
+    model_config = _config("MLOPS_DATABASE_")
+
+    url: str = "postgresql+asyncpg://mlops:mlops@127.0.0.1:5432/mlops"
+    """SQLAlchemy URL with the asyncpg driver."""
+    connect_deadline_s: float = Field(60.0, gt=0)
+    """How long start-up waits for the database before giving up."""
+    pool_size: int = Field(10, ge=1)
+    max_overflow: int = Field(10, ge=0)
+    echo: bool = False
+    """Log every SQL statement (debugging only)."""
+
+    @model_validator(mode="after")
+    def _refuse_default_password(self) -> DatabaseSettings:
+        if current_environment() == "production" and ":mlops@" in self.url:
+            raise ValueError("MLOPS_DATABASE_URL uses the development password; set a real one in production")
+        return self
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        """The same URL in the form asyncpg's own `connect()` takes."""
+        return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class ArtifactSettings(BaseSettings):
+    """The artifact store (`MLOPS_ARTIFACT_*`)."""
+
+    model_config = _config("MLOPS_ARTIFACT_")
+
+    root: str = Field(default_factory=lambda: (Path.home() / ".local/share/mlops/artifacts").as_uri())
+    """Where artifacts live: `file:///abs/path` (embedded default) or `s3://bucket[/prefix]`."""
+    s3_endpoint_url: str | None = None
+    """Endpoint of an S3-compatible server; unset means AWS. Credentials come from the usual AWS_* variables."""
+    s3_region: str = "us-east-1"
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    multipart_threshold_mb: int = Field(64, ge=5)
+    """Files larger than this are uploaded in parts."""
+
+
+class TelemetrySettings(BaseSettings):
+    """Metrics and tracing switches (`MLOPS_TELEMETRY_*`); exporters themselves take the standard OTEL_* variables."""
+
+    model_config = _config("MLOPS_TELEMETRY_")
+
+    metrics_port: int | None = None
+    """Port of the Prometheus endpoint (`/metrics`); unset means no endpoint."""
+    metrics_host: str = "127.0.0.1"
+    tracing: bool = True
+    """Export spans over OTLP (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)."""
+
+
+class GrpcServerSettings(BaseSettings):
+    """A gRPC server's listening address and limits (`MLOPS_GRPC_*`); services override the port."""
+
+    model_config = _config("MLOPS_GRPC_")
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_message_mb: int = Field(64, ge=1)
+    """Largest request or response accepted."""
+    shutdown_grace_s: float = Field(5.0, ge=0)
+    """How long in-flight calls may finish when the server stops."""

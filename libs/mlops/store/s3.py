@@ -1,0 +1,151 @@
+"""`s3://` backend on boto3, for AWS or any S3-compatible server (versitygw, Ceph, …)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from mlops.errors import InvalidArgument, NotFound, Unavailable
+from mlops.store.base import (
+    ArtifactRef,
+    ArtifactStore,
+    Progress,
+    content_key,
+    download_verified,
+    expected_sha256,
+    sha256_of_file,
+    verify,
+)
+
+
+class S3StoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["s3"] = "s3"
+    bucket: str
+    prefix: str = ""
+    """Key prefix inside the bucket, so that several platforms can share one bucket."""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    multipart_threshold_mb: int = 64
+
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Store(ArtifactStore):
+    scheme = "s3"
+
+    def __init__(self, config: S3StoreConfig) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = config.prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=config.endpoint_url,
+            region_name=config.region,
+            config=Config(
+                s3={"addressing_style": config.addressing_style},
+                retries={"max_attempts": 5, "mode": "standard"},
+                max_pool_connections=32,
+            ),
+        )
+        threshold = config.multipart_threshold_mb * 1024 * 1024
+        self.transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=min(threshold, 64 << 20))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _locate(self, uri: str) -> tuple[str, str]:
+        """(object key, content address relative to the prefix) of a URI in this store."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or parsed.netloc != self.bucket:
+            raise InvalidArgument(f"{uri!r} is not in this store (s3://{self.bucket})")
+        key = parsed.path.lstrip("/")
+        relative = key[len(self.prefix) + 1 :] if self.prefix and key.startswith(self.prefix + "/") else key
+        return key, relative
+
+    async def _exists_key(self, key: str) -> bool:
+        try:
+            await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in _MISSING:
+                return False
+            raise Unavailable(f"S3 head of s3://{self.bucket}/{key} failed: {error}") from error
+
+    async def put_bytes(self, namespace: str, filename: str, data: bytes) -> ArtifactRef:
+        sha = hashlib.sha256(data).hexdigest()
+        key = self._key(content_key(namespace, sha, filename))
+        if not await self._exists_key(key):
+            await asyncio.to_thread(
+                self.client.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata={"sha256": sha}
+            )
+        return ArtifactRef(uri=f"s3://{self.bucket}/{key}", sha256=sha, size=len(data))
+
+    async def put_file(
+        self, namespace: str, filename: str, path: Path, progress: Progress | None = None
+    ) -> ArtifactRef:
+        sha, size = await asyncio.to_thread(sha256_of_file, path, None)
+        key = self._key(content_key(namespace, sha, filename))
+        if not await self._exists_key(key):
+            await asyncio.to_thread(
+                self.client.upload_file,
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={"Metadata": {"sha256": sha}},
+                Config=self.transfer,
+                Callback=progress,
+            )
+        elif progress:
+            progress(size)
+        return ArtifactRef(uri=f"s3://{self.bucket}/{key}", sha256=sha, size=size)
+
+    async def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
+        key, relative = self._locate(uri)
+        expected = expected_sha256(relative, sha256)
+
+        def read() -> bytes:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in _MISSING:
+                    raise NotFound(f"artifact {uri} does not exist") from None
+                raise Unavailable(f"S3 read of {uri} failed: {error}") from error
+
+        data = await asyncio.to_thread(read)
+        verify(uri, expected, hashlib.sha256(data).hexdigest())
+        return data
+
+    async def get_file(self, uri: str, dest: Path, sha256: str | None = None) -> Path:
+        key, relative = self._locate(uri)
+        expected = expected_sha256(relative, sha256)
+
+        def fetch(handle) -> None:
+            try:
+                self.client.download_fileobj(self.bucket, key, handle, Config=self.transfer)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") in _MISSING:
+                    raise NotFound(f"artifact {uri} does not exist") from None
+                raise Unavailable(f"S3 download of {uri} failed: {error}") from error
+
+        await asyncio.to_thread(download_verified, uri, dest, expected, fetch)
+        return dest
+
+    async def exists(self, uri: str) -> bool:
+        key, _ = self._locate(uri)
+        return await self._exists_key(key)

@@ -1,0 +1,100 @@
+"""Helpers shared by the bus tests: a consumer that records what it handled, raw Kafka reads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from mlops.bus import EventConsumer, EventPublisher, Inbox, ensure_topics
+from mlops.db import Database, migrate
+from mlops.settings import BusSettings
+
+MIGRATIONS = Path(__file__).parent / "fixtures" / "migrations"
+SCHEMA = "bustest"
+
+
+async def migrated(database: Database) -> Database:
+    await migrate(database, MIGRATIONS, SCHEMA)
+    return database
+
+
+@contextlib.asynccontextmanager
+async def running(consumer: EventConsumer) -> AsyncIterator[EventConsumer]:
+    """Start a consumer, wait until its partitions are assigned, run it, and stop it afterwards."""
+    await consumer.start()
+    await consumer.wait_assigned()
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def publisher(kafka, bus, source: str = "mlops-tests") -> AsyncIterator[EventPublisher]:
+    pub = EventPublisher(kafka, bus, source=source)
+    await pub.start()
+    try:
+        yield pub
+    finally:
+        await pub.stop()
+
+
+def make_consumer(kafka, bus, pub, database=None, *, group: str | None = None) -> EventConsumer:
+    return EventConsumer(
+        kafka,
+        bus,
+        group_id=group or f"tests-{uuid.uuid4().hex[:8]}",
+        publisher=pub,
+        database=database,
+        inbox=Inbox(SCHEMA) if database is not None else None,
+        from_end=True,
+    )
+
+
+@contextlib.asynccontextmanager
+async def raw_reader(kafka, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A plain aiokafka consumer positioned at the end of `topic` (for reading DLQs and relays)."""
+    await ensure_topics(kafka, BusSettings(), [topic])
+    reader = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
+    await reader.start()
+    try:
+        partitions = await _partitions(reader, topic)
+        reader.assign(partitions)
+        await reader.seek_to_end(*partitions)
+        for tp in partitions:
+            await reader.position(tp)
+        yield reader
+    finally:
+        await reader.stop()
+
+
+async def _partitions(reader: AIOKafkaConsumer, topic: str):
+    from aiokafka import TopicPartition
+
+    for _ in range(100):
+        ids = reader.partitions_for_topic(topic)
+        if ids:
+            return [TopicPartition(topic, p) for p in sorted(ids)]
+        await reader._client.force_metadata_update()  # noqa: SLF001 - no public way to refresh
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"topic {topic} has no partitions")
+
+
+async def read_until(reader: AIOKafkaConsumer, predicate, *, timeout_s: float = 20.0):
+    """Records from `reader` until one satisfies `predicate`; that record is returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        batch = await reader.getmany(timeout_ms=200)
+        for records in batch.values():
+            for record in records:
+                if predicate(record):
+                    return record
+    raise AssertionError(f"no matching record within {timeout_s}s")

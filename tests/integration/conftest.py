@@ -1,0 +1,112 @@
+"""Integration tests run against the real local stack (`make up`); a missing server is a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from urllib.parse import urlparse
+
+import pytest
+
+from mlops.db import Database
+from mlops.jaeger import JaegerClient
+from mlops.settings import ArtifactSettings, BusSettings, DatabaseSettings, KafkaSettings
+from mlops.telemetry import setup_telemetry
+
+JAEGER_DEFAULT = "http://127.0.0.1:16686"
+
+
+def _reachable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stack() -> None:
+    """Fail (never skip) with a clear message when a component of the stack is down."""
+    import os
+
+    kafka = KafkaSettings().bootstrap.split(",")[0]
+    database = urlparse(DatabaseSettings().url)
+    s3 = urlparse(os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"))
+    jaeger = urlparse(os.environ.get("MLOPS_JAEGER_QUERY_URL", JAEGER_DEFAULT))
+    wanted = {
+        "Kafka": (kafka.rsplit(":", 1)[0], int(kafka.rsplit(":", 1)[1])),
+        "PostgreSQL": (database.hostname, database.port or 5432),
+        "S3": (s3.hostname, s3.port or 80),
+        "Jaeger": (jaeger.hostname, jaeger.port or 80),
+    }
+    down = [f"{name} at {host}:{port}" for name, (host, port) in wanted.items() if not _reachable(host, port)]
+    if down:
+        pytest.fail("the local stack is not running (" + ", ".join(down) + "); run `make up` first", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def telemetry():
+    handle = setup_telemetry("tests")
+    yield handle
+    handle.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaSettings:
+    return KafkaSettings()
+
+
+@pytest.fixture(scope="session")
+def bus() -> BusSettings:
+    return BusSettings(retry_backoff_ms=20, retry_backoff_max_ms=100, max_attempts=3, outbox_poll_interval_ms=200)
+
+
+@pytest.fixture(scope="session")
+def artifact_settings() -> ArtifactSettings:
+    return ArtifactSettings()
+
+
+@pytest.fixture(scope="session")
+async def database():
+    db = Database(DatabaseSettings())
+    await db.wait_ready(deadline_s=30)
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def jaeger_url() -> str:
+    import os
+
+    return os.environ.get("MLOPS_JAEGER_QUERY_URL", JAEGER_DEFAULT)
+
+
+async def eventually(check, *, timeout_s: float = 30.0, interval_s: float = 0.1, what: str = "condition"):
+    """Poll `check()` (sync or async) until it returns a truthy value or the deadline passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last_error: Exception | None = None
+    while loop.time() < deadline:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+        except Exception as error:  # noqa: BLE001 - keep polling, report the last error at the deadline
+            last_error = error
+        await asyncio.sleep(interval_s)
+    raise AssertionError(f"{what} not met within {timeout_s}s" + (f" (last error: {last_error})" if last_error else ""))
+
+
+def jaeger_trace(jaeger_url: str, trace_id: str):
+    """Every span of a trace, read back over Jaeger's API v3."""
+    client = JaegerClient(jaeger_url)
+    try:
+        return client.trace(trace_id)
+    finally:
+        client.close()
