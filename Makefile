@@ -6,6 +6,7 @@ PYTHON_SYSTEM ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK := infra/local/stack.sh
+SERVICES := infra/local/services.sh
 PYTEST_ARGS ?=
 # Commands that talk to the stack read the addresses `stack.sh up` writes.
 WITH_STACK_ENV := set -a; [ -f .stack/env ] && . .stack/env; set +a;
@@ -28,12 +29,14 @@ setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, Po
 
 up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready
 	bash $(STACK) up
+	bash $(SERVICES) up
 
-down: ## Stop the stack and the services (data is kept; `bash infra/local/stack.sh down --purge` drops it)
+down: ## Stop the services and the stack (data is kept; `bash infra/local/stack.sh down --purge` drops it)
+	bash $(SERVICES) down
 	bash $(STACK) down
 
 status: ## Show what is running and ready
-	bash $(STACK) status
+	bash $(STACK) status; s=$$?; bash $(SERVICES) status && exit $$s
 
 test: up ## Run every test (unit, integration against the real stack, stack lifecycle)
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)

@@ -48,7 +48,7 @@ apt_install() {
 
 pg_bin_dir() {
   local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
     if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ]; then
       echo "$d"; return 0
     fi
@@ -57,8 +57,8 @@ pg_bin_dir() {
     d="$(pg_config --bindir 2>/dev/null || true)"
     if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return 0; fi
   fi
-  for d in $(command -v initdb 2>/dev/null); do echo "$(dirname "$d")"; return 0; done
-  return 1
+  d="$(command -v initdb 2>/dev/null)" || return 1
+  dirname "$d"
 }
 
 # prints "major.minor" of the go on PATH, or nothing
@@ -101,11 +101,13 @@ install_postgres() {
   say postgres "installed: $("$bin/postgres" --version | awk '{print $3}') in $bin"
 }
 
+jar_count() { local f n=0; for f in "$1"/*.jar; do [ -e "$f" ] && n=$((n + 1)); done; echo "$n"; }
+
 install_kafka() {
   local home="$MLOPS_CACHE/kafka-$KAFKA_VERSION"
   local libs="$home/libs" marker="$home/libs/.complete"
   if [ -f "$marker" ] && [ -f "$libs/kafka_2.13-$KAFKA_VERSION.jar" ]; then
-    say kafka "present: $KAFKA_VERSION ($(ls "$libs"/*.jar | wc -l) jars in $libs)"
+    say kafka "present: $KAFKA_VERSION ($(jar_count "$libs") jars in $libs)"
     return 0
   fi
   if ! command -v java >/dev/null 2>&1 || ! command -v mvn >/dev/null 2>&1; then
@@ -149,7 +151,7 @@ EOF
   date -u +%FT%TZ >"$libs.tmp/.complete"
   rm -rf "$libs"
   mv "$libs.tmp" "$libs"
-  say kafka "installed: $KAFKA_VERSION ($(ls "$libs"/*.jar | wc -l) jars in $libs)"
+  say kafka "installed: $KAFKA_VERSION ($(jar_count "$libs") jars in $libs)"
 }
 
 install_versitygw() {
@@ -184,7 +186,7 @@ install_jaeger() {
   fi
   # A build started by hand (same output path, not under the lock): wait for it too.
   local waited=0
-  while pgrep -f "go build -o $bin( |\$)" >/dev/null 2>&1; do
+  while command -v pgrep >/dev/null 2>&1 && pgrep -f "go build -o $bin( |\$)" >/dev/null 2>&1; do
     [ "$waited" -eq 1 ] || say jaeger "a go build of $bin is running, waiting for it"
     waited=1; sleep 5
   done
@@ -209,9 +211,13 @@ install_jaeger() {
     [ -n "$dir" ] && [ -d "$dir/cmd/jaeger" ] || { echo "module dir not found"; exit 1; }
     rm -rf "$src"; mkdir -p "$(dirname "$src")"
     cp -R "$dir" "$src"; chmod -R u+w "$src"
-    echo "== $(date -u +%FT%TZ) go build ./cmd/jaeger in $src"
     cd "$src"
-    go build -o "$bin.tmp" ./cmd/jaeger
+    # stamp the version the way upstream's Makefile does (`jaeger version` prints it)
+    v2="$(sed -n "s|^$JAEGER_VERSION / \(v2\.[0-9.]*\).*|\1|p" CHANGELOG.md | head -1)"
+    pkg=github.com/jaegertracing/jaeger/internal/version
+    echo "== $(date -u +%FT%TZ) go build ./cmd/jaeger (${v2:-v2 of $JAEGER_VERSION}) in $src"
+    go build -ldflags "-X $pkg.latestVersion=${v2:-$JAEGER_VERSION} -X $pkg.date=$(date -u +%FT%TZ)" \
+      -o "$bin.tmp" ./cmd/jaeger
     mv "$bin.tmp" "$bin"
     echo "$JAEGER_VERSION" >"$marker"
   ) >"$log" 2>&1
@@ -237,7 +243,7 @@ main() {
   done
   local t0=$SECONDS
   for c in "$@"; do "install_$c"; done
-  say done "in $((SECONDS - t0))s; cache: $MLOPS_CACHE"
+  say "done" "in $((SECONDS - t0))s; cache: $MLOPS_CACHE"
 }
 
 # Sourced (by stack.sh) for its helpers: do nothing else.

@@ -4,7 +4,8 @@
     probe.py s3 ENDPOINT [BUCKET]     a signed ListBuckets succeeds; BUCKET is created if missing
                                       (boto3; keys from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
 
-Exit status 0 when ready, 1 when not (the reason on stderr), 2 on usage errors.
+Exit status 0 when ready, 1 when not (the reason on stderr), 2 on usage errors, 3 when the
+S3 probe has no boto3 (stack.sh then signs its requests with curl).
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in ("kafka", "s3"):
         print(__doc__, file=sys.stderr)
         return 2
+    if argv[0] == "s3":
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            print("boto3 is not installed for this interpreter", file=sys.stderr)
+            return 3
     try:
         if argv[0] == "kafka":
             print(kafka_ready(argv[1]))

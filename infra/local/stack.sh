@@ -30,7 +30,7 @@ set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-# shellcheck source=install.sh
+# shellcheck source-path=SCRIPTDIR source=install.sh
 source "$HERE/install.sh"   # pinned versions, MLOPS_CACHE, pg_bin_dir (runs nothing)
 
 STACK="${MLOPS_STACK_DIR:-$REPO/.stack}"
@@ -48,7 +48,7 @@ S3_PORT="${MLOPS_S3_PORT:-9000}"
 S3_ACCESS_KEY="${MLOPS_S3_ACCESS_KEY:-mlops-local}"
 S3_SECRET_KEY="${MLOPS_S3_SECRET_KEY:-mlops-local-secret}"
 S3_BUCKET="${MLOPS_S3_BUCKET:-mlops}"
-S3_REGION=us-east-1
+S3_REGION="us-east-1"
 JAEGER_OTLP_GRPC_PORT="${MLOPS_JAEGER_OTLP_GRPC_PORT:-4317}"
 JAEGER_OTLP_HTTP_PORT="${MLOPS_JAEGER_OTLP_HTTP_PORT:-4318}"
 JAEGER_UI_PORT="${MLOPS_JAEGER_UI_PORT:-16686}"
@@ -119,14 +119,11 @@ short_hash() { printf '%s' "$1" | sha256sum | cut -c1-10; }
 # directory goes to /var/tmp/mlops-pg-<hash of the stack path> and <stack>/postgres/data is a
 # symlink to it, so that no permission of the user's own folders has to be widened.
 
-PG_OS_USER=""
 pg_setup_paths() {
   PGBIN="$(pg_bin_dir)" || fail "PostgreSQL server binaries not found: run infra/local/install.sh"
   PGROOT="$STACK/postgres"
-  PG_OS_USER="$(id -un)"
-  if is_root; then
-    id postgres >/dev/null 2>&1 || fail "running as root needs the 'postgres' system user (install.sh installs it)"
-    PG_OS_USER=postgres
+  if is_root && ! id postgres >/dev/null 2>&1; then
+    fail "running as root needs the 'postgres' system user (the postgresql package creates it)"
   fi
   PG_EXTERNAL="/var/tmp/mlops-pg-$(short_hash "$STACK")"
   if [ -L "$PGROOT/data" ]; then
@@ -146,6 +143,7 @@ as_pg_user() {
 }
 
 postgres_ports() { echo "$PG_PORT"; }
+postgres_comm() { echo postgres; }
 postgres_sig() { echo "-D $PGDATA"; }
 postgres_addr() { echo "$HOST:$PG_PORT"; }
 
@@ -169,7 +167,7 @@ postgres_start() {
       log postgres "$STACK is not traversable by user postgres: data in $PGDATA"
     fi
     mkdir -p "$PGDATA"; chmod 0700 "$PGDATA"
-    is_root && chown postgres: "$PGDATA"
+    if is_root; then chown postgres: "$PGDATA"; fi
     log postgres "initdb $PGDATA"
     as_pg_user "$PGBIN/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C.UTF-8 \
       --auth-local=trust --auth-host=scram-sha-256 --no-instructions >>"$LOGS/postgres.log" 2>&1 \
@@ -183,7 +181,8 @@ host    all       all   127.0.0.1/32   scram-sha-256
 EOF
   fi
   if [ "$PGSOCK" != "$PGDATA" ]; then
-    mkdir -p "$PGSOCK"; chmod 0700 "$PGSOCK"; is_root && chown postgres: "$PGSOCK"
+    mkdir -p "$PGSOCK"; chmod 0700 "$PGSOCK"
+    if is_root; then chown postgres: "$PGSOCK"; fi
   fi
   local runas=()
   if is_root; then runas=(setpriv --reuid=postgres --regid=postgres --init-groups --reset-env --); fi
@@ -230,7 +229,7 @@ postgres_stop() {
   if [ -f "$PGDATA/postmaster.pid" ] && as_pg_user "$PGBIN/pg_ctl" stop -D "$PGDATA" -m fast -w -t "$STOP_TIMEOUT" >/dev/null 2>&1; then
     return 0
   fi
-  kill_gracefully "$pid"
+  kill_gracefully "$pid" INT   # SIGINT is PostgreSQL's fast shutdown
 }
 
 postgres_purge() {
@@ -245,6 +244,7 @@ KAFKA_DIR="$STACK/kafka"
 KAFKA_PROPS="$KAFKA_DIR/server.properties"
 
 kafka_ports() { echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT"; }
+kafka_comm() { echo java; }
 kafka_sig() { echo "$KAFKA_PROPS"; }
 kafka_addr() { echo "$HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"; }
 kafka_pid() { [ -f "$RUN/kafka.pid" ] && cat "$RUN/kafka.pid" || true; }
@@ -252,15 +252,9 @@ kafka_pid() { [ -f "$RUN/kafka.pid" ] && cat "$RUN/kafka.pid" || true; }
 kafka_check() {
   [ -f "$KAFKA_LIBS/.complete" ] || fail "Kafka $KAFKA_VERSION not installed: run infra/local/install.sh"
   command -v java >/dev/null 2>&1 || fail "java not found: run infra/local/install.sh"
-  if [ -f "$KAFKA_DIR/formatted" ]; then
-    local formatted; formatted="$(sed -n 's/^controller_port=//p' "$KAFKA_DIR/formatted")"
-    if [ -n "$formatted" ] && [ "$formatted" != "$KAFKA_CONTROLLER_PORT" ]; then
-      fail "Kafka storage in $KAFKA_DIR/data was formatted for controller port $formatted (its KRaft voter set records that endpoint); use MLOPS_KAFKA_CONTROLLER_PORT=$formatted or purge Kafka's data: stack.sh down --purge kafka"
-    fi
-  fi
 }
 
-# java command line for Kafka's classes: kafka_java HEAP MAIN-CLASS ARGS... (sets KAFKA_JAVA)
+# java command line for Kafka's classes: kafka_java_cmd HEAP MAIN-CLASS ARGS... (sets KAFKA_JAVA)
 kafka_java_cmd() {
   KAFKA_JAVA=(java -Xmx"$1" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
     -Djava.awt.headless=true
@@ -317,7 +311,7 @@ kafka_start() {
     log kafka "format storage, cluster id $cluster_id"
     kafka_java 256m kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$KAFKA_PROPS" \
       >>"$LOGS/kafka.log" 2>&1 || { tail -n 20 "$LOGS/kafka.log" >&2; fail "kafka: storage format failed"; }
-    printf 'cluster_id=%s\ncontroller_port=%s\n' "$cluster_id" "$KAFKA_CONTROLLER_PORT" >"$KAFKA_DIR/formatted"
+    printf 'cluster_id=%s\nformatted_at=%s\n' "$cluster_id" "$(date -u +%FT%TZ)" >"$KAFKA_DIR/formatted"
   fi
   kafka_java_cmd "$KAFKA_HEAP" kafka.Kafka "$KAFKA_PROPS"
   setsid nohup "${KAFKA_JAVA[@]}" >>"$LOGS/kafka.log" 2>&1 </dev/null 8>&- &
@@ -336,6 +330,7 @@ kafka_purge() { rm -rf "$KAFKA_DIR"; }
 S3_DIR="$STACK/s3"
 
 s3_ports() { echo "$S3_PORT"; }
+s3_comm() { echo versitygw; }
 s3_sig() { echo "$S3_DIR/data"; }
 s3_addr() { echo "http://$HOST:$S3_PORT bucket $S3_BUCKET"; }
 s3_pid() { [ -f "$RUN/s3.pid" ] && cat "$RUN/s3.pid" || true; }
@@ -353,17 +348,21 @@ xattr_ok() {
   return "$rc"
 }
 
+# Sidecar metadata when asked for, and from then on for that data directory (its objects'
+# metadata lives there).
+s3_sidecar() { [ "${MLOPS_S3_SIDECAR:-0}" = 1 ] || [ -d "$S3_DIR/meta" ]; }
+
 s3_check() {
   [ -x "$VERSITYGW_BIN" ] || fail "versitygw not installed: run infra/local/install.sh"
   mkdir -p "$S3_DIR/data"
-  if [ "${MLOPS_S3_SIDECAR:-0}" != 1 ] && ! xattr_ok "$S3_DIR/data"; then
+  if ! s3_sidecar && ! xattr_ok "$S3_DIR/data"; then
     fail "the filesystem of $S3_DIR/data ($(df -PT "$S3_DIR/data" | awk 'NR==2{print $2}')) has no user extended attributes, which versitygw's posix backend needs: put the stack on ext4/xfs/btrfs (MLOPS_STACK_DIR=...) or set MLOPS_S3_SIDECAR=1 to keep metadata in a sidecar directory"
   fi
 }
 
 s3_start() {
   local extra=()
-  if [ "${MLOPS_S3_SIDECAR:-0}" = 1 ]; then mkdir -p "$S3_DIR/meta"; extra=(--sidecar "$S3_DIR/meta"); fi
+  if s3_sidecar; then mkdir -p "$S3_DIR/meta"; extra=(--sidecar "$S3_DIR/meta"); fi
   # keys through the environment, not the command line (which any user can read)
   ROOT_ACCESS_KEY_ID="$S3_ACCESS_KEY" ROOT_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
     setsid nohup "$VERSITYGW_BIN" --port "$HOST:$S3_PORT" --region "$S3_REGION" --quiet \
@@ -373,17 +372,21 @@ s3_start() {
 
 s3_ready() {
   port_open "$S3_PORT" || return 1
-  local py; py="$(python_bin)" || py=""
-  if [ -n "$py" ] && "$py" -c 'import boto3' 2>/dev/null; then
+  local py rc=3
+  if py="$(python_bin)"; then
+    rc=0
     AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
-      "$py" "$HERE/probe.py" s3 "http://$HOST:$S3_PORT" ${1:+"$1"} >/dev/null 2>&1
-  else   # no boto3: curl signs requests with SigV4 too
-    local c=(curl -fsS -o /dev/null --max-time 5 --aws-sigv4 "aws:amz:$S3_REGION:s3" -u "$S3_ACCESS_KEY:$S3_SECRET_KEY")
-    "${c[@]}" "http://$HOST:$S3_PORT/" 2>/dev/null || return 1
-    if [ -n "${1:-}" ]; then
-      "${c[@]}" -I "http://$HOST:$S3_PORT/$1" 2>/dev/null \
-        || "${c[@]}" -X PUT "http://$HOST:$S3_PORT/$1" 2>/dev/null
-    fi
+      "$py" "$HERE/probe.py" s3 "http://$HOST:$S3_PORT" ${1:+"$1"} >/dev/null 2>&1 || rc=$?
+  fi
+  if [ "$rc" -ne 3 ]; then return "$rc"; fi
+  # no boto3 (probe.py exits 3): curl signs with SigV4 too (the payload hash header is required)
+  local req=(curl -fsS -o /dev/null --max-time 5 --aws-sigv4 "aws:amz:$S3_REGION:s3"
+    -u "$S3_ACCESS_KEY:$S3_SECRET_KEY"
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+  "${req[@]}" "http://$HOST:$S3_PORT/" 2>/dev/null || return 1
+  if [ -n "${1:-}" ]; then
+    "${req[@]}" -I "http://$HOST:$S3_PORT/$1" 2>/dev/null \
+      || "${req[@]}" -X PUT "http://$HOST:$S3_PORT/$1" 2>/dev/null
   fi
 }
 s3_up_check() { s3_ready "$S3_BUCKET"; }   # ListBuckets, and the bucket
@@ -401,6 +404,7 @@ JAEGER_DIR="$STACK/jaeger"
 JAEGER_CONFIG="$JAEGER_DIR/config.yaml"
 
 jaeger_ports() { echo "$JAEGER_OTLP_GRPC_PORT $JAEGER_OTLP_HTTP_PORT $JAEGER_UI_PORT $JAEGER_QUERY_GRPC_PORT"; }
+jaeger_comm() { echo jaeger; }
 jaeger_sig() { echo "$JAEGER_CONFIG"; }
 jaeger_addr() { echo "OTLP $HOST:$JAEGER_OTLP_GRPC_PORT/$JAEGER_OTLP_HTTP_PORT, UI http://$HOST:$JAEGER_UI_PORT"; }
 jaeger_pid() { [ -f "$RUN/jaeger.pid" ] && cat "$RUN/jaeger.pid" || true; }
@@ -473,22 +477,38 @@ jaeger_purge() { rm -rf "$JAEGER_DIR"; }
 
 # --- generic process handling -----------------------------------------------------------
 
+# A process of this stack's component $1 without (valid) pid file: its executable's name and
+# the stack path on its command line.
+find_pid() {
+  local comm="$1" sig="$2" d
+  for d in /proc/[0-9]*; do
+    [ "$(cat "$d/comm" 2>/dev/null)" = "$comm" ] || continue
+    if pid_is "${d#/proc/}" "$sig"; then echo "${d#/proc/}"; return 0; fi
+  done
+  return 1
+}
+
 # the pid of the component when it is running and ours, else nothing (stale pid files go)
 running_pid() {
-  local c="$1" pid
+  local c="$1" pid found
   pid="$("${c}_pid")"
   if [ -n "$pid" ] && pid_is "$pid" "$("${c}_sig")"; then echo "$pid"; return 0; fi
   if [ -f "$RUN/$c.pid" ]; then
     rm -f "$RUN/$c.pid"
     log "$c" "removed a stale pid file (pid ${pid:-?} is not this stack's $c)" >&2
   fi
+  if found="$(find_pid "$("${c}_comm")" "$("${c}_sig")")"; then
+    echo "$found" >"$RUN/$c.pid"
+    log "$c" "found running without its pid file (pid $found): adopted" >&2
+    echo "$found"; return 0
+  fi
   return 1
 }
 
-kill_gracefully() {
-  local pid="$1" deadline=$((SECONDS + STOP_TIMEOUT))
+kill_gracefully() {   # PID [SIGNAL]: SIGNAL (TERM), wait up to STOP_TIMEOUT, then SIGKILL
+  local pid="$1" sig="${2:-TERM}" deadline=$((SECONDS + STOP_TIMEOUT))
   pid_running "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || true
+  kill -"$sig" "$pid" 2>/dev/null || true
   while pid_running "$pid"; do
     if [ "$SECONDS" -ge "$deadline" ]; then
       log "" "pid $pid still running after ${STOP_TIMEOUT}s: SIGKILL" >&2
@@ -545,11 +565,20 @@ init_stack_dir() {
 
 # --- commands ---------------------------------------------------------------------------
 
+urlquote() {   # percent-encodes everything but unreserved characters (RFC 3986)
+  local s="$1" out="" ch i
+  for ((i = 0; i < ${#s}; i++)); do
+    ch="${s:i:1}"
+    case "$ch" in [A-Za-z0-9._~-]) out+="$ch" ;; *) out+="$(printf '%%%02X' "'$ch")" ;; esac
+  done
+  printf '%s' "$out"
+}
+
 env_lines() {
   local kv
   for kv in \
     "MLOPS_KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT" \
-    "MLOPS_DATABASE_URL=postgresql+asyncpg://$PG_USER:$PG_PASSWORD@$HOST:$PG_PORT/$PG_DB" \
+    "MLOPS_DATABASE_URL=postgresql+asyncpg://$(urlquote "$PG_USER"):$(urlquote "$PG_PASSWORD")@$HOST:$PG_PORT/$(urlquote "$PG_DB")" \
     "MLOPS_ARTIFACT_ROOT=s3://$S3_BUCKET" \
     "MLOPS_ARTIFACT_S3_ENDPOINT_URL=http://$HOST:$S3_PORT" \
     "AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY" \
@@ -574,7 +603,12 @@ cmd_up() {
   # preflight, before anything starts: binaries, filesystem, ports
   for c in "${SELECTED[@]}"; do
     "${c}_check"
-    if pid="$(running_pid "$c")"; then continue; fi
+    if pid="$(running_pid "$c")"; then
+      if [ -f "$RUN/$c.ports" ] && [ "$(cat "$RUN/$c.ports")" != "$("${c}_ports")" ]; then
+        fail "$c is running (pid $pid) on ports $(cat "$RUN/$c.ports"), not the configured $("${c}_ports"): stack.sh restart $c"
+      fi
+      continue
+    fi
     for port in $("${c}_ports"); do
       if port_open "$port"; then
         owner="$(port_owner "$port")"
@@ -588,11 +622,20 @@ cmd_up() {
       log "$c" "already running (pid $pid)"
     fi
   done
+  # start all at once (first start: initdb and Kafka's storage format run side by side)
+  local -A starter=()
   for c in "${to_start[@]}"; do
-    "${c}_start"
-    log "$c" "started (pid $(cat "$RUN/$c.pid"), log $LOGS/$c.log)"
+    (
+      "${c}_start"
+      "${c}_ports" >"$RUN/$c.ports"
+      log "$c" "started (pid $(cat "$RUN/$c.pid"), log $LOGS/$c.log)"
+    ) &
+    starter[$c]=$!
   done
-  # wait for all at once
+  for c in "${to_start[@]}"; do
+    wait "${starter[$c]}" || fail "$c could not be started (log: $LOGS/$c.log)"
+  done
+  # then wait for all at once
   local -A waiter=()
   for c in "${SELECTED[@]}"; do
     wait_ready "$c" "$t0" >"$RUN/$c.wait" 2>&1 &
@@ -630,7 +673,7 @@ cmd_down() {
   local -A stopper=()
   for c in "${SELECTED[@]}"; do
     if pid="$(running_pid "$c")"; then
-      ( "${c}_stop" "$pid"; rm -f "$RUN/$c.pid"; log "$c" "stopped (pid $pid) in $(elapsed "$t0")" ) &
+      ( "${c}_stop" "$pid"; rm -f "$RUN/$c.pid" "$RUN/$c.ports"; log "$c" "stopped (pid $pid) in $(elapsed "$t0")" ) &
       stopper[$c]=$!
     else
       rm -f "$RUN/$c.pid"
@@ -646,18 +689,18 @@ cmd_down() {
 
 cmd_status() {
   select_components "$@"
-  local c pid all=0 state
+  local c pid rc=0 state
   pg_setup_paths
   for c in "${SELECTED[@]}"; do
-    if [ -d "$STACK" ] && pid="$(running_pid "$c" 2>/dev/null)"; then
-      if "${c}_ready" 2>/dev/null; then state=ready; else state="running, NOT READY"; all=1; fi
+    if [ -d "$STACK" ] && pid="$(running_pid "$c")"; then
+      if "${c}_ready" 2>/dev/null; then state=ready; else state="running, NOT READY"; rc=1; fi
       printf '%-9s %-19s pid %-8s %s\n' "$c" "$state" "$pid" "$("${c}_addr")"
     else
       printf '%-9s %-19s %-12s %s\n' "$c" stopped "" "$("${c}_addr")"
-      all=1
+      rc=1
     fi
   done
-  return "$all"
+  return "$rc"
 }
 
 cmd_logs() {

@@ -61,7 +61,7 @@ def make_consumer(kafka, bus, pub, database=None, *, group: str | None = None) -
 @contextlib.asynccontextmanager
 async def raw_reader(kafka, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A plain aiokafka consumer positioned at the end of `topic` (for reading DLQs and relays)."""
-    await ensure_topics(kafka, BusSettings(), [topic])
+    await ensure_topics(kafka, BusSettings(), [topic])  # prefix already in `topic`
     reader = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
     await reader.start()
     try:
@@ -82,7 +82,7 @@ async def _partitions(reader: AIOKafkaConsumer, topic: str):
         ids = reader.partitions_for_topic(topic)
         if ids:
             return [TopicPartition(topic, p) for p in sorted(ids)]
-        await reader._client.force_metadata_update()  # noqa: SLF001 - no public way to refresh
+        await reader._client.force_metadata_update()
         await asyncio.sleep(0.05)
     raise AssertionError(f"topic {topic} has no partitions")
 

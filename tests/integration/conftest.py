@@ -55,9 +55,14 @@ def kafka() -> KafkaSettings:
     return KafkaSettings()
 
 
+TEST_TOPIC_PREFIX = "tests."
+"""Bus tests use their own topics, so that running services never see their synthetic events."""
+
+
 @pytest.fixture(scope="session")
 def bus() -> BusSettings:
-    return BusSettings(retry_backoff_ms=20, retry_backoff_max_ms=100, max_attempts=3, outbox_poll_interval_ms=200)
+    return BusSettings(retry_backoff_ms=20, retry_backoff_max_ms=100, max_attempts=3, outbox_poll_interval_ms=200,
+                       topic_prefix=TEST_TOPIC_PREFIX)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +102,7 @@ async def eventually(check, *, timeout_s: float = 30.0, interval_s: float = 0.1,
                 result = await result
             if result:
                 return result
-        except Exception as error:  # noqa: BLE001 - keep polling, report the last error at the deadline
+        except Exception as error:
             last_error = error
         await asyncio.sleep(interval_s)
     raise AssertionError(f"{what} not met within {timeout_s}s" + (f" (last error: {last_error})" if last_error else ""))

@@ -25,9 +25,10 @@ from tests.integration.bus_helpers import (
     read_until,
     running,
 )
-from tests.integration.conftest import eventually, jaeger_trace
+from tests.integration.conftest import TEST_TOPIC_PREFIX, eventually, jaeger_trace
 
-TOPIC = spec_for(data_pb2.DataCommitted).topic
+LOGICAL_TOPIC = spec_for(data_pb2.DataCommitted).topic
+TOPIC = TEST_TOPIC_PREFIX + LOGICAL_TOPIC
 
 
 def committed(dataset: str, **extra) -> data_pb2.DataCommitted:
@@ -120,7 +121,7 @@ async def test_json_from_a_plain_kafka_producer_is_accepted_and_missing_headers_
     event, ctx = seen[0]
     assert event.dataset == unique and event.row_count == 42 and event.labels["team"] == "upstream"
     assert ctx.envelope.content_type == "application/json"
-    assert ctx.envelope.id == f"{TOPIC}/{ctx.partition}/{ctx.offset}", "a stable id is derived when ce_id is missing"
+    assert ctx.envelope.id == f"{LOGICAL_TOPIC}/{ctx.partition}/{ctx.offset}", "a stable id is derived when ce_id is missing"
     assert ctx.envelope.source == "urn:mlops:upstream"
     assert ctx.envelope.specversion == "1.0"
 
@@ -266,7 +267,7 @@ from mlops.settings import DatabaseSettings
 
 async def main():
     database = Database(DatabaseSettings())
-    outbox = Outbox("bustest", source="mlops-crasher")
+    outbox = Outbox("bustest", source="mlops-crasher", topic_prefix=sys.argv[2])
     async with database.transaction() as session:
         await session.exec(text('INSERT INTO bustest.handled (event_id, marker) VALUES (:m, :m)'), params={"m": sys.argv[1]})
         event_id = await outbox.add(session, data_pb2.DataCommitted(dataset=sys.argv[1], uri="file:///x", sha256="c" * 64, format="csv"))
@@ -281,7 +282,7 @@ async def test_a_crash_between_commit_and_publish_loses_no_event(kafka, bus, dat
     await migrated(database)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", CRASHING_WRITER, unique], capture_output=True, text=True, env=env
+        subprocess.run, [sys.executable, "-c", CRASHING_WRITER, unique, TEST_TOPIC_PREFIX], capture_output=True, text=True, env=env
     )
     assert result.returncode == 17, result.stderr
     event_id = result.stdout.strip()
@@ -306,7 +307,7 @@ async def test_a_crash_between_commit_and_publish_loses_no_event(kafka, bus, dat
 
 async def test_outbox_rows_roll_back_with_their_transaction(database, unique):
     await migrated(database)
-    outbox = Outbox(SCHEMA, source="mlops-tests")
+    outbox = Outbox(SCHEMA, source="mlops-tests", topic_prefix=TEST_TOPIC_PREFIX)
     try:
         async with database.transaction() as session:
             await outbox.add(session, committed(unique))

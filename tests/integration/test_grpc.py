@@ -14,12 +14,12 @@ from mlops.settings import GrpcServerSettings
 
 
 class FailingRegistry(registry_pb2_grpc.RegistryServicer):
-    async def GetModelVersion(self, request, context):  # noqa: N802 - generated name
+    async def GetModelVersion(self, request, context):
         if request.model == "boom":
             raise ZeroDivisionError("hidden detail")
         raise NotFound(f"model {request.model!r} has no such version")
 
-    async def ApplyModelSpec(self, request, context):  # noqa: N802
+    async def ApplyModelSpec(self, request, context):
         raise InvalidArgument("spec.training.epochs: must be at least 1, got 0")
 
 
@@ -64,7 +64,7 @@ async def test_platform_errors_keep_their_status_and_message(server):
             await stub.GetModelVersion(registry_pb2.GetModelVersionRequest(model="wine"))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert caught.value.details() == "model 'wine' has no such version"
-        with pytest.raises(InvalidArgument, match="spec.training.epochs"), raise_typed():
+        with pytest.raises(InvalidArgument, match=r"spec\.training\.epochs"), raise_typed():
             await stub.ApplyModelSpec(registry_pb2.ApplyModelSpecRequest())
 
 

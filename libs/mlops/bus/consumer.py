@@ -2,7 +2,8 @@
 
 Records of one partition are handled in order; partitions of a batch are handled concurrently.
 Offsets are committed after the batch is handled and everything it published is acknowledged,
-so a crash redelivers (at least once) and the inbox turns redelivery into a no-op.
+so a crash redelivers (at least once) and the inbox turns redelivery into a no-op. The
+acknowledgements and commit of one batch overlap the handling of the next (see `run`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,7 +28,7 @@ from mlops.bus.catalog import DLQ_SUFFIX, spec_for
 from mlops.bus.envelope import Envelope, MalformedEvent, rfc3339
 from mlops.bus.inbox import Inbox
 from mlops.bus.producer import EventPublisher, deferred_deliveries
-from mlops.bus.tracing import extract, tracer
+from mlops.bus.tracing import extract, start_span
 from mlops.db import Database
 from mlops.errors import MlopsError
 from mlops.settings import BusSettings, KafkaSettings
@@ -131,22 +133,46 @@ class EventConsumer:
             await self._consumer.position(tp)
 
     async def run(self) -> None:
+        """Handle batches until stop(); one batch's acknowledgements and commit overlap the next batch.
+
+        Batch N's deliveries are awaited and its offsets committed in a task while batch N+1 is
+        fetched and handled; the task is awaited before batch N+1's own one starts. So at most one
+        commit is in flight, commits go out in order, and an offset is only ever committed once
+        every record before it was handled and everything those records published is acknowledged
+        (at least once, as before). If a delivery or a commit fails, the loop stops with that error
+        and nothing later is committed: the records since then are redelivered.
+        """
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
+        committing: asyncio.Task | None = None
         try:
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=self.bus.poll_timeout_ms)
+                if committing is not None and committing.done():
+                    committing, finished = None, committing
+                    finished.result()  # raises the failure of the previous batch's acks or commit
                 if not batch:
                     continue
                 with deferred_deliveries() as pending:
                     done = await asyncio.gather(*(self._handle_partition(tp, records) for tp, records in batch.items()))
-                    if pending:
-                        await asyncio.gather(*pending)
-                await consumer.commit({tp: OffsetAndMetadata(offset + 1, "") for tp, offset in done})
-                self._record_lag(consumer, done)
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self._acknowledge_and_commit(consumer, pending, done))
         finally:
-            await consumer.stop()
-            self._stopped.set()
+            try:
+                if committing is not None:
+                    await committing  # the batch in hand: its acks and its commit
+            finally:
+                await consumer.stop()
+                self._stopped.set()
+
+    async def _acknowledge_and_commit(
+        self, consumer: AIOKafkaConsumer, pending: list[asyncio.Future], done: list[tuple[TopicPartition, int]]
+    ) -> None:
+        if pending:
+            await asyncio.gather(*pending)
+        await consumer.commit({tp: OffsetAndMetadata(offset + 1, "") for tp, offset in done})
+        self._record_lag(consumer, done)
 
     def _record_lag(self, consumer: AIOKafkaConsumer, handled: list[tuple[TopicPartition, int]]) -> None:
         for tp, offset in handled:
@@ -160,22 +186,22 @@ class EventConsumer:
         return tp, records[-1].offset
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
+        """Handle one record under a CONSUMER span whose parent is the producer's context.
+
+        The span is started with `start_span` and attached by hand rather than through
+        `start_as_current_span` (a generator context manager wrapping another): same span, same
+        exception recording, a fraction of the cost per record. Attributes are only built for a
+        recorded (sampled) span.
+        """
         topic = record.topic
         started = time.perf_counter()
-        attributes = {
-            "messaging.system": "kafka",
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": topic,
-            "messaging.consumer.group.name": self.group_id,
-            "messaging.destination.partition.id": str(record.partition),
-            "messaging.kafka.offset": record.offset,
-        }
-        if record.key is not None:
-            attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
-        with tracer.start_as_current_span(
-            f"process {topic}", context=extract(record.headers), kind=SpanKind.CONSUMER, attributes=attributes
-        ) as span:
+        parent = extract(record.headers)
+        span = start_span(f"process {topic}", parent, SpanKind.CONSUMER)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            recording = span.is_recording()
+            if recording:
+                span.set_attributes(self._attributes(record))
             try:
                 env, event = envelope.decode(
                     topic=topic.removeprefix(self.bus.topic_prefix),
@@ -188,14 +214,40 @@ class EventConsumer:
             except MalformedEvent as error:
                 await self._dead_letter(record, span, error, attempts=0)
                 return
-            span.set_attribute("messaging.message.id", env.id)
-            span.set_attribute("cloudevents.event_id", env.id)
-            span.set_attribute("cloudevents.event_type", env.type)
-            span.set_attribute("cloudevents.event_source", env.source)
+            if recording:
+                span.set_attributes({
+                    "messaging.message.id": env.id,
+                    "cloudevents.event_id": env.id,
+                    "cloudevents.event_type": env.type,
+                    "cloudevents.event_source": env.source,
+                })
             outcome = await self._handle_with_retries(record, env, event, span)
             consumed, seconds = self._metrics(topic)
             consumed[outcome].inc()
             seconds.observe(time.perf_counter() - started)
+        except Exception as error:
+            # What start_as_current_span did for an exception escaping the span.
+            if span.is_recording():
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def _attributes(self, record: ConsumerRecord) -> dict:
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.consumer.group.name": self.group_id,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+        }
+        if record.key is not None:
+            attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+        return attributes
 
     def _metrics(self, topic: str):  # noqa: ANN202 - prometheus children, cached per topic
         cached = self._metric_children.get(topic)

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from mlops.bus import envelope, metrics
 from mlops.bus.catalog import spec_for
-from mlops.bus.tracing import inject, tracer
+from mlops.bus.tracing import inject, start_span
 from mlops.settings import BusSettings, KafkaSettings
 
 # While a consumer handles a batch, publishes only enqueue; the consumer awaits every delivery
@@ -79,8 +79,36 @@ class EventPublisher:
         headers: list[tuple[str, bytes]],
         parent: Context | None = None,
     ) -> None:
-        """Publish a record whose envelope is already built (outbox rows, dead letters)."""
+        """Publish a record whose envelope is already built (outbox rows, dead letters).
+
+        The PRODUCER span is started with `start_span` and never made current: nothing runs inside
+        it but `send`, and its context goes into the headers explicitly. Its attributes are only
+        built when it is recorded (sampled), so an unsampled record pays for little beyond the ids.
+        """
         key_bytes = key.encode() if isinstance(key, str) else key
+        span = start_span(f"publish {topic}", parent, SpanKind.PRODUCER)
+        try:
+            if span.is_recording():
+                span.set_attributes(self._attributes(topic, key_bytes, headers))
+            delivery = await self._producer.send(topic, value=value, key=key_bytes, headers=inject(headers, span))
+            counter = self._published.get(topic)
+            if counter is None:
+                counter = self._published[topic] = metrics.PUBLISHED.labels(topic)
+            counter.inc()
+            pending = _deliveries.get()
+            if pending is not None:
+                pending.append(delivery)
+                return
+            await delivery
+        except Exception as error:
+            if span.is_recording():
+                span.record_exception(error)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            raise
+        finally:
+            span.end()
+
+    def _attributes(self, topic: str, key_bytes: bytes | None, headers: list[tuple[str, bytes]]) -> dict:
         attributes = {
             "messaging.system": "kafka",
             "messaging.operation.type": "send",
@@ -93,23 +121,7 @@ class EventPublisher:
         for name, raw in headers:
             if name == "ce_id":
                 attributes["messaging.message.id"] = raw.decode()
-        with tracer.start_as_current_span(
-            f"publish {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
-        ) as span:
-            delivery = await self._producer.send(topic, value=value, key=key_bytes, headers=inject(headers))
-            counter = self._published.get(topic)
-            if counter is None:
-                counter = self._published[topic] = metrics.PUBLISHED.labels(topic)
-            counter.inc()
-            pending = _deliveries.get()
-            if pending is not None:
-                pending.append(delivery)
-                return
-            try:
-                await delivery
-            except Exception as error:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-                raise
+        return attributes
 
     async def flush(self) -> None:
         await self._producer.flush()

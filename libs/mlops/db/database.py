@@ -58,7 +58,7 @@ class Database:
                 async with self.engine.connect() as connection:
                     await connection.execute(text("SELECT 1"))
                 return
-            except (OSError, asyncpg.PostgresError, Exception) as error:  # noqa: BLE001 - any failure means "not yet"
+            except (OSError, asyncpg.PostgresError, Exception) as error:
                 if time.monotonic() + delay > deadline:
                     raise Unavailable(
                         f"PostgreSQL at {self.engine.url.render_as_string(hide_password=True)} "

@@ -63,6 +63,8 @@ def run_migrations_env(target_metadata: MetaData, schema: str | None = None) -> 
             target_metadata=target_metadata,
             version_table_schema=schema,
             include_schemas=True,
+            # A service sees only its own schema: autogenerate never touches another service's tables.
+            include_name=lambda name, kind, _: kind != "schema" or name == schema,
         )
         with context.begin_transaction():
             context.run_migrations()

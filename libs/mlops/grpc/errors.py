@@ -24,25 +24,25 @@ async def _abort_for(error: Exception, context: grpc.aio.ServicerContext, method
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable], method: str) -> Callable[..., Awaitable]:
-    async def wrapped(request, context):  # noqa: ANN001, ANN202
+    async def wrapped(request, context):
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await _abort_for(error, context, method)
 
     return wrapped
 
 
 def _wrap_stream(behavior: Callable, method: str) -> Callable:
-    async def wrapped(request, context):  # noqa: ANN001, ANN202
+    async def wrapped(request, context):
         try:
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:
             raise
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await _abort_for(error, context, method)
 
     return wrapped
@@ -54,7 +54,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     A client never sees a traceback; the server logs it with the trace id that the message names.
     """
 
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The platform's services as background processes beside the local stack.
+#
+# Usage: infra/local/services.sh up|down|status|logs [service]
+#   up      start every service that is not running; return when each answers gRPC health SERVING
+#   down    SIGTERM (graceful: finish in-flight work, commit offsets), SIGKILL after a deadline
+#   status  one line per service; exit 0 only when all are ready
+#
+# Services read the addresses `stack.sh up` writes to <stack>/env. Logs and pid files live in
+# ${MLOPS_STACK_DIR:-<repo>/.stack}/{logs,run}. A service is started when its package has a
+# __main__.py; its gRPC port comes from the table below (each overridable by its own variable).
+set -Eeuo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+STACK="${MLOPS_STACK_DIR:-$REPO/.stack}"
+PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+READY_TIMEOUT="${MLOPS_SERVICES_TIMEOUT:-90}"
+STOP_TIMEOUT="${MLOPS_SERVICES_STOP_TIMEOUT:-20}"
+
+# name  gRPC port
+SERVICES=(
+  "registry ${MLOPS_REGISTRY_GRPC_PORT:-50051}"
+)
+
+mkdir -p "$STACK/logs" "$STACK/run"
+[ -f "$STACK/env" ] && { set -a; . "$STACK/env"; set +a; }
+
+available() { [ -f "$REPO/services/$1/__main__.py" ]; }
+pid_of() { [ -f "$STACK/run/$1.pid" ] && cat "$STACK/run/$1.pid" || true; }
+alive() {
+  local pid; pid="$(pid_of "$1")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q "services.$1" "/proc/$pid/cmdline" 2>/dev/null
+}
+healthy() {   # gRPC health SERVING on 127.0.0.1:$1
+  "$PYTHON" - "$1" <<'PY' >/dev/null 2>&1
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
+PY
+}
+
+up() {
+  local started=() entry name port
+  for entry in "${SERVICES[@]}"; do
+    read -r name port <<<"$entry"
+    available "$name" || continue
+    if alive "$name"; then
+      printf '%-9s %s\n' "$name" "already running (pid $(pid_of "$name"))"
+      continue
+    fi
+    printf '\n=== %s start\n' "$(date -u +%FT%TZ)" >>"$STACK/logs/$name.log"
+    wc -l <"$STACK/logs/$name.log" >"$STACK/run/$name.logstart"
+    cd "$REPO"
+    nohup "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 &
+    echo $! >"$STACK/run/$name.pid"
+    started+=("$entry")
+  done
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  for entry in "${started[@]}"; do
+    read -r name port <<<"$entry"
+    until healthy "$port"; do
+      if ! alive "$name" || [ $SECONDS -ge $deadline ]; then
+        printf 'services: %s did not become ready on port %s; its log since start:\n' "$name" "$port" >&2
+        tail -n +"$(cat "$STACK/run/$name.logstart")" "$STACK/logs/$name.log" | tail -n 40 >&2
+        kill -TERM "$(pid_of "$name")" 2>/dev/null || true
+        rm -f "$STACK/run/$name.pid"
+        exit 1
+      fi
+      sleep 0.2
+    done
+    printf '%-9s %s\n' "$name" "ready on 127.0.0.1:$port (pid $(pid_of "$name"))"
+  done
+}
+
+down() {
+  local entry name port pid deadline
+  for entry in "${SERVICES[@]}"; do
+    read -r name port <<<"$entry"
+    if alive "$name"; then
+      pid="$(pid_of "$name")"
+      kill -TERM "$pid" 2>/dev/null || true
+      deadline=$((SECONDS + STOP_TIMEOUT))
+      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      printf '%-9s %s\n' "$name" "stopped"
+    fi
+    rm -f "$STACK/run/$name.pid"
+  done
+}
+
+status() {
+  local rc=0 entry name port
+  for entry in "${SERVICES[@]}"; do
+    read -r name port <<<"$entry"
+    available "$name" || continue
+    if alive "$name" && healthy "$port"; then
+      printf '%-9s %-19s pid %-8s 127.0.0.1:%s\n' "$name" ready "$(pid_of "$name")" "$port"
+    elif alive "$name"; then
+      printf '%-9s %-19s pid %-8s 127.0.0.1:%s\n' "$name" "running, not ready" "$(pid_of "$name")" "$port"; rc=1
+    else
+      printf '%-9s %s\n' "$name" stopped; rc=1
+    fi
+  done
+  return $rc
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  logs) tail -n "${LINES:-50}" "$STACK/logs/${2:?which service}.log" ;;
+  *) echo "usage: $0 up|down|status|logs SERVICE" >&2; exit 2 ;;
+esac

@@ -1,0 +1,114 @@
+"""`mlops`: the command line of the platform. Every error becomes its exit code here, and only here."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from typer.core import TyperGroup
+
+from mlops.cli import alias, apply, data, models, runs
+from mlops.cli.context import DEFAULT_REGISTRY_ADDR, CliContext
+from mlops.cli.output import Output
+from mlops.cli.refs import RefError
+from mlops.errors import DeadlineExceeded, InvalidArgument, MlopsError, NotFound, Unavailable
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    INVALID = 4
+    UNAVAILABLE = 5
+
+
+EXIT_CODES_HELP = """\
+Exit codes:
+  0  ok
+  1  the operation failed (a precondition, a conflict, an unexpected error)
+  2  usage error (unknown option, malformed NAME@VERSION)
+  3  not found (model, version, alias, data set, run)
+  4  invalid argument or bad spec (every problem named by its field path)
+  5  unavailable (the registry, the artifact store or Kafka cannot be reached in time)
+"""
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit code a failure ends the process with."""
+    if isinstance(error, NotFound):
+        return ExitCode.NOT_FOUND
+    if isinstance(error, InvalidArgument | ValidationError):
+        return ExitCode.INVALID
+    if isinstance(error, Unavailable | DeadlineExceeded):
+        return ExitCode.UNAVAILABLE
+    if isinstance(error, RefError):
+        return ExitCode.USAGE
+    return ExitCode.FAILED
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, MlopsError):
+        return error.message
+    if isinstance(error, ValidationError):
+        return f"invalid configuration: {error}"
+    return str(error) or type(error).__name__
+
+
+_HANDLED = (MlopsError, ValidationError, RefError, OSError)
+
+
+class MlopsGroup(TyperGroup):
+    """The root command: every subcommand runs inside its `invoke`, so errors are mapped in one place."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _HANDLED as error:
+            output = ctx.obj.output if isinstance(ctx.obj, CliContext) else Output(json_mode=False)
+            output.error(describe(error))
+            raise typer.Exit(int(exit_code_for(error))) from error
+
+
+app = typer.Typer(
+    cls=MlopsGroup,
+    name="mlops",
+    help="Operate the MLOps platform: apply model specs, commit data, inspect models, runs and lineage, "
+    "move aliases.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    registry: Annotated[
+        str,
+        typer.Option(
+            "--registry", envvar="MLOPS_REGISTRY_ADDR", metavar="ADDR", help="The registry's gRPC address."
+        ),
+    ] = DEFAULT_REGISTRY_ADDR,
+    json_mode: Annotated[
+        bool,
+        typer.Option("--json", help="Print results as JSON (the protobuf JSON mapping of the responses)."),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Deadline of each call to a service."),
+    ] = 30.0,
+) -> None:
+    ctx.obj = CliContext(
+        registry_addr=registry, json_mode=json_mode, timeout_s=timeout, output=Output(json_mode=json_mode)
+    )
+
+
+app.command("apply", help=apply.HELP)(apply.apply)
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+app.add_typer(alias.app, name="alias")
+app.add_typer(runs.app, name="runs")

@@ -1,0 +1,21 @@
+"""Settings of the registry service (`MLOPS_REGISTRY_*`); shared concerns use their own classes."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RegistrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLOPS_REGISTRY_", extra="ignore", frozen=True)
+
+    grpc_host: str = "127.0.0.1"
+    """Address the gRPC API listens on."""
+    grpc_port: int = 50051
+    metrics_port: int | None = 9101
+    """Prometheus endpoint; unset to disable."""
+    consumer_group: str = "mlops-registry"
+    verify_data_commits: bool = True
+    """Read every committed data set back and check its sha256 before recording it."""
+    max_page_size: int = 1000
+    default_page_size: int = 50

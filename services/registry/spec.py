@@ -1,0 +1,177 @@
+"""Model specs: defaults and validation, pure functions over the `ModelSpec` message.
+
+Validation collects every problem with its field path (`spec.training.epochs: …`), so a user fixes
+a spec in one round instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from mlops.registry.v1 import registry_pb2
+
+API_VERSION = "mlops/v1"
+KIND = "ModelSpec"
+TASKS = ("classification", "regression")
+METRICS = {
+    "classification": {"accuracy": "max", "macro_f1": "max", "roc_auc": "max", "log_loss": "min"},
+    "regression": {"rmse": "min", "mae": "min", "r2": "max"},
+}
+STRATEGIES = ("canary", "blue_green", "shadow", "direct")
+DRIFT_METHODS = ("psi", "ks", "chi2")
+DRIFT_ACTIONS = ("retrain", "alert", "none")
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
+    """A copy with every optional setting filled in, so that a stored spec says all it means."""
+    full = registry_pb2.ModelSpec()
+    full.CopyFrom(spec)
+    body = full.spec
+    training = body.training
+    if not training.hidden_layers:
+        training.hidden_layers.extend([64, 32])
+    for field, value in (
+        ("epochs", 30), ("learning_rate", 0.001), ("batch_size", 128), ("seed", 7), ("early_stopping_patience", 5),
+        ("validation_fraction", 0.15), ("test_fraction", 0.15), ("dropout", 0.0), ("weight_decay", 0.0),
+        ("parity_tolerance", 1e-4),
+    ):
+        if not training.HasField(field):
+            setattr(training, field, value)
+    gate = body.gate
+    if not gate.metric:
+        gate.metric = "accuracy" if body.task == "classification" else "rmse"
+    if not gate.HasField("max_regression"):
+        gate.max_regression = 0.01
+    rollout = body.rollout
+    if not rollout.strategy:
+        rollout.strategy = "canary"
+    if not rollout.steps and rollout.strategy == "canary":
+        rollout.steps.extend([10, 50, 100])
+    for field, value in (("step_seconds", 20), ("max_error_rate", 0.01), ("max_p99_latency_ms", 50.0),
+                         ("min_requests", 20), ("auto_promote", True)):
+        if not rollout.HasField(field):
+            setattr(rollout, field, value)
+    monitor = body.monitor
+    if not monitor.method:
+        monitor.method = "psi"
+    if not monitor.on_drift:
+        monitor.on_drift = "retrain"
+    if not monitor.on_degradation:
+        monitor.on_degradation = "alert"
+    for field, value in (("window_seconds", 30), ("threshold", 0.2), ("consecutive_windows", 2),
+                         ("sampling_rate", 1.0), ("min_samples", 200)):
+        if not monitor.HasField(field):
+            setattr(monitor, field, value)
+    serving = body.serving
+    for field, value in (("max_batch_size", 64), ("max_wait_us", 500)):
+        if not serving.HasField(field):
+            setattr(serving, field, value)
+    return full
+
+
+def validate(spec: registry_pb2.ModelSpec) -> list[str]:
+    """Every problem of a (defaulted) spec, each prefixed with its field path; empty when valid."""
+    problems: list[str] = []
+
+    def need(condition: bool, path: str, message: str) -> None:
+        if not condition:
+            problems.append(f"{path}: {message}")
+
+    need(spec.api_version == API_VERSION, "apiVersion", f"must be {API_VERSION!r}, got {spec.api_version!r}")
+    need(spec.kind == KIND, "kind", f"must be {KIND!r}, got {spec.kind!r}")
+    need(bool(NAME.match(spec.metadata.name)), "metadata.name",
+         f"{spec.metadata.name!r} is not a name: lowercase letters, digits and '-', at most 63, no '-' at the ends")
+    body = spec.spec
+    need(bool(body.dataset), "spec.dataset", "is required (the data set this model trains on)")
+    need(body.task in TASKS, "spec.task", f"must be one of {', '.join(TASKS)}, got {body.task!r}")
+    need(bool(body.label), "spec.label", "is required (the column to predict)")
+    if body.label in body.features:
+        problems.append(f"spec.features: contains the label column {body.label!r}")
+    for name, values in (("features", body.features), ("slices", body.slices)):
+        duplicates = sorted({v for v in values if list(values).count(v) > 1})
+        if duplicates:
+            problems.append(f"spec.{name}: listed twice: {', '.join(duplicates)}")
+    for index, value in enumerate(body.features):
+        need(bool(value.strip()), f"spec.features[{index}]", "is empty")
+
+    training = body.training
+    for index, width in enumerate(training.hidden_layers):
+        need(1 <= width <= 65_536, f"spec.training.hidden_layers[{index}]", f"must be 1 to 65536, got {width}")
+    need(training.epochs >= 1, "spec.training.epochs", f"must be at least 1, got {training.epochs}")
+    need(0 < training.learning_rate < 10, "spec.training.learning_rate",
+         f"must be above 0 and below 10, got {training.learning_rate}")
+    need(training.batch_size >= 1, "spec.training.batch_size", f"must be at least 1, got {training.batch_size}")
+    need(training.early_stopping_patience >= 0, "spec.training.early_stopping_patience", "must not be negative")
+    need(0 < training.validation_fraction < 0.5, "spec.training.validation_fraction", "must be above 0 and below 0.5")
+    need(0 < training.test_fraction < 0.5, "spec.training.test_fraction", "must be above 0 and below 0.5")
+    need(0 <= training.dropout < 1, "spec.training.dropout", "must be at least 0 and below 1")
+    need(training.weight_decay >= 0, "spec.training.weight_decay", "must not be negative")
+    need(training.parity_tolerance > 0, "spec.training.parity_tolerance", "must be above 0")
+    if training.HasField("search"):
+        search = training.search
+        need(search.trials >= 1, "spec.training.search.trials", f"must be at least 1, got {search.trials}")
+        for name, param in search.params.items():
+            path = f"spec.training.search.params.{name}"
+            kind = param.WhichOneof("space")
+            if kind is None:
+                problems.append(f"{path}: give one of uniform, log_uniform, int_uniform, choice")
+            elif kind in ("uniform", "log_uniform", "int_uniform"):
+                space = getattr(param, kind)
+                need(space.low < space.high, f"{path}.{kind}", f"low ({space.low}) must be below high ({space.high})")
+                if kind == "log_uniform":
+                    need(space.low > 0, f"{path}.{kind}.low", "must be above 0 for a log scale")
+            else:
+                need(len(param.choice.values) >= 1, f"{path}.choice", "must list at least one value")
+
+    gate = body.gate
+    metrics = METRICS.get(body.task, {})
+    if metrics:
+        need(gate.metric in metrics, "spec.gate.metric",
+             f"{gate.metric!r} is not a {body.task} metric; use one of {', '.join(metrics)}")
+    need(gate.max_regression >= 0, "spec.gate.max_regression", "must not be negative")
+    if gate.HasField("max_p99_latency_ms"):
+        need(gate.max_p99_latency_ms > 0, "spec.gate.max_p99_latency_ms", "must be above 0")
+    if gate.HasField("min") and gate.HasField("max"):
+        need(gate.min <= gate.max, "spec.gate", f"min ({gate.min}) must not exceed max ({gate.max})")
+
+    rollout = body.rollout
+    need(rollout.strategy in STRATEGIES, "spec.rollout.strategy",
+         f"must be one of {', '.join(STRATEGIES)}, got {rollout.strategy!r}")
+    steps = list(rollout.steps)
+    if rollout.strategy == "canary":
+        need(bool(steps), "spec.rollout.steps", "a canary needs at least one step")
+    for index, step in enumerate(steps):
+        need(1 <= step <= 100, f"spec.rollout.steps[{index}]", f"must be a traffic share from 1 to 100, got {step}")
+    if steps and any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        problems.append(f"spec.rollout.steps: must increase strictly, got {steps}")
+    if steps and rollout.strategy == "canary":
+        need(steps[-1] == 100, "spec.rollout.steps", f"must end at 100 (full traffic), ends at {steps[-1]}")
+    need(rollout.step_seconds >= 0, "spec.rollout.step_seconds", "must not be negative")
+    need(0 <= rollout.max_error_rate <= 1, "spec.rollout.max_error_rate", "must be a fraction from 0 to 1")
+    need(rollout.max_p99_latency_ms > 0, "spec.rollout.max_p99_latency_ms", "must be above 0")
+    need(rollout.min_requests >= 0, "spec.rollout.min_requests", "must not be negative")
+
+    monitor = body.monitor
+    need(monitor.window_seconds >= 1, "spec.monitor.window_seconds", "must be at least 1")
+    need(monitor.method in DRIFT_METHODS, "spec.monitor.method",
+         f"must be one of {', '.join(DRIFT_METHODS)}, got {monitor.method!r}")
+    need(monitor.threshold > 0, "spec.monitor.threshold", "must be above 0")
+    need(monitor.consecutive_windows >= 1, "spec.monitor.consecutive_windows", "must be at least 1")
+    need(monitor.on_drift in DRIFT_ACTIONS, "spec.monitor.on_drift",
+         f"must be one of {', '.join(DRIFT_ACTIONS)}, got {monitor.on_drift!r}")
+    need(monitor.on_degradation in DRIFT_ACTIONS, "spec.monitor.on_degradation",
+         f"must be one of {', '.join(DRIFT_ACTIONS)}, got {monitor.on_degradation!r}")
+    need(0 < monitor.sampling_rate <= 1, "spec.monitor.sampling_rate", "must be above 0 and at most 1")
+    need(monitor.min_samples >= 0, "spec.monitor.min_samples", "must not be negative")
+
+    serving = body.serving
+    need(1 <= serving.max_batch_size <= 4096, "spec.serving.max_batch_size", "must be 1 to 4096")
+    need(0 <= serving.max_wait_us <= 1_000_000, "spec.serving.max_wait_us", "must be 0 to 1000000")
+    return problems
+
+
+def fingerprint(spec: registry_pb2.ModelSpec) -> str:
+    """sha256 of the spec's deterministic encoding: applying the same spec twice changes nothing."""
+    return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
