@@ -13,7 +13,14 @@ from mlops.db import Database, migrate
 from mlops.events.v1 import data_pb2, monitoring_pb2
 from mlops.grpc import GrpcServer
 from mlops.registry.v1 import registry_pb2, registry_pb2_grpc
-from mlops.settings import ArtifactSettings, BusSettings, DatabaseSettings, GrpcServerSettings, KafkaSettings, TelemetrySettings
+from mlops.settings import (
+    ArtifactSettings,
+    BusSettings,
+    DatabaseSettings,
+    GrpcServerSettings,
+    KafkaSettings,
+    TelemetrySettings,
+)
 from mlops.store import open_store
 from mlops.telemetry import setup_telemetry
 from services.registry.core import RegistryCore

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -67,7 +68,7 @@ def parse(cls: type[M], body: bytes) -> M:
     return message
 
 
-def q(sql: str):  # noqa: ANN201 - a compiled text clause with the schema filled in
+def q(sql: str):
     return text(sql.replace("{s}", SCHEMA))
 
 
@@ -418,10 +419,10 @@ class RegistryCore:
     # Runs --------------------------------------------------------------------------------------
 
     async def create_run(self, request: pb.CreateRunRequest) -> pb.Run:
-        _need(bool(request.run_id), "run_id is required (the trainer chooses it, so that a retry is idempotent)")
         _check_model_name(request.model)
         started = now()
-        run = pb.Run(run_id=request.run_id, model=request.model, spec_version=request.spec_version,
+        # A caller that wants retries to be idempotent chooses the id; otherwise the registry makes one.
+        run = pb.Run(run_id=request.run_id or uuid.uuid4().hex, model=request.model, spec_version=request.spec_version,
                      dataset=request.dataset, dataset_version=request.dataset_version,
                      dataset_sha256=request.dataset_sha256, params=request.params, status=pb.RUN_STATUS_RUNNING,
                      trigger=request.trigger, trigger_event_id=request.trigger_event_id, hardware=request.hardware,
@@ -433,7 +434,7 @@ class RegistryCore:
                 params={"r": run.run_id, "m": run.model, "st": run.status, "d": run.dataset,
                         "dv": run.dataset_version, "t": started, "b": run.SerializeToString()})).scalar_one_or_none()
         if inserted is None:
-            return await self.get_run(pb.GetRunRequest(run_id=request.run_id))
+            return await self.get_run(pb.GetRunRequest(run_id=run.run_id))
         return run
 
     async def log_run_metrics(self, request: pb.LogRunMetricsRequest) -> pb.LogRunMetricsResponse:
@@ -768,7 +769,7 @@ def _json(value: dict) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _with_aliases(row) -> pb.ModelVersion:  # noqa: ANN001 - (body, aliases) row
+def _with_aliases(row) -> pb.ModelVersion:
     version = parse(pb.ModelVersion, row[0])
     version.aliases.extend(row[1])
     return version

@@ -31,7 +31,7 @@ def csv_schema(data: bytes, sample_rows: int = 10_000) -> tuple[list[common_pb2.
     kinds = ["int64"] * len(header)
     nullable = [False] * len(header)
     rows = 0
-    for rows, row in enumerate(reader, start=1):  # noqa: B007 - rows is the count afterwards
+    for rows, row in enumerate(reader, start=1):
         if rows > sample_rows:
             continue
         for index, cell in enumerate(row[: len(header)]):
@@ -87,7 +87,7 @@ class RegistryHandlers:
         response = await self.core.record_dataset_version(request, session=ctx.session)
         span.set_attribute("mlops.dataset.version", response.dataset_version.version)
 
-    async def on_monitor_event(self, event, ctx: EventContext) -> None:  # noqa: ANN001 - DriftDetected | PerformanceDegraded
+    async def on_monitor_event(self, event, ctx: EventContext) -> None:
         assert isinstance(event, monitoring_pb2.DriftDetected | monitoring_pb2.PerformanceDegraded)
         assert ctx.session is not None
         await self.core.record_monitor_event(ctx.envelope.id, event, ctx.session)

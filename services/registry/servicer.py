@@ -39,8 +39,8 @@ _METHODS = {
 }
 
 
-def _delegate(core_method: str):  # noqa: ANN202
-    async def method(self, request, context):  # noqa: ANN001, ANN202
+def _delegate(core_method: str):
+    async def method(self, request, context):
         return await getattr(self.core, core_method)(request)
 
     method.__name__ = core_method

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from itertools import pairwise
 
 from mlops.registry.v1 import registry_pb2
 
@@ -144,7 +145,7 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
         need(bool(steps), "spec.rollout.steps", "a canary needs at least one step")
     for index, step in enumerate(steps):
         need(1 <= step <= 100, f"spec.rollout.steps[{index}]", f"must be a traffic share from 1 to 100, got {step}")
-    if steps and any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+    if steps and any(b <= a for a, b in pairwise(steps)):
         problems.append(f"spec.rollout.steps: must increase strictly, got {steps}")
     if steps and rollout.strategy == "canary":
         need(steps[-1] == 100, "spec.rollout.steps", f"must end at 100 (full traffic), ends at {steps[-1]}")

@@ -265,6 +265,8 @@ def bench_mlflow(tools: Tools, args: argparse.Namespace, log_dir: Path) -> tuple
             "--backend-store-uri", f"postgresql+psycopg2://{urllib.parse.quote(PG_USER)}:{urllib.parse.quote(PG_PASSWORD)}@{PG_HOST}:{PG_PORT}/{MLFLOW_DB}",
             "--default-artifact-root", (log_dir / "mlflow-artifacts").as_uri(),
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.mlflow_workers)]
+    if args.mlflow_server == "gunicorn":
+        argv += ["--gunicorn-opts", "--log-level warning"]  # gunicorn's sync workers serve Flask directly
     env = {**os.environ, "PATH": f"{BENCH_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     with running("mlflow", argv, env=env, log_dir=log_dir) as proc:
         # a real lookup through the model registry, so that the schema migrations are done too
@@ -277,10 +279,10 @@ def bench_mlflow(tools: Tools, args: argparse.Namespace, log_dir: Path) -> tuple
         check = json.loads(urllib.request.urlopen(url, timeout=10).read())
         assert check["model_version"]["version"] == version, check
         print(f"MLflow {tools.mlflow_version}: {MODEL}@{ALIAS} -> version {version}; "
-              f"{args.mlflow_workers} uvicorn workers", flush=True)
+              f"{args.mlflow_workers} {args.mlflow_server} workers", flush=True)
         run_wrk(tools, url, args.concurrency, args.warmup)
         figures = run_wrk(tools, url, args.concurrency, args.duration)
-    detail = {"version": tools.mlflow_version, "server": "mlflow server (uvicorn)", "workers": args.mlflow_workers,
+    detail = {"version": tools.mlflow_version, "server": f"mlflow server ({args.mlflow_server})", "workers": args.mlflow_workers,
               "backend_store": f"postgresql://{PG_HOST}:{PG_PORT}/{MLFLOW_DB}",
               "request": f"GET {urllib.parse.urlsplit(url).path}?{urllib.parse.urlsplit(url).query}",
               "load_generator": "wrk"}
@@ -457,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", metavar="HOST:PORT", help="use a running registry instead of starting one")
     parser.add_argument("--mlflow-workers", type=int, default=os.cpu_count() or 1,
                         help="MLflow's uvicorn worker processes (default: one per core)")
+    parser.add_argument("--mlflow-server", choices=["uvicorn", "gunicorn"], default="uvicorn",
+                        help="MLflow's HTTP server: uvicorn (its default since 3.x) or gunicorn (sync workers)")
     parser.add_argument("--ghz-connections", type=int, default=1,
                         help="HTTP/2 connections ghz spreads its callers over (default 1: one channel, "
                              "as a gRPC client has)")

@@ -100,3 +100,17 @@ def test_the_local_bucket_exists():
     client = boto3.client("s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"))
     names = [bucket["Name"] for bucket in client.list_buckets()["Buckets"]]
     assert os.environ.get("MLOPS_S3_BUCKET", "mlops") in names
+
+
+async def test_multipart_upload_above_the_threshold_is_verified_on_the_way_back(unique, tmp_path):
+    store = open_store(ArtifactSettings(
+        root="s3://mlops/tests", multipart_threshold_mb=5,
+        s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")))
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(11 * 1024 * 1024))
+    seen = []
+    ref = await store.put_file(f"datasets/{unique}", "big.bin", source, progress=seen.append)
+    assert sum(seen) == source.stat().st_size and len(seen) > 1, "progress arrives part by part"
+    dest = tmp_path / "back.bin"
+    await store.get_file(ref.uri, dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == ref.sha256

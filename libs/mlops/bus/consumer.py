@@ -156,7 +156,8 @@ class EventConsumer:
                 with deferred_deliveries() as pending:
                     done = await asyncio.gather(*(self._handle_partition(tp, records) for tp, records in batch.items()))
                 if committing is not None:
-                    await committing
+                    previous, committing = committing, None
+                    await previous
                 committing = asyncio.create_task(self._acknowledge_and_commit(consumer, pending, done))
         finally:
             try:

@@ -145,7 +145,9 @@ def decode(
     if value is None:
         raise MalformedEvent("record has no value (a tombstone is not an event)")
 
-    content_type = (text.get("content-type") or "").split(";")[0].strip().lower()
+    content_type = text.get("content-type") or ""
+    if content_type != PROTOBUF:  # what the bus itself writes needs no normalising
+        content_type = content_type.split(";")[0].strip().lower()
     if not content_type:
         content_type = JSON if value.lstrip()[:1] == b"{" else PROTOBUF
     message = spec.message()

@@ -20,7 +20,14 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, StaticSampler
-from opentelemetry.trace import NonRecordingSpan, ProxyTracerProvider, SpanContext, SpanKind, TraceFlags, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    ProxyTracerProvider,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 
 tracer = trace.get_tracer("mlops.bus")
 """The API's proxy tracer; `start_span` below goes to the SDK tracer behind it directly."""
@@ -139,7 +146,7 @@ def _drops_unsampled_children(sdk_tracer: SdkTracer) -> bool:
     delegates = (getattr(sampler, "_remote_parent_not_sampled", None), getattr(sampler, "_local_parent_not_sampled", None))
     return (
         all(isinstance(d, StaticSampler) and getattr(d, "_decision", None) is Decision.DROP for d in delegates)
-        and sdk_tracer._is_enabled()  # noqa: SLF001 - a disabled tracer hands out its parent instead
+        and sdk_tracer._is_enabled()
         and isinstance(getattr(sdk_tracer, "_tracer_metrics", None), NoOpTracerMetrics)
     )
 

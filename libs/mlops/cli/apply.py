@@ -24,11 +24,12 @@ from mlops.cli.output import Output
 from mlops.errors import InvalidArgument
 from mlops.registry.v1 import registry_pb2
 
-HELP = """Apply model specs (YAML, several documents per file allowed; `-f -` reads stdin).
-
-A spec that differs from the model's latest one becomes its next spec version; an identical one
-changes nothing. Every problem is named by its field path, and nothing is applied while any document
-is invalid."""
+HELP = (
+    "Apply model specs (YAML, several documents per file allowed; `-f -` reads stdin).\n\n"
+    "A spec that differs from the model's latest one becomes its next spec version; an identical one "
+    "changes nothing. Every problem is named by its field path, and nothing is applied while any "
+    "document is invalid."
+)
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -183,7 +184,7 @@ def _check_field(value: object, field: FieldDescriptor, path: str, problems: lis
                 continue
             _check_single(item, value_field, f"{path}.{key}", problems)
         return
-    if field.label == FieldDescriptor.LABEL_REPEATED:
+    if field.is_repeated:
         if not isinstance(value, list):
             problems.append(f"{path}: expected a list, got {_kind_of(value)}")
             return

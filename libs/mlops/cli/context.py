@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 
 from mlops.cli.output import Output
+from mlops.errors import DeadlineExceeded, Unavailable
 from mlops.grpc import open_channel, raise_typed
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.telemetry import setup_telemetry
@@ -26,6 +28,12 @@ DEFAULT_REGISTRY_ADDR = "127.0.0.1:50051"
 _MAX_PAGE = 1000  # the registry's largest page
 
 tracer = trace.get_tracer("mlops.cli")
+
+
+def _quiet_libraries() -> None:
+    """Library loggers would repeat, as tracebacks and retries, what the command reports as one error."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("opentelemetry.exporter.otlp").setLevel(logging.ERROR)
 
 
 def current_user() -> str:
@@ -51,6 +59,10 @@ class CliContext:
         The span is current while `work` runs, so the gRPC, S3 and Kafka calls it makes are its
         children and one `data commit` is one trace across every service that reacts to it.
         """
+        _quiet_libraries()
+        # A command is short: without a collector, give up exporting after 2 s rather than the
+        # exporter's default 10 s (an explicit OTEL_EXPORTER_OTLP_TIMEOUT still wins).
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
         telemetry = setup_telemetry("cli")
         try:
             with tracer.start_as_current_span(f"mlops {command}", attributes=attributes):
@@ -66,8 +78,17 @@ class CliContext:
 
     async def call(self, rpc: Callable[..., Awaitable[M]], request: Message) -> M:
         """One unary call with the global deadline; a failed status becomes its typed error."""
-        with raise_typed():
-            return await rpc(request, timeout=self.timeout_s)
+        try:
+            with raise_typed():
+                return await rpc(request, timeout=self.timeout_s)
+        except Unavailable as error:
+            raise Unavailable(
+                f"the registry at {self.registry_addr} is unavailable: {error.message}"
+            ) from None
+        except DeadlineExceeded:
+            raise DeadlineExceeded(
+                f"the registry at {self.registry_addr} did not answer within {self.timeout_s:g}s (--timeout)"
+            ) from None
 
     async def paginate(self, rpc: Callable[..., Awaitable[M]], request: Message, items: str, limit: int) -> M:
         """Follow `next_page_token` until `limit` items (0: all) are in; one response holds them all.

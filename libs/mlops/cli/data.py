@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka.errors import KafkaError
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from rich.progress import (
@@ -20,8 +20,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from mlops.bus import EventPublisher
-from mlops.bus.catalog import spec_for
 from mlops.cli.context import CliContext, cli_context, current_user, tracer
 from mlops.cli.output import Output, mapping, message_to_dict, short_sha, timestamp, version
 from mlops.cli.refs import RefError, parse_dataset_ref, parse_labels
@@ -30,7 +28,6 @@ from mlops.errors import FailedPrecondition, MlopsError, NotFound, Unavailable
 from mlops.events.v1 import data_pb2
 from mlops.registry.v1 import registry_pb2
 from mlops.settings import ArtifactSettings, BusSettings, KafkaSettings
-from mlops.store import open_store
 from mlops.telemetry import current_trace_id
 
 app = typer.Typer(help="Commit data snapshots and inspect data sets.", no_args_is_help=True)
@@ -54,6 +51,11 @@ def _progress(output: Output, size: int) -> Progress:
 
 async def _upload(settings: ArtifactSettings, dataset: str, path: Path, on_bytes) -> tuple[str, str]:
     """Store the file content-addressed; (uri, sha256)."""
+    # Imported here: boto3 and the bus (with its database helpers) would slow every other command.
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    from mlops.store import open_store
+
     store = open_store(settings)
     try:
         ref = await store.put_file(f"datasets/{dataset}", path.name, path, on_bytes)
@@ -67,13 +69,18 @@ async def _upload(settings: ArtifactSettings, dataset: str, path: Path, on_bytes
 
 
 async def _publish(event: data_pb2.DataCommitted, event_id: str) -> None:
+    from aiokafka.errors import KafkaError
+
+    from mlops.bus import EventPublisher
+
     publisher = EventPublisher(KafkaSettings(), BusSettings(), source="mlops-cli")
     try:
-        await publisher.start()
         try:
+            await publisher.start()
             await publisher.publish(event, event_id=event_id)
         finally:
-            await publisher.stop()
+            with contextlib.suppress(Exception):  # also after a failed start, which leaves it half open
+                await publisher.stop()
     except KafkaError as error:
         raise Unavailable(f"Kafka ({KafkaSettings().bootstrap}): {error}") from None
 
@@ -86,7 +93,7 @@ async def _commit(
     labels: dict[str, str],
     committed_by: str,
 ) -> dict:
-    size = path.stat().st_size
+    size = await asyncio.to_thread(lambda: path.stat().st_size)
     span = trace.get_current_span()
     with _progress(cli.output, size) as progress:
         reading = progress.add_task(f"reading {path.name}", total=size)
@@ -169,8 +176,8 @@ def commit(
         str | None, typer.Option("--format", help="csv or parquet; from the file's suffix when not given.")
     ] = None,
     label: Annotated[
-        list[str], typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label; repeatable.")
-    ] = [],
+        list[str] | None, typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label; repeatable.")
+    ] = None,
     committed_by: Annotated[
         str | None, typer.Option("--committed-by", help="Who commits; the OS user by default.")
     ] = None,
@@ -179,7 +186,7 @@ def commit(
     DataCommitted (which starts training of every model whose spec names the data set)."""
     cli = cli_context(ctx)
     try:
-        labels = parse_labels(label)
+        labels = parse_labels(label or [])
     except RefError as error:
         raise typer.BadParameter(str(error), param_hint="'--label'") from None
     file_format = format_of(file, fmt)
@@ -204,7 +211,7 @@ def commit(
             ("sha256", dv.sha256),
             ("rows", f"{dv.row_count} × {len(dv.columns)} columns"),
             ("parent", _parent(dv)),
-            ("event", f"{result['event_id']} on {spec_for(data_pb2.DataCommitted()).topic}"),
+            ("event", f"DataCommitted {result['event_id']}"),
             ("trace", result["trace_id"] or "-"),
         ]
     )

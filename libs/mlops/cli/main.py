@@ -66,6 +66,8 @@ class MlopsGroup(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise typer.Exit(int(ExitCode.FAILED)) from None  # the reader went away: nothing to tell it
         except _HANDLED as error:
             output = ctx.obj.output if isinstance(ctx.obj, CliContext) else Output(json_mode=False)
             output.error(describe(error))

@@ -12,6 +12,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
 
 from mlops.errors import InvalidArgument, NotFound, Unavailable
@@ -41,6 +42,7 @@ class S3StoreConfig(BaseModel):
 
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+tracer = trace.get_tracer("mlops.store")
 
 
 class S3Store(ArtifactStore):
@@ -102,15 +104,29 @@ class S3Store(ArtifactStore):
         sha, size = await asyncio.to_thread(sha256_of_file, path, None)
         key = self._key(content_key(namespace, sha, filename))
         if not await self._exists_key(key):
-            await asyncio.to_thread(
-                self.client.upload_file,
-                str(path),
-                self.bucket,
-                key,
-                ExtraArgs={"Metadata": {"sha256": sha}},
-                Config=self.transfer,
-                Callback=progress,
-            )
+            if size < self.transfer.multipart_threshold:
+                # One PutObject in a thread that carries the caller's context: its span joins the trace.
+                def put() -> None:
+                    with path.open("rb") as body:
+                        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={"sha256": sha})
+
+                await asyncio.to_thread(put)
+                if progress:
+                    progress(size)
+            else:
+                # s3transfer uploads the parts from threads of its own, which lose the trace context:
+                # one span here stands for the whole multipart upload.
+                with tracer.start_as_current_span("S3 multipart upload", attributes={"aws.s3.key": key,
+                                                                                     "aws.s3.bucket": self.bucket}):
+                    await asyncio.to_thread(
+                        self.client.upload_file,
+                        str(path),
+                        self.bucket,
+                        key,
+                        ExtraArgs={"Metadata": {"sha256": sha}},
+                        Config=self.transfer,
+                        Callback=progress,
+                    )
         elif progress:
             progress(size)
         return ArtifactRef(uri=f"s3://{self.bucket}/{key}", sha256=sha, size=size)
