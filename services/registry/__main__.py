@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from pathlib import Path
 
 from mlops.bus import EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay
 from mlops.db import Database, migrate
 from mlops.events.v1 import data_pb2, monitoring_pb2
 from mlops.grpc import GrpcServer
+from mlops.lifecycle import stop_in_order, wait_for_stop
 from mlops.registry.v1 import registry_pb2, registry_pb2_grpc
 from mlops.settings import (
     ArtifactSettings,
@@ -66,26 +65,17 @@ async def main() -> None:
     await server.set_serving()
     log.info("registry ready: gRPC on %s:%d", settings.grpc_host, port)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task is not waiter and task.exception():
-            log.error("%s stopped: %r", task.get_name(), task.exception())
-
+    await wait_for_stop(tasks)
     log.info("registry stopping")
-    await server.stop()
-    await consumer.stop()
-    await relay.stop()
-    for task in tasks:
-        with contextlib.suppress(Exception):
-            await task
-    await publisher.stop()
-    await database.close()
-    telemetry.shutdown()
+    await stop_in_order([
+        ("gRPC server", server.stop),
+        ("consumer", consumer.stop),
+        ("outbox relay", relay.stop),
+        ("background tasks", lambda: asyncio.gather(*tasks, return_exceptions=True)),
+        ("publisher", publisher.stop),
+        ("database", database.close),
+        ("telemetry", lambda: asyncio.to_thread(telemetry.shutdown)),
+    ])
 
 
 if __name__ == "__main__":

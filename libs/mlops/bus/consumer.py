@@ -14,12 +14,21 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 from aiokafka.structs import OffsetAndMetadata
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import envelope, metrics
@@ -30,7 +39,7 @@ from mlops.bus.inbox import Inbox
 from mlops.bus.producer import EventPublisher, deferred_deliveries
 from mlops.bus.tracing import extract, start_span
 from mlops.db import Database
-from mlops.errors import MlopsError
+from mlops.errors import MlopsError, Unavailable
 from mlops.settings import BusSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,42 @@ class EventContext:
 
 
 Handler = Callable[[Message, EventContext], Awaitable[None]]
+
+_OUTAGES: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    Unavailable,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    KafkaConnectionError,
+    NodeNotReadyError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+)
+
+
+async def _settle(task: asyncio.Task | None) -> None:
+    """Wait for an acknowledge-and-commit task; its failure only means the batch will be redelivered."""
+    if task is None:
+        return None
+    try:
+        await task
+    except Exception as error:
+        log.warning("offsets not committed (the records will be redelivered): %s", error)
+    return None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a failure comes from unreachable infrastructure rather than from the message being handled."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _OUTAGES):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -145,27 +190,50 @@ class EventConsumer:
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
         committing: asyncio.Task | None = None
+        backoff = self.bus.retry_backoff_ms / 1000
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=self.bus.poll_timeout_ms)
-                if committing is not None and committing.done():
-                    committing, finished = None, committing
-                    finished.result()  # raises the failure of the previous batch's acks or commit
-                if not batch:
-                    continue
-                with deferred_deliveries() as pending:
-                    done = await asyncio.gather(*(self._handle_partition(tp, records) for tp, records in batch.items()))
-                if committing is not None:
-                    previous, committing = committing, None
-                    await previous
-                committing = asyncio.create_task(self._acknowledge_and_commit(consumer, pending, done))
+                try:
+                    batch = await consumer.getmany(timeout_ms=self.bus.poll_timeout_ms)
+                    if committing is not None and committing.done():
+                        committing, finished = None, committing
+                        finished.result()  # raises the failure of the previous batch's acks or commit
+                    if not batch:
+                        continue
+                    with deferred_deliveries() as pending:
+                        done = await asyncio.gather(
+                            *(self._handle_partition(tp, records) for tp, records in batch.items())
+                        )
+                    if committing is not None:
+                        previous, committing = committing, None
+                        await previous
+                    committing = asyncio.create_task(self._acknowledge_and_commit(consumer, pending, done))
+                    backoff = self.bus.retry_backoff_ms / 1000
+                except Exception as error:
+                    if not (isinstance(error, KafkaError) or is_outage(error)) or self._stopping.is_set():
+                        raise
+                    # The broker or a dependency went away mid-batch: nothing after the last commit
+                    # counts. Re-read from there once it is back (the inbox absorbs the repeats).
+                    log.warning("consumer %s: %s; re-reading from the last committed offsets", self.group_id, error)
+                    committing = await _settle(committing)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.bus.retry_backoff_max_ms / 1000)
+                    await self._rewind(consumer)
         finally:
             try:
-                if committing is not None:
-                    await committing  # the batch in hand: its acks and its commit
+                await _settle(committing)  # the batch in hand: its acks and its commit, if they can still go
             finally:
                 await consumer.stop()
                 self._stopped.set()
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        assignment = list(consumer.assignment())
+        if not assignment:
+            return
+        try:
+            await consumer.seek_to_committed(*assignment)
+        except KafkaError as error:
+            log.warning("consumer %s could not re-read committed offsets yet: %s", self.group_id, error)
 
     async def _acknowledge_and_commit(
         self, consumer: AIOKafkaConsumer, pending: list[asyncio.Future], done: list[tuple[TopicPartition, int]]
@@ -250,7 +318,7 @@ class EventConsumer:
             attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
         return attributes
 
-    def _metrics(self, topic: str):  # noqa: ANN202 - prometheus children, cached per topic
+    def _metrics(self, topic: str):
         cached = self._metric_children.get(topic)
         if cached is None:
             outcomes = ("handled", "duplicate", "dead_lettered")
@@ -262,9 +330,13 @@ class EventConsumer:
         return cached
 
     async def _handle_with_retries(self, record: ConsumerRecord, env: Envelope, event: Message, span) -> str:
+        """Handle one record. A failure of the message or the handler is retried `max_attempts` times, then
+        dead-lettered; an outage of the infrastructure (database, broker, store) is waited out instead,
+        however long it lasts, because it says nothing about the message."""
         subscription = self._subscriptions[record.topic]
         delay = self.bus.retry_backoff_ms / 1000
-        for attempt in range(1, self.bus.max_attempts + 1):
+        attempt = 1
+        while True:
             context = EventContext(
                 envelope=env,
                 topic=record.topic,
@@ -278,17 +350,23 @@ class EventConsumer:
                     return await self._handle_once(subscription.handler, event, context)
                 await subscription.handler(event, context)
                 return "handled"
-            except Exception as error:  # noqa: BLE001 - every failure is either retried or dead-lettered
+            except Exception as error:
                 span.record_exception(error, attributes={"attempt": attempt})
-                permanent = isinstance(error, MlopsError) and not error.retryable
-                if permanent or attempt == self.bus.max_attempts:
-                    await self._dead_letter(record, span, error, attempts=attempt)
-                    return "dead_lettered"
+                if is_outage(error):
+                    if self._stopping.is_set():
+                        raise  # leave the record uncommitted: it is redelivered after the restart
+                    log.warning("%s offset %d waits for an outage to end: %s", record.topic, record.offset, error)
+                else:
+                    permanent = isinstance(error, MlopsError) and not error.retryable
+                    if permanent or attempt >= self.bus.max_attempts:
+                        await self._dead_letter(record, span, error, attempts=attempt)
+                        return "dead_lettered"
+                    attempt += 1
+                    log.warning("handling %s offset %d failed (attempt %d): %s", record.topic, record.offset,
+                                attempt - 1, error)
                 metrics.RETRIES.labels(record.topic, self.group_id).inc()
-                log.warning("handling %s offset %d failed (attempt %d): %s", record.topic, record.offset, attempt, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
-        raise AssertionError("unreachable")
 
     async def _handle_once(self, handler: Handler, event: Message, context: EventContext) -> str:
         assert self.database is not None and self.inbox is not None

@@ -13,12 +13,14 @@ import contextlib
 import json
 import logging
 
+from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import envelope, metrics
 from mlops.bus.catalog import spec_for
+from mlops.bus.consumer import is_outage
 from mlops.bus.producer import EventPublisher, deferred_deliveries
 from mlops.bus.tracing import context_from_text, current_traceparent
 from mlops.db import Database
@@ -81,6 +83,21 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
+        """Relay until stop(), riding out database and broker outages: reconnect, re-elect, go on."""
+        backoff = self.bus.retry_backoff_ms / 1000
+        while not self._stopping.is_set():
+            try:
+                await self._lead_and_relay()
+                backoff = self.bus.retry_backoff_ms / 1000
+            except Exception as error:
+                if not (isinstance(error, KafkaError) or is_outage(error)):
+                    raise
+                self.leader.clear()
+                log.warning("outbox relay of %s paused: %s; retrying in %.1fs", self.schema, error, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.bus.retry_backoff_max_ms / 1000)
+
+    async def _lead_and_relay(self) -> None:
         connection = await self.database.raw_connection()
         try:
             while not self._stopping.is_set():
@@ -97,14 +114,14 @@ class OutboxRelay:
                     await self._sleep(self.bus.outbox_poll_interval_ms / 1000)
         finally:
             with contextlib.suppress(Exception):
-                await connection.close()
+                await asyncio.wait_for(connection.close(), 5)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    async def relay_once(self, connection) -> int:  # noqa: ANN001 - asyncpg connection
+    async def relay_once(self, connection) -> int:
         """Publish up to one batch of rows in id order, wait for every ack, then delete them."""
         rows = await connection.fetch(
             f'SELECT id, topic, key, value, headers FROM "{self.schema}".outbox ORDER BY id LIMIT $1',

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 
-def create_bus_tables(op, schema: str) -> None:  # noqa: ANN001 - alembic's `op` proxy
+def create_bus_tables(op, schema: str) -> None:
     op.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     op.create_table(
         "inbox",
@@ -31,7 +31,7 @@ def create_bus_tables(op, schema: str) -> None:  # noqa: ANN001 - alembic's `op`
     )
 
 
-def drop_bus_tables(op, schema: str) -> None:  # noqa: ANN001
+def drop_bus_tables(op, schema: str) -> None:
     op.drop_table("outbox", schema=schema)
     op.drop_index("inbox_handled_at", table_name="inbox", schema=schema)
     op.drop_table("inbox", schema=schema)

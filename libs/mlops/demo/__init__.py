@@ -1,0 +1,1 @@
+"""`make demo`: the platform's main job on the local stack, through its public surfaces."""
