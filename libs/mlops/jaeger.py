@@ -53,7 +53,9 @@ class JaegerClient:
         response.raise_for_status()
         spans: list[SpanView] = []
         for resource_spans in response.json().get("result", {}).get("resourceSpans", []):
-            resource = {a["key"]: _value(a["value"]) for a in resource_spans["resource"].get("attributes", [])}
+            resource = {
+                a["key"]: _value(a["value"]) for a in resource_spans["resource"].get("attributes", [])
+            }
             for scope in resource_spans.get("scopeSpans", []):
                 for span in scope.get("spans", []):
                     spans.append(

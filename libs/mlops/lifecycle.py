@@ -25,7 +25,9 @@ async def wait_for_stop(tasks: Iterable[asyncio.Task]) -> None:
     waiter.cancel()
 
 
-async def stop_in_order(steps: Iterable[tuple[str, Callable[[], Awaitable[object]]]], *, each_s: float = 10.0) -> None:
+async def stop_in_order(
+    steps: Iterable[tuple[str, Callable[[], Awaitable[object]]]], *, each_s: float = 10.0
+) -> None:
     """Run each stop step with its own deadline; a step that hangs (its peer is down) is abandoned, logged."""
     for name, step in steps:
         try:

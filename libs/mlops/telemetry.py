@@ -54,12 +54,16 @@ def setup_telemetry(service: str, settings: TelemetrySettings | None = None) -> 
     settings = settings or TelemetrySettings()
     name = os.environ.get("OTEL_SERVICE_NAME") or f"mlops-{service}"
     if _provider is None:
-        resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: _version(), "service.namespace": "mlops"})
+        resource = Resource.create(
+            {SERVICE_NAME: name, SERVICE_VERSION: _version(), "service.namespace": "mlops"}
+        )
         _provider = TracerProvider(resource=resource)
         if settings.tracing and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=65_536, max_export_batch_size=2_048))
+            _provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=65_536, max_export_batch_size=2_048)
+            )
         trace.set_tracer_provider(_provider)
         _instrument_clients()
         if settings.metrics_port is not None:

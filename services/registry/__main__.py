@@ -49,33 +49,46 @@ async def main() -> None:
     core = RegistryCore(database, outbox, settings)
     handlers = RegistryHandlers(core, open_store(ArtifactSettings()), verify=settings.verify_data_commits)
 
-    consumer = EventConsumer(kafka, bus, group_id=settings.consumer_group, publisher=publisher, database=database,
-                             inbox=Inbox(SCHEMA))
+    consumer = EventConsumer(
+        kafka,
+        bus,
+        group_id=settings.consumer_group,
+        publisher=publisher,
+        database=database,
+        inbox=Inbox(SCHEMA),
+    )
     consumer.subscribe(data_pb2.DataCommitted, handlers.on_data_committed)
     consumer.subscribe(monitoring_pb2.DriftDetected, handlers.on_monitor_event)
     consumer.subscribe(monitoring_pb2.PerformanceDegraded, handlers.on_monitor_event)
     relay = OutboxRelay(database, SCHEMA, publisher, bus)
 
     server = GrpcServer(GrpcServerSettings(host=settings.grpc_host, port=settings.grpc_port))
-    server.add(lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(core), s),
-               registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name)
+    server.add(
+        lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(core), s),
+        registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name,
+    )
     port = await server.start()
     await consumer.start()
-    tasks = [asyncio.create_task(consumer.run(), name="consumer"), asyncio.create_task(relay.run(), name="relay")]
+    tasks = [
+        asyncio.create_task(consumer.run(), name="consumer"),
+        asyncio.create_task(relay.run(), name="relay"),
+    ]
     await server.set_serving()
     log.info("registry ready: gRPC on %s:%d", settings.grpc_host, port)
 
     await wait_for_stop(tasks)
     log.info("registry stopping")
-    await stop_in_order([
-        ("gRPC server", server.stop),
-        ("consumer", consumer.stop),
-        ("outbox relay", relay.stop),
-        ("background tasks", lambda: asyncio.gather(*tasks, return_exceptions=True)),
-        ("publisher", publisher.stop),
-        ("database", database.close),
-        ("telemetry", lambda: asyncio.to_thread(telemetry.shutdown)),
-    ])
+    await stop_in_order(
+        [
+            ("gRPC server", server.stop),
+            ("consumer", consumer.stop),
+            ("outbox relay", relay.stop),
+            ("background tasks", lambda: asyncio.gather(*tasks, return_exceptions=True)),
+            ("publisher", publisher.stop),
+            ("database", database.close),
+            ("telemetry", lambda: asyncio.to_thread(telemetry.shutdown)),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ def csv_schema(data: bytes, sample_rows: int = 10_000) -> tuple[list[common_pb2.
                     float(cell)
                 except ValueError:
                     kinds[index] = "string"
-    columns = [common_pb2.Column(name=name, type=kind, nullable=null) for name, kind, null in zip(header, kinds, nullable, strict=True)]
+    columns = [
+        common_pb2.Column(name=name, type=kind, nullable=null)
+        for name, kind, null in zip(header, kinds, nullable, strict=True)
+    ]
     return columns, rows
 
 
@@ -69,18 +72,29 @@ class RegistryHandlers:
         columns: list[common_pb2.Column] = []
         row_count = event.row_count
         if self.verify and self.store is not None:
-            with tracer.start_as_current_span("verify data commit", attributes={"mlops.dataset.name": event.dataset}):
+            with tracer.start_as_current_span(
+                "verify data commit", attributes={"mlops.dataset.name": event.dataset}
+            ):
                 if not event.sha256:
-                    raise InvalidArgument("DataCommitted has no sha256; upstream must send the file's checksum")
+                    raise InvalidArgument(
+                        "DataCommitted has no sha256; upstream must send the file's checksum"
+                    )
                 with tempfile.TemporaryDirectory() as tmp:
                     local = await self.store.get_file(event.uri, Path(tmp) / "data", event.sha256)
                     if event.format == "csv":
                         columns, counted = csv_schema(local.read_bytes())
                         row_count = row_count or counted
         request = pb.RecordDatasetVersionRequest(
-            dataset=event.dataset, uri=event.uri, sha256=event.sha256, format=event.format, row_count=row_count,
-            columns=columns, parent_sha256=event.parent_sha256, committed_by=event.committed_by or ctx.envelope.source,
-            labels=event.labels, source_event_id=ctx.envelope.id,
+            dataset=event.dataset,
+            uri=event.uri,
+            sha256=event.sha256,
+            format=event.format,
+            row_count=row_count,
+            columns=columns,
+            parent_sha256=event.parent_sha256,
+            committed_by=event.committed_by or ctx.envelope.source,
+            labels=event.labels,
+            source_event_id=ctx.envelope.id,
         )
         if event.HasField("committed_at"):
             request.committed_at.CopyFrom(event.committed_at)

@@ -57,6 +57,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 for _rpc, _core_method in _METHODS.items():
     setattr(RegistryServicer, _rpc, _delegate(_core_method))
 
-_missing = set(registry_pb2_grpc.RegistryServicer.__dict__) - set(_METHODS) - {"__module__", "__doc__", "__dict__",
-                                                                                 "__weakref__", "__qualname__"}
+_missing = (
+    set(registry_pb2_grpc.RegistryServicer.__dict__)
+    - set(_METHODS)
+    - {"__module__", "__doc__", "__dict__", "__weakref__", "__qualname__"}
+)
 assert not {name for name in _missing if not name.startswith("_")}, f"RPCs without a handler: {_missing}"

@@ -34,8 +34,15 @@ def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
     if not training.hidden_layers:
         training.hidden_layers.extend([64, 32])
     for field, value in (
-        ("epochs", 30), ("learning_rate", 0.001), ("batch_size", 128), ("seed", 7), ("early_stopping_patience", 5),
-        ("validation_fraction", 0.15), ("test_fraction", 0.15), ("dropout", 0.0), ("weight_decay", 0.0),
+        ("epochs", 30),
+        ("learning_rate", 0.001),
+        ("batch_size", 128),
+        ("seed", 7),
+        ("early_stopping_patience", 5),
+        ("validation_fraction", 0.15),
+        ("test_fraction", 0.15),
+        ("dropout", 0.0),
+        ("weight_decay", 0.0),
         ("parity_tolerance", 1e-4),
     ):
         if not training.HasField(field):
@@ -50,8 +57,13 @@ def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
         rollout.strategy = "canary"
     if not rollout.steps and rollout.strategy == "canary":
         rollout.steps.extend([10, 50, 100])
-    for field, value in (("step_seconds", 20), ("max_error_rate", 0.01), ("max_p99_latency_ms", 50.0),
-                         ("min_requests", 20), ("auto_promote", True)):
+    for field, value in (
+        ("step_seconds", 20),
+        ("max_error_rate", 0.01),
+        ("max_p99_latency_ms", 50.0),
+        ("min_requests", 20),
+        ("auto_promote", True),
+    ):
         if not rollout.HasField(field):
             setattr(rollout, field, value)
     monitor = body.monitor
@@ -61,8 +73,13 @@ def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
         monitor.on_drift = "retrain"
     if not monitor.on_degradation:
         monitor.on_degradation = "alert"
-    for field, value in (("window_seconds", 30), ("threshold", 0.2), ("consecutive_windows", 2),
-                         ("sampling_rate", 1.0), ("min_samples", 200)):
+    for field, value in (
+        ("window_seconds", 30),
+        ("threshold", 0.2),
+        ("consecutive_windows", 2),
+        ("sampling_rate", 1.0),
+        ("min_samples", 200),
+    ):
         if not monitor.HasField(field):
             setattr(monitor, field, value)
     serving = body.serving
@@ -82,8 +99,11 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
 
     need(spec.api_version == API_VERSION, "apiVersion", f"must be {API_VERSION!r}, got {spec.api_version!r}")
     need(spec.kind == KIND, "kind", f"must be {KIND!r}, got {spec.kind!r}")
-    need(bool(NAME.match(spec.metadata.name)), "metadata.name",
-         f"{spec.metadata.name!r} is not a name: lowercase letters, digits and '-', at most 63, no '-' at the ends")
+    need(
+        bool(NAME.match(spec.metadata.name)),
+        "metadata.name",
+        f"{spec.metadata.name!r} is not a name: lowercase letters, digits and '-', at most 63, no '-' at the ends",
+    )
     body = spec.spec
     need(bool(body.dataset), "spec.dataset", "is required (the data set this model trains on)")
     need(body.task in TASKS, "spec.task", f"must be one of {', '.join(TASKS)}, got {body.task!r}")
@@ -99,13 +119,26 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
 
     training = body.training
     for index, width in enumerate(training.hidden_layers):
-        need(1 <= width <= 65_536, f"spec.training.hidden_layers[{index}]", f"must be 1 to 65536, got {width}")
+        need(
+            1 <= width <= 65_536, f"spec.training.hidden_layers[{index}]", f"must be 1 to 65536, got {width}"
+        )
     need(training.epochs >= 1, "spec.training.epochs", f"must be at least 1, got {training.epochs}")
-    need(0 < training.learning_rate < 10, "spec.training.learning_rate",
-         f"must be above 0 and below 10, got {training.learning_rate}")
-    need(training.batch_size >= 1, "spec.training.batch_size", f"must be at least 1, got {training.batch_size}")
-    need(training.early_stopping_patience >= 0, "spec.training.early_stopping_patience", "must not be negative")
-    need(0 < training.validation_fraction < 0.5, "spec.training.validation_fraction", "must be above 0 and below 0.5")
+    need(
+        0 < training.learning_rate < 10,
+        "spec.training.learning_rate",
+        f"must be above 0 and below 10, got {training.learning_rate}",
+    )
+    need(
+        training.batch_size >= 1, "spec.training.batch_size", f"must be at least 1, got {training.batch_size}"
+    )
+    need(
+        training.early_stopping_patience >= 0, "spec.training.early_stopping_patience", "must not be negative"
+    )
+    need(
+        0 < training.validation_fraction < 0.5,
+        "spec.training.validation_fraction",
+        "must be above 0 and below 0.5",
+    )
     need(0 < training.test_fraction < 0.5, "spec.training.test_fraction", "must be above 0 and below 0.5")
     need(0 <= training.dropout < 1, "spec.training.dropout", "must be at least 0 and below 1")
     need(training.weight_decay >= 0, "spec.training.weight_decay", "must not be negative")
@@ -120,7 +153,11 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
                 problems.append(f"{path}: give one of uniform, log_uniform, int_uniform, choice")
             elif kind in ("uniform", "log_uniform", "int_uniform"):
                 space = getattr(param, kind)
-                need(space.low < space.high, f"{path}.{kind}", f"low ({space.low}) must be below high ({space.high})")
+                need(
+                    space.low < space.high,
+                    f"{path}.{kind}",
+                    f"low ({space.low}) must be below high ({space.high})",
+                )
                 if kind == "log_uniform":
                     need(space.low > 0, f"{path}.{kind}.low", "must be above 0 for a log scale")
             else:
@@ -129,8 +166,11 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
     gate = body.gate
     metrics = METRICS.get(body.task, {})
     if metrics:
-        need(gate.metric in metrics, "spec.gate.metric",
-             f"{gate.metric!r} is not a {body.task} metric; use one of {', '.join(metrics)}")
+        need(
+            gate.metric in metrics,
+            "spec.gate.metric",
+            f"{gate.metric!r} is not a {body.task} metric; use one of {', '.join(metrics)}",
+        )
     need(gate.max_regression >= 0, "spec.gate.max_regression", "must not be negative")
     if gate.HasField("max_p99_latency_ms"):
         need(gate.max_p99_latency_ms > 0, "spec.gate.max_p99_latency_ms", "must be above 0")
@@ -138,13 +178,20 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
         need(gate.min <= gate.max, "spec.gate", f"min ({gate.min}) must not exceed max ({gate.max})")
 
     rollout = body.rollout
-    need(rollout.strategy in STRATEGIES, "spec.rollout.strategy",
-         f"must be one of {', '.join(STRATEGIES)}, got {rollout.strategy!r}")
+    need(
+        rollout.strategy in STRATEGIES,
+        "spec.rollout.strategy",
+        f"must be one of {', '.join(STRATEGIES)}, got {rollout.strategy!r}",
+    )
     steps = list(rollout.steps)
     if rollout.strategy == "canary":
         need(bool(steps), "spec.rollout.steps", "a canary needs at least one step")
     for index, step in enumerate(steps):
-        need(1 <= step <= 100, f"spec.rollout.steps[{index}]", f"must be a traffic share from 1 to 100, got {step}")
+        need(
+            1 <= step <= 100,
+            f"spec.rollout.steps[{index}]",
+            f"must be a traffic share from 1 to 100, got {step}",
+        )
     if steps and any(b <= a for a, b in pairwise(steps)):
         problems.append(f"spec.rollout.steps: must increase strictly, got {steps}")
     if steps and rollout.strategy == "canary":
@@ -156,14 +203,23 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
 
     monitor = body.monitor
     need(monitor.window_seconds >= 1, "spec.monitor.window_seconds", "must be at least 1")
-    need(monitor.method in DRIFT_METHODS, "spec.monitor.method",
-         f"must be one of {', '.join(DRIFT_METHODS)}, got {monitor.method!r}")
+    need(
+        monitor.method in DRIFT_METHODS,
+        "spec.monitor.method",
+        f"must be one of {', '.join(DRIFT_METHODS)}, got {monitor.method!r}",
+    )
     need(monitor.threshold > 0, "spec.monitor.threshold", "must be above 0")
     need(monitor.consecutive_windows >= 1, "spec.monitor.consecutive_windows", "must be at least 1")
-    need(monitor.on_drift in DRIFT_ACTIONS, "spec.monitor.on_drift",
-         f"must be one of {', '.join(DRIFT_ACTIONS)}, got {monitor.on_drift!r}")
-    need(monitor.on_degradation in DRIFT_ACTIONS, "spec.monitor.on_degradation",
-         f"must be one of {', '.join(DRIFT_ACTIONS)}, got {monitor.on_degradation!r}")
+    need(
+        monitor.on_drift in DRIFT_ACTIONS,
+        "spec.monitor.on_drift",
+        f"must be one of {', '.join(DRIFT_ACTIONS)}, got {monitor.on_drift!r}",
+    )
+    need(
+        monitor.on_degradation in DRIFT_ACTIONS,
+        "spec.monitor.on_degradation",
+        f"must be one of {', '.join(DRIFT_ACTIONS)}, got {monitor.on_degradation!r}",
+    )
     need(0 < monitor.sampling_rate <= 1, "spec.monitor.sampling_rate", "must be above 0 and at most 1")
     need(monitor.min_samples >= 0, "spec.monitor.min_samples", "must not be negative")
 

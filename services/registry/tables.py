@@ -17,7 +17,9 @@ def _body() -> Field:
 
 
 def _json() -> Field:
-    return Field(default_factory=dict, sa_column=sa.Column(postgresql.JSONB, nullable=False, server_default="{}"))
+    return Field(
+        default_factory=dict, sa_column=sa.Column(postgresql.JSONB, nullable=False, server_default="{}")
+    )
 
 
 def _time(**kwargs) -> Field:
@@ -76,7 +78,9 @@ class ModelSpecRow(SQLModel, table=True):
 class ModelVersionRow(SQLModel, table=True):
     __tablename__ = "model_versions"
     __table_args__ = (
-        sa.Index("model_versions_run", "model", "run_id", unique=True, postgresql_where=sa.text("run_id <> ''")),
+        sa.Index(
+            "model_versions_run", "model", "run_id", unique=True, postgresql_where=sa.text("run_id <> ''")
+        ),
         sa.Index("model_versions_dataset", "dataset", "dataset_version"),
         {"schema": SCHEMA},
     )
@@ -142,7 +146,10 @@ class AliasChangeRow(SQLModel, table=True):
     """The alias ledger: every move, never updated, never deleted."""
 
     __tablename__ = "alias_changes"
-    __table_args__ = (sa.Index("alias_changes_model_alias", "model", "alias", "changed_at"), {"schema": SCHEMA})
+    __table_args__ = (
+        sa.Index("alias_changes_model_alias", "model", "alias", "changed_at"),
+        {"schema": SCHEMA},
+    )
 
     change_id: int | None = Field(default=None, primary_key=True)
     model: str

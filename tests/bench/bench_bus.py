@@ -39,7 +39,11 @@ OUT_TOPIC = PREFIX + spec_for(data_pb2.DatasetVersionRecorded).topic
 def recorded_from(event: data_pb2.DataCommitted) -> data_pb2.DatasetVersionRecorded:
     """The handler's business logic, identical for both relays."""
     return data_pb2.DatasetVersionRecorded(
-        dataset=event.dataset, uri=event.uri, sha256=event.sha256, format=event.format, row_count=event.row_count
+        dataset=event.dataset,
+        uri=event.uri,
+        sha256=event.sha256,
+        format=event.format,
+        row_count=event.row_count,
     )
 
 
@@ -69,8 +73,9 @@ async def preload(kafka: KafkaSettings, bus: BusSettings, count: int) -> None:
 async def run_bus_relay(kafka: KafkaSettings, bus: BusSettings, count: int) -> float:
     publisher = EventPublisher(kafka, bus, source="mlops-bench-relay")
     await publisher.start()
-    consumer = EventConsumer(kafka, bus, group_id=f"bench-bus-{uuid.uuid4().hex[:8]}", publisher=publisher,
-                             from_end=True)
+    consumer = EventConsumer(
+        kafka, bus, group_id=f"bench-bus-{uuid.uuid4().hex[:8]}", publisher=publisher, from_end=True
+    )
     done = asyncio.Event()
     handled = 0
 
@@ -96,14 +101,25 @@ async def run_bus_relay(kafka: KafkaSettings, bus: BusSettings, count: int) -> f
 
 
 async def run_raw_relay(kafka: KafkaSettings, bus: BusSettings, count: int) -> float:
-    producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=True, acks="all",
-                                linger_ms=bus.linger_ms, max_batch_size=1 << 20)
-    consumer = AIOKafkaConsumer(IN_TOPIC, **kafka.client_options(), group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
-                                enable_auto_commit=False, auto_offset_reset="latest",
-                                max_poll_records=bus.max_poll_records, isolation_level="read_committed")
+    producer = AIOKafkaProducer(
+        **kafka.client_options(),
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=bus.linger_ms,
+        max_batch_size=1 << 20,
+    )
+    consumer = AIOKafkaConsumer(
+        IN_TOPIC,
+        **kafka.client_options(),
+        group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        max_poll_records=bus.max_poll_records,
+        isolation_level="read_committed",
+    )
     await producer.start()
     await consumer.start()
-    while not consumer.assignment():
+    while not consumer.assignment():  # noqa: ASYNC110 - aiokafka offers no event for "assigned"
         await asyncio.sleep(0.02)
     assignment = list(consumer.assignment())
     await consumer.seek_to_end(*assignment)
@@ -120,11 +136,15 @@ async def run_raw_relay(kafka: KafkaSettings, bus: BusSettings, count: int) -> f
                 event = data_pb2.DataCommitted()
                 event.ParseFromString(record.value)
                 out = recorded_from(event)
-                pending.append(await producer.send(OUT_TOPIC, out.SerializeToString(), key=out.dataset.encode()))
+                pending.append(
+                    await producer.send(OUT_TOPIC, out.SerializeToString(), key=out.dataset.encode())
+                )
                 handled += 1
         await asyncio.gather(*pending)
         if batch:
-            await consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()})
+            await consumer.commit(
+                {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
+            )
     elapsed = time.perf_counter() - started
     await consumer.stop()
     await producer.stop()
@@ -164,7 +184,10 @@ def main(records: int, rounds: int) -> dict:
             kind, env = CONTENDERS[name]
             output = subprocess.run(
                 [sys.executable, "-m", "tests.bench.bench_bus", "--one", kind, "--records", str(records)],
-                env={**os.environ, **env}, capture_output=True, text=True, check=True,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             results[name].append(float(output.strip().splitlines()[-1]))
             print(f"round {round_ + 1}: {name}: {results[name][-1]:,.0f} records/s", flush=True)
@@ -182,7 +205,9 @@ def main(records: int, rounds: int) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", choices=["raw", "bus"], help=argparse.SUPPRESS)

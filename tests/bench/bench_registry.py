@@ -144,7 +144,7 @@ def wait_until(what: str, ready: Callable[[], bool], *, deadline_s: float, proc:
         try:
             if ready():
                 return
-        except Exception as error:  # noqa: BLE001 - anything short of ready means "not yet"
+        except Exception as error:
             last_error = error
         time.sleep(0.5)
     raise BenchError(f"{what} not ready after {deadline_s:.0f} s (last error: {last_error})")

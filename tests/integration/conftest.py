@@ -40,7 +40,9 @@ def stack() -> None:
     }
     down = [f"{name} at {host}:{port}" for name, (host, port) in wanted.items() if not _reachable(host, port)]
     if down:
-        pytest.fail("the local stack is not running (" + ", ".join(down) + "); run `make up` first", pytrace=False)
+        pytest.fail(
+            "the local stack is not running (" + ", ".join(down) + "); run `make up` first", pytrace=False
+        )
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +63,13 @@ TEST_TOPIC_PREFIX = "tests."
 
 @pytest.fixture(scope="session")
 def bus() -> BusSettings:
-    return BusSettings(retry_backoff_ms=20, retry_backoff_max_ms=100, max_attempts=3, outbox_poll_interval_ms=200,
-                       topic_prefix=TEST_TOPIC_PREFIX)
+    return BusSettings(
+        retry_backoff_ms=20,
+        retry_backoff_max_ms=100,
+        max_attempts=3,
+        outbox_poll_interval_ms=200,
+        topic_prefix=TEST_TOPIC_PREFIX,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +112,9 @@ async def eventually(check, *, timeout_s: float = 30.0, interval_s: float = 0.1,
         except Exception as error:
             last_error = error
         await asyncio.sleep(interval_s)
-    raise AssertionError(f"{what} not met within {timeout_s}s" + (f" (last error: {last_error})" if last_error else ""))
+    raise AssertionError(
+        f"{what} not met within {timeout_s}s" + (f" (last error: {last_error})" if last_error else "")
+    )
 
 
 def jaeger_trace(jaeger_url: str, trace_id: str):

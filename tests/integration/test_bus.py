@@ -86,7 +86,9 @@ async def test_protobuf_event_arrives_with_every_envelope_header(kafka, bus, uni
     assert parsed.dataset == unique
 
 
-async def test_json_from_a_plain_kafka_producer_is_accepted_and_missing_headers_are_filled(kafka, bus, unique):
+async def test_json_from_a_plain_kafka_producer_is_accepted_and_missing_headers_are_filled(
+    kafka, bus, unique
+):
     seen = []
 
     async def handle(event, ctx):
@@ -121,12 +123,16 @@ async def test_json_from_a_plain_kafka_producer_is_accepted_and_missing_headers_
     event, ctx = seen[0]
     assert event.dataset == unique and event.row_count == 42 and event.labels["team"] == "upstream"
     assert ctx.envelope.content_type == "application/json"
-    assert ctx.envelope.id == f"{LOGICAL_TOPIC}/{ctx.partition}/{ctx.offset}", "a stable id is derived when ce_id is missing"
+    assert ctx.envelope.id == f"{LOGICAL_TOPIC}/{ctx.partition}/{ctx.offset}", (
+        "a stable id is derived when ce_id is missing"
+    )
     assert ctx.envelope.source == "urn:mlops:upstream"
     assert ctx.envelope.specversion == "1.0"
 
 
-async def test_producer_and_consumer_spans_share_one_trace_in_jaeger(kafka, bus, unique, telemetry, jaeger_url):
+async def test_producer_and_consumer_spans_share_one_trace_in_jaeger(
+    kafka, bus, unique, telemetry, jaeger_url
+):
     trace_ids = []
 
     async def handle(event, ctx):
@@ -222,7 +228,9 @@ async def test_a_poison_message_goes_to_the_dlq_with_its_reason_and_the_consumer
                     ("ce_id", unique.encode()),
                     ("x-origin", b"upstream-system"),
                 ]
-                await plain.send_and_wait(TOPIC, b"\xff\xfe not protobuf", key=unique.encode(), headers=poison_headers)
+                await plain.send_and_wait(
+                    TOPIC, b"\xff\xfe not protobuf", key=unique.encode(), headers=poison_headers
+                )
                 await pub.publish(committed(unique))
                 dead = await read_until(dlq, lambda r: dict(r.headers).get("ce_id") == unique.encode())
                 await eventually(lambda: unique in seen, what="the good event after the poison one handled")
@@ -282,7 +290,11 @@ async def test_a_crash_between_commit_and_publish_loses_no_event(kafka, bus, dat
     await migrated(database)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", CRASHING_WRITER, unique, TEST_TOPIC_PREFIX], capture_output=True, text=True, env=env
+        subprocess.run,
+        [sys.executable, "-c", CRASHING_WRITER, unique, TEST_TOPIC_PREFIX],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert result.returncode == 17, result.stderr
     event_id = result.stdout.strip()
@@ -296,7 +308,9 @@ async def test_a_crash_between_commit_and_publish_loses_no_event(kafka, bus, dat
             await relay.stop()
             await task
     headers = dict(record.headers)
-    assert headers["ce_source"] == b"mlops-crasher", "the event keeps the envelope written with the state change"
+    assert headers["ce_source"] == b"mlops-crasher", (
+        "the event keeps the envelope written with the state change"
+    )
     event = data_pb2.DataCommitted()
     event.ParseFromString(record.value)
     assert event.dataset == unique
@@ -341,8 +355,10 @@ async def test_inbox_prune_forgets_only_old_ids(database, unique):
         assert await inbox.claim(session, consumer=unique, event_id="new")
         assert not await inbox.claim(session, consumer=unique, event_id="new")
         await session.exec(
-            text(f"UPDATE \"{SCHEMA}\".inbox SET handled_at = now() - interval '10 days' "
-                 "WHERE consumer = :c AND event_id = 'old'"),
+            text(
+                f"UPDATE \"{SCHEMA}\".inbox SET handled_at = now() - interval '10 days' "
+                "WHERE consumer = :c AND event_id = 'old'"
+            ),
             params={"c": unique},
         )
     assert await inbox.prune(database, timedelta(days=7)) >= 1

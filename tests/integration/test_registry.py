@@ -67,8 +67,10 @@ async def registry(database, kafka):
     relay = OutboxRelay(database, SCHEMA, publisher, bus)
     relay_task = asyncio.create_task(relay.run())
     server = GrpcServer(GrpcServerSettings(port=0))
-    server.add(lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(core), s),
-               "mlops.registry.v1.Registry")
+    server.add(
+        lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(core), s),
+        "mlops.registry.v1.Registry",
+    )
     port = await server.start()
     await server.set_serving()
     channel = open_channel(f"127.0.0.1:{port}")
@@ -85,21 +87,41 @@ def sha(text: str) -> str:
 
 
 async def register(stub, model: str, run_id: str | None = None, **fields) -> pb.ModelVersion:
-    reply = await stub.RegisterModelVersion(pb.RegisterModelVersionRequest(
-        model=model, run_id=run_id or uuid.uuid4().hex, artifact_uri=f"s3://mlops/models/{model}/{'a' * 64}/model.onnx",
-        artifact_sha256="a" * 64, **fields))
+    reply = await stub.RegisterModelVersion(
+        pb.RegisterModelVersionRequest(
+            model=model,
+            run_id=run_id or uuid.uuid4().hex,
+            artifact_uri=f"s3://mlops/models/{model}/{'a' * 64}/model.onnx",
+            artifact_sha256="a" * 64,
+            **fields,
+        )
+    )
     return reply.model_version
 
 
 async def test_dataset_versions_are_immutable_and_idempotent_on_sha256(registry, unique):
     stub, _, _ = registry
     name = f"ds-{unique}"
-    first = await stub.RecordDatasetVersion(pb.RecordDatasetVersionRequest(
-        dataset=name, uri="s3://mlops/x/1.csv", sha256=sha("1"), format="csv", row_count=10, committed_by="alice"))
-    again = await stub.RecordDatasetVersion(pb.RecordDatasetVersionRequest(
-        dataset=name, uri="s3://mlops/x/1.csv", sha256=sha("1"), format="csv", row_count=10))
-    second = await stub.RecordDatasetVersion(pb.RecordDatasetVersionRequest(
-        dataset=name, uri="s3://mlops/x/2.csv", sha256=sha("2"), format="csv", row_count=12))
+    first = await stub.RecordDatasetVersion(
+        pb.RecordDatasetVersionRequest(
+            dataset=name,
+            uri="s3://mlops/x/1.csv",
+            sha256=sha("1"),
+            format="csv",
+            row_count=10,
+            committed_by="alice",
+        )
+    )
+    again = await stub.RecordDatasetVersion(
+        pb.RecordDatasetVersionRequest(
+            dataset=name, uri="s3://mlops/x/1.csv", sha256=sha("1"), format="csv", row_count=10
+        )
+    )
+    second = await stub.RecordDatasetVersion(
+        pb.RecordDatasetVersionRequest(
+            dataset=name, uri="s3://mlops/x/2.csv", sha256=sha("2"), format="csv", row_count=12
+        )
+    )
     assert (first.created, again.created, second.created) == (True, False, True)
     assert again.dataset_version == first.dataset_version
     assert second.dataset_version.version == 2
@@ -109,8 +131,9 @@ async def test_dataset_versions_are_immutable_and_idempotent_on_sha256(registry,
     assert (by_sha.version, latest.version, by_sha.committed_by) == (1, 2, "alice")
     listed = await stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name, page_size=1))
     assert [v.version for v in listed.versions] == [2] and listed.next_page_token
-    rest = await stub.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=name, page_size=1,
-                                                                        page_token=listed.next_page_token))
+    rest = await stub.ListDatasetVersions(
+        pb.ListDatasetVersionsRequest(dataset=name, page_size=1, page_token=listed.next_page_token)
+    )
     assert [v.version for v in rest.versions] == [1] and not rest.next_page_token
     datasets = await stub.ListDatasets(pb.ListDatasetsRequest(name_prefix=name))
     assert [(d.name, d.latest_version) for d in datasets.datasets] == [(name, 2)]
@@ -119,8 +142,11 @@ async def test_dataset_versions_are_immutable_and_idempotent_on_sha256(registry,
 async def test_bad_requests_get_invalid_argument_with_a_message(registry, unique):
     stub, _, _ = registry
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.RecordDatasetVersion(pb.RecordDatasetVersionRequest(
-            dataset=f"ds-{unique}", uri="s3://mlops/x.csv", sha256=sha("x"), format="xlsx"))
+        await stub.RecordDatasetVersion(
+            pb.RecordDatasetVersionRequest(
+                dataset=f"ds-{unique}", uri="s3://mlops/x.csv", sha256=sha("x"), format="xlsx"
+            )
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "format must be one of csv, parquet, got 'xlsx'"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -155,7 +181,13 @@ async def test_specs_apply_like_kubectl_and_bad_specs_name_every_field(registry,
         await stub.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=bad))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = caught.value.details()
-    for path in ("metadata.name:", "spec.task:", "spec.training.epochs:", "spec.rollout.steps:", "spec.monitor.method:"):
+    for path in (
+        "metadata.name:",
+        "spec.task:",
+        "spec.training.epochs:",
+        "spec.rollout.steps:",
+        "spec.monitor.method:",
+    ):
         assert path in details, f"{path} missing from: {details}"
 
 
@@ -164,8 +196,16 @@ async def test_racing_registrations_get_gapless_unique_versions(registry, unique
     model = f"race-{unique}"
     versions = await asyncio.gather(*(register(stub, model) for _ in range(24)))
     assert sorted(v.version for v in versions) == list(range(1, 25))
-    same_run = await asyncio.gather(*(stub.RegisterModelVersion(pb.RegisterModelVersionRequest(
-        model=model, run_id="run-once", artifact_uri="s3://mlops/m.onnx", artifact_sha256="b" * 64)) for _ in range(6)))
+    same_run = await asyncio.gather(
+        *(
+            stub.RegisterModelVersion(
+                pb.RegisterModelVersionRequest(
+                    model=model, run_id="run-once", artifact_uri="s3://mlops/m.onnx", artifact_sha256="b" * 64
+                )
+            )
+            for _ in range(6)
+        )
+    )
     assert {r.model_version.version for r in same_run} == {25}, "registration is idempotent on the run id"
     assert sum(r.created for r in same_run) == 1
     listed = await stub.ListModelVersions(pb.ListModelVersionsRequest(model=model, page_size=1000))
@@ -177,21 +217,29 @@ async def test_aliases_resolve_and_every_move_is_in_the_ledger(registry, kafka, 
     model = f"alias-{unique}"
     v1, v2 = await register(stub, model), await register(stub, model)
     async with raw_reader(kafka, "mlops.alias.changed") as reader:
-        set1 = await stub.SetAlias(pb.SetAliasRequest(model=model, alias="production", version=1, actor="alice",
-                                                      reason="first release"))
+        set1 = await stub.SetAlias(
+            pb.SetAliasRequest(
+                model=model, alias="production", version=1, actor="alice", reason="first release"
+            )
+        )
         event = await read_until(reader, lambda r: r.key == model.encode())
     changed = json_format.MessageToDict(_parse_alias_changed(event.value))
     assert changed["alias"] == "production" and changed["toVersion"] == "1" and changed["actor"] == "alice"
 
     between = datetime.now(UTC)
     await asyncio.sleep(0.01)
-    moved = await stub.SetAlias(pb.SetAliasRequest(model=model, alias="production", version=2, actor="bob",
-                                                   reason="better", expected_version=1))
+    moved = await stub.SetAlias(
+        pb.SetAliasRequest(
+            model=model, alias="production", version=2, actor="bob", reason="better", expected_version=1
+        )
+    )
     assert (set1.changed, moved.previous_version, moved.changed) == (True, 1, True)
     resolved = await stub.GetModelVersion(pb.GetModelVersionRequest(model=model, alias="production"))
     assert resolved.version == v2.version == 2 and list(resolved.aliases) == ["production"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.SetAlias(pb.SetAliasRequest(model=model, alias="production", version=1, expected_version=1))
+        await stub.SetAlias(
+            pb.SetAliasRequest(model=model, alias="production", version=1, expected_version=1)
+        )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SetAlias(pb.SetAliasRequest(model=model, alias="production", version=99))
@@ -200,12 +248,17 @@ async def test_aliases_resolve_and_every_move_is_in_the_ledger(registry, kafka, 
     assert (deleted.deleted, deleted.previous_version) == (True, 2)
 
     history = await stub.GetAliasHistory(pb.GetAliasHistoryRequest(model=model, alias="production"))
-    assert [(c.from_version, c.to_version, c.actor) for c in history.changes] == [(2, 0, "carol"), (1, 2, "bob"),
-                                                                                   (0, 1, "alice")]
+    assert [(c.from_version, c.to_version, c.actor) for c in history.changes] == [
+        (2, 0, "carol"),
+        (1, 2, "bob"),
+        (0, 1, "alice"),
+    ]
     at = pb.GetAliasHistoryRequest(model=model)
     at.at.FromDatetime(between)
     then = await stub.GetAliasHistory(at)
-    assert [(a.alias, a.version) for a in then.aliases_at] == [("production", v1.version)], "what served at time X"
+    assert [(a.alias, a.version) for a in then.aliases_at] == [("production", v1.version)], (
+        "what served at time X"
+    )
 
 
 def _parse_alias_changed(value: bytes):
@@ -219,15 +272,24 @@ def _parse_alias_changed(value: bytes):
 async def test_runs_track_params_and_per_epoch_metrics(registry, unique):
     stub, _, _ = registry
     run_id = f"run-{unique}"
-    request = pb.CreateRunRequest(run_id=run_id, model=f"m-{unique}", params={"lr": "0.001"},
-                                  hardware=pb.Hardware(device="cpu", cpu_count=2))
+    request = pb.CreateRunRequest(
+        run_id=run_id,
+        model=f"m-{unique}",
+        params={"lr": "0.001"},
+        hardware=pb.Hardware(device="cpu", cpu_count=2),
+    )
     created = await stub.CreateRun(request)
     again = await stub.CreateRun(request)
     assert created.run_id == again.run_id and again.status == pb.RUN_STATUS_RUNNING
-    await stub.LogRunMetrics(pb.LogRunMetricsRequest(run_id=run_id, epochs=[
-        pb.EpochMetrics(epoch=e, metrics={"loss": 1.0 / (e + 1)}) for e in range(3)]))
-    finished = await stub.FinishRun(pb.FinishRunRequest(run_id=run_id, status=pb.RUN_STATUS_SUCCEEDED,
-                                                        metrics={"accuracy": 0.93}))
+    await stub.LogRunMetrics(
+        pb.LogRunMetricsRequest(
+            run_id=run_id,
+            epochs=[pb.EpochMetrics(epoch=e, metrics={"loss": 1.0 / (e + 1)}) for e in range(3)],
+        )
+    )
+    finished = await stub.FinishRun(
+        pb.FinishRunRequest(run_id=run_id, status=pb.RUN_STATUS_SUCCEEDED, metrics={"accuracy": 0.93})
+    )
     assert finished.status == pb.RUN_STATUS_SUCCEEDED and finished.HasField("ended_at")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.FinishRun(pb.FinishRunRequest(run_id=run_id, status=pb.RUN_STATUS_FAILED))
@@ -243,35 +305,83 @@ async def test_search_filters_by_tags_metrics_and_orders_by_metric(registry, uni
     model = f"search-{unique}"
     for accuracy, team in ((0.80, "a"), (0.95, "b"), (0.90, "b")):
         await register(stub, model, metrics={"accuracy": accuracy}, tags={"team": team})
-    found = await stub.SearchModelVersions(pb.SearchModelVersionsRequest(
-        models=[model], tags={"team": "b"}, order_by="metrics.accuracy desc",
-        metric_filters=[pb.MetricFilter(metric="accuracy", comparison=common_pb2.COMPARISON_GREATER_OR_EQUAL,
-                                        value=0.85)]))
+    found = await stub.SearchModelVersions(
+        pb.SearchModelVersionsRequest(
+            models=[model],
+            tags={"team": "b"},
+            order_by="metrics.accuracy desc",
+            metric_filters=[
+                pb.MetricFilter(
+                    metric="accuracy", comparison=common_pb2.COMPARISON_GREATER_OR_EQUAL, value=0.85
+                )
+            ],
+        )
+    )
     assert [v.metrics["accuracy"] for v in found.model_versions] == [0.95, 0.90]
-    tagged = await stub.UpdateModelVersionTags(pb.UpdateModelVersionTagsRequest(
-        model=model, version=1, set_tags={"stage": "archived"}, remove_tags=["team"]))
+    tagged = await stub.UpdateModelVersionTags(
+        pb.UpdateModelVersionTagsRequest(
+            model=model, version=1, set_tags={"stage": "archived"}, remove_tags=["team"]
+        )
+    )
     assert dict(tagged.tags) == {"stage": "archived"}
 
 
 async def test_lineage_ties_data_run_evaluation_deployment_aliases_and_drift(registry, unique):
     stub, core, _ = registry
     dataset, model = f"ds-{unique}", f"lin-{unique}"
-    await stub.RecordDatasetVersion(pb.RecordDatasetVersionRequest(dataset=dataset, uri="s3://mlops/d/1.csv",
-                                                                   sha256=sha(unique + "1"), format="csv"))
-    parent = await stub.RecordDatasetVersion(pb.RecordDatasetVersionRequest(dataset=dataset, uri="s3://mlops/d/2.csv",
-                                                                            sha256=sha(unique + "2"), format="csv"))
-    await stub.CreateRun(pb.CreateRunRequest(run_id=f"run-{unique}", model=model, dataset=dataset, dataset_version=2))
-    version = await register(stub, model, run_id=f"run-{unique}", dataset=dataset, dataset_version=2,
-                             dataset_sha256=parent.dataset_version.sha256)
-    await stub.RecordEvaluation(pb.RecordEvaluationRequest(evaluation=pb.Evaluation(
-        evaluation_id=f"ev-{unique}", model=model, version=version.version, passed=True, metrics={"accuracy": 0.9},
-        gates=[evaluation_pb2.GateResult(gate="min_accuracy", passed=True)])))
-    await stub.RecordDeployment(pb.RecordDeploymentRequest(deployment=pb.Deployment(
-        rollout_id=f"ro-{unique}", model=model, version=version.version, strategy="canary", traffic_percent=10)))
+    await stub.RecordDatasetVersion(
+        pb.RecordDatasetVersionRequest(
+            dataset=dataset, uri="s3://mlops/d/1.csv", sha256=sha(unique + "1"), format="csv"
+        )
+    )
+    parent = await stub.RecordDatasetVersion(
+        pb.RecordDatasetVersionRequest(
+            dataset=dataset, uri="s3://mlops/d/2.csv", sha256=sha(unique + "2"), format="csv"
+        )
+    )
+    await stub.CreateRun(
+        pb.CreateRunRequest(run_id=f"run-{unique}", model=model, dataset=dataset, dataset_version=2)
+    )
+    version = await register(
+        stub,
+        model,
+        run_id=f"run-{unique}",
+        dataset=dataset,
+        dataset_version=2,
+        dataset_sha256=parent.dataset_version.sha256,
+    )
+    await stub.RecordEvaluation(
+        pb.RecordEvaluationRequest(
+            evaluation=pb.Evaluation(
+                evaluation_id=f"ev-{unique}",
+                model=model,
+                version=version.version,
+                passed=True,
+                metrics={"accuracy": 0.9},
+                gates=[evaluation_pb2.GateResult(gate="min_accuracy", passed=True)],
+            )
+        )
+    )
+    await stub.RecordDeployment(
+        pb.RecordDeploymentRequest(
+            deployment=pb.Deployment(
+                rollout_id=f"ro-{unique}",
+                model=model,
+                version=version.version,
+                strategy="canary",
+                traffic_percent=10,
+            )
+        )
+    )
     await stub.SetAlias(pb.SetAliasRequest(model=model, alias="production", version=version.version))
     async with core.database.transaction() as session:
-        await core.record_monitor_event(f"drift-{unique}", monitoring_pb2.DriftDetected(
-            model=model, version=version.version, method="psi", prediction_drift_score=0.4), session)
+        await core.record_monitor_event(
+            f"drift-{unique}",
+            monitoring_pb2.DriftDetected(
+                model=model, version=version.version, method="psi", prediction_drift_score=0.4
+            ),
+            session,
+        )
 
     lineage = await stub.GetLineage(pb.GetLineageRequest(model=model, alias="production"))
     assert lineage.model_version.version == version.version
@@ -291,8 +401,15 @@ async def commit_consumer(registry, kafka, database, artifact_settings):
     store = open_store(artifact_settings)
     handlers = RegistryHandlers(core, store, verify=True)
     plain_bus = BusSettings(max_attempts=2, retry_backoff_ms=20)
-    consumer = EventConsumer(kafka, plain_bus, group_id=f"registry-tests-{uuid.uuid4().hex[:8]}",
-                             publisher=publisher, database=database, inbox=Inbox(SCHEMA), from_end=True)
+    consumer = EventConsumer(
+        kafka,
+        plain_bus,
+        group_id=f"registry-tests-{uuid.uuid4().hex[:8]}",
+        publisher=publisher,
+        database=database,
+        inbox=Inbox(SCHEMA),
+        from_end=True,
+    )
     consumer.subscribe(data_pb2.DataCommitted, handlers.on_data_committed)
     await consumer.start()
     await consumer.wait_assigned()
@@ -313,36 +430,59 @@ async def test_a_json_data_commit_from_a_plain_producer_is_recorded_with_its_sch
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
     await producer.start()
     try:
-        body = {"dataset": f"ds-{unique}", "uri": ref.uri, "sha256": ref.sha256, "format": "csv",
-                "committed_by": "nightly-export"}
-        await producer.send_and_wait("mlops.data.committed", json.dumps(body).encode(), key=f"ds-{unique}".encode(),
-                                     headers=[("content-type", b"application/json"),
-                                              ("ce_type", b"mlops.data.committed.v1")])
+        body = {
+            "dataset": f"ds-{unique}",
+            "uri": ref.uri,
+            "sha256": ref.sha256,
+            "format": "csv",
+            "committed_by": "nightly-export",
+        }
+        await producer.send_and_wait(
+            "mlops.data.committed",
+            json.dumps(body).encode(),
+            key=f"ds-{unique}".encode(),
+            headers=[("content-type", b"application/json"), ("ce_type", b"mlops.data.committed.v1")],
+        )
     finally:
         await producer.stop()
 
     async def recorded():
         try:
-            return await stub.GetDatasetVersion(pb.GetDatasetVersionRequest(dataset=f"ds-{unique}", version=1))
+            return await stub.GetDatasetVersion(
+                pb.GetDatasetVersionRequest(dataset=f"ds-{unique}", version=1)
+            )
         except grpc.aio.AioRpcError:
             return None
 
     version = await eventually(recorded, what="the committed data set recorded")
-    assert version.sha256 == ref.sha256 and version.row_count == 3 and version.committed_by == "nightly-export"
-    assert [(c.name, c.type) for c in version.columns] == [("alcohol", "float64"), ("colour", "string"),
-                                                           ("target", "int64")]
+    assert (
+        version.sha256 == ref.sha256 and version.row_count == 3 and version.committed_by == "nightly-export"
+    )
+    assert [(c.name, c.type) for c in version.columns] == [
+        ("alcohol", "float64"),
+        ("colour", "string"),
+        ("target", "int64"),
+    ]
 
 
-async def test_a_data_commit_whose_sha256_does_not_match_goes_to_the_dlq(registry, commit_consumer, kafka, unique):
+async def test_a_data_commit_whose_sha256_does_not_match_goes_to_the_dlq(
+    registry, commit_consumer, kafka, unique
+):
     _, _, publisher = registry
     store = commit_consumer
     ref = await store.put_bytes(f"datasets/ds-{unique}", "data.csv", b"a,b\n1,2\n")
     async with raw_reader(kafka, "mlops.data.committed" + DLQ_SUFFIX) as dlq:
-        await publisher.publish(data_pb2.DataCommitted(dataset=f"ds-{unique}", uri=ref.uri, sha256="0" * 64,
-                                                       format="csv"))
-        await publisher.publish(data_pb2.DataCommitted(
-            dataset=f"ds-{unique}-missing", uri=ref.uri.replace("data.csv", "gone.csv"), sha256=ref.sha256,
-            format="csv"))
+        await publisher.publish(
+            data_pb2.DataCommitted(dataset=f"ds-{unique}", uri=ref.uri, sha256="0" * 64, format="csv")
+        )
+        await publisher.publish(
+            data_pb2.DataCommitted(
+                dataset=f"ds-{unique}-missing",
+                uri=ref.uri.replace("data.csv", "gone.csv"),
+                sha256=ref.sha256,
+                format="csv",
+            )
+        )
         mismatch = await read_until(dlq, lambda r: r.key == f"ds-{unique}".encode())
         missing = await read_until(dlq, lambda r: r.key == f"ds-{unique}-missing".encode())
     reason = dict(mismatch.headers)["mlops_dlq_reason"].decode()

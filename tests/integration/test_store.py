@@ -97,15 +97,21 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path):
 
 
 def test_the_local_bucket_exists():
-    client = boto3.client("s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"))
+    client = boto3.client(
+        "s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    )
     names = [bucket["Name"] for bucket in client.list_buckets()["Buckets"]]
     assert os.environ.get("MLOPS_S3_BUCKET", "mlops") in names
 
 
 async def test_multipart_upload_above_the_threshold_is_verified_on_the_way_back(unique, tmp_path):
-    store = open_store(ArtifactSettings(
-        root="s3://mlops/tests", multipart_threshold_mb=5,
-        s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")))
+    store = open_store(
+        ArtifactSettings(
+            root="s3://mlops/tests",
+            multipart_threshold_mb=5,
+            s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+        )
+    )
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(11 * 1024 * 1024))
     seen = []

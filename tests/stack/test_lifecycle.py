@@ -16,8 +16,9 @@ COMPONENTS = {"postgres", "kafka", "s3", "jaeger", "registry"}
 
 def make(target: str) -> subprocess.CompletedProcess:
     """The very commands the README gives: `make up`, `make down`, `make status`."""
-    return subprocess.run(["make", "--no-print-directory", target], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+    return subprocess.run(
+        ["make", "--no-print-directory", target], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
 
 
 def pids() -> dict[str, str]:
@@ -30,7 +31,9 @@ def s3_client():
 
     import boto3
 
-    return boto3.client("s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"))
+    return boto3.client(
+        "s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    )
 
 
 def test_up_twice_then_down_twice_then_up():

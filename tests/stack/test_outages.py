@@ -50,7 +50,9 @@ async def publish_commit(dataset: str) -> None:
     publisher = EventPublisher(KafkaSettings(), BusSettings(), source="mlops-tests")
     await publisher.start()
     try:
-        await publisher.publish(data_pb2.DataCommitted(dataset=dataset, uri=ref.uri, sha256=ref.sha256, format="csv"))
+        await publisher.publish(
+            data_pb2.DataCommitted(dataset=dataset, uri=ref.uri, sha256=ref.sha256, format="csv")
+        )
     finally:
         await publisher.stop()
 
@@ -66,21 +68,30 @@ def test_the_registry_keeps_running_through_a_database_and_broker_restart():
         stub = registry_pb2_grpc.RegistryStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.ListDatasets(pb.ListDatasetsRequest(), timeout=10)
-        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
-                                       grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert caught.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.INTERNAL,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
         back = run("bash", "infra/local/stack.sh", "up", "postgres", "kafka")
         assert back.returncode == 0, back.stdout + back.stderr
 
         name = f"outage-{uuid.uuid4().hex[:8]}"
-        request = pb.RecordDatasetVersionRequest(dataset=name, uri="s3://mlops/x.csv",
-                                                 sha256=hashlib.sha256(name.encode()).hexdigest(), format="csv")
+        request = pb.RecordDatasetVersionRequest(
+            dataset=name,
+            uri="s3://mlops/x.csv",
+            sha256=hashlib.sha256(name.encode()).hexdigest(),
+            format="csv",
+        )
         recorded = eventually(lambda: stub.RecordDatasetVersion(request, timeout=5))
         assert recorded.dataset_version.version == 1
 
         # The Kafka side is back too: a data commit published now is consumed and recorded.
         committed = f"{name}-committed"
         asyncio.run(publish_commit(committed))
-        version = eventually(lambda: stub.GetDatasetVersion(pb.GetDatasetVersionRequest(dataset=committed), timeout=5))
+        version = eventually(
+            lambda: stub.GetDatasetVersion(pb.GetDatasetVersionRequest(dataset=committed), timeout=5)
+        )
         assert version.version == 1 and version.row_count == 2
     assert Path(f"/proc/{pid}").exists() and registry_pid() == pid, "the registry process survived the outage"
     status = run("bash", "infra/local/services.sh", "status")

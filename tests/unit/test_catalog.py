@@ -7,9 +7,22 @@ import re
 from mlops.bus import all_events
 
 EXPECTED = {
-    "DataCommitted", "TrainingStarted", "ModelTrained", "TrainingFailed", "ModelEvaluated", "ModelRegistered",
-    "AliasChanged", "ModelDeployed", "RolloutProgressed", "ModelRolledBack", "InferenceLogged",
-    "GroundTruthLogged", "DriftDetected", "PerformanceDegraded", "RetrainRequested", "DesiredState",
+    "DataCommitted",
+    "TrainingStarted",
+    "ModelTrained",
+    "TrainingFailed",
+    "ModelEvaluated",
+    "ModelRegistered",
+    "AliasChanged",
+    "ModelDeployed",
+    "RolloutProgressed",
+    "ModelRolledBack",
+    "InferenceLogged",
+    "GroundTruthLogged",
+    "DriftDetected",
+    "PerformanceDegraded",
+    "RetrainRequested",
+    "DesiredState",
 }
 
 

@@ -10,20 +10,33 @@ from mlops.bus import JSON, MalformedEvent, spec_for
 from mlops.bus.envelope import decode, encode
 from mlops.events.v1 import data_pb2
 
-EVENT = data_pb2.DataCommitted(dataset="wine", uri="file:///d/wine.csv", sha256="e" * 64, format="csv", row_count=178)
+EVENT = data_pb2.DataCommitted(
+    dataset="wine", uri="file:///d/wine.csv", sha256="e" * 64, format="csv", row_count=178
+)
 SPEC = spec_for(EVENT)
 
 
 def record(value, headers, offset=7):
-    return {"topic": SPEC.topic, "partition": 1, "offset": offset, "timestamp_ms": 1_700_000_000_000,
-            "headers": headers, "value": value}
+    return {
+        "topic": SPEC.topic,
+        "partition": 1,
+        "offset": offset,
+        "timestamp_ms": 1_700_000_000_000,
+        "headers": headers,
+        "value": value,
+    }
 
 
 def test_protobuf_round_trip_keeps_every_attribute():
     value, headers = encode(EVENT, SPEC, source="mlops-registry", event_id="id-1")
     env, event = decode(**record(value, headers))
     assert event == EVENT
-    assert (env.id, env.source, env.type, env.specversion) == ("id-1", "mlops-registry", "mlops.data.committed.v1", "1.0")
+    assert (env.id, env.source, env.type, env.specversion) == (
+        "id-1",
+        "mlops-registry",
+        "mlops.data.committed.v1",
+        "1.0",
+    )
     assert env.content_type == "application/protobuf"
     assert env.subject == "wine"
 
@@ -53,9 +66,17 @@ def test_content_type_is_sniffed_when_absent():
     ("value", "headers", "reason"),
     [
         (b"\xff\xff", [("content-type", b"application/protobuf")], "does not parse as DataCommitted"),
-        (b'{"dataset": 3.5, "nope": }', [("content-type", b"application/json")], "JSON payload does not match"),
+        (
+            b'{"dataset": 3.5, "nope": }',
+            [("content-type", b"application/json")],
+            "JSON payload does not match",
+        ),
         (b"x", [("content-type", b"text/csv")], "content-type 'text/csv' is not supported"),
-        (b"x", [("ce_type", b"mlops.data.committed.v2")], "ce_type 'mlops.data.committed.v2' is not accepted"),
+        (
+            b"x",
+            [("ce_type", b"mlops.data.committed.v2")],
+            "ce_type 'mlops.data.committed.v2' is not accepted",
+        ),
         (b"x", [("ce_specversion", b"0.3")], "ce_specversion '0.3' is not supported"),
         (None, [], "tombstone"),
         (b"x", [("ce_id", b"\xff")], "not UTF-8"),

@@ -11,8 +11,12 @@ from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.handlers import csv_schema
 from services.registry.spec import fingerprint, validate, with_defaults
 
-MINIMAL = {"apiVersion": "mlops/v1", "kind": "ModelSpec", "metadata": {"name": "iris"},
-           "spec": {"dataset": "iris", "task": "classification", "label": "species"}}
+MINIMAL = {
+    "apiVersion": "mlops/v1",
+    "kind": "ModelSpec",
+    "metadata": {"name": "iris"},
+    "spec": {"dataset": "iris", "task": "classification", "label": "species"},
+}
 
 
 def parse(document: dict) -> pb.ModelSpec:
@@ -41,16 +45,30 @@ def test_regression_defaults_to_rmse_and_rejects_classification_metrics():
 def test_every_problem_is_named_by_its_field_path():
     document = yaml.safe_load(yaml.safe_dump(MINIMAL))
     document["apiVersion"] = "v2"
-    document["spec"].update(label="", features=["a", "a"], rollout={"steps": [50, 10]},
-                            training={"epochs": 0, "learning_rate": -1,
-                                      "search": {"trials": 0, "params": {"lr": {"uniform": {"low": 1, "high": 0}}}}},
-                            monitor={"threshold": 0, "on_drift": "panic"})
+    document["spec"].update(
+        label="",
+        features=["a", "a"],
+        rollout={"steps": [50, 10]},
+        training={
+            "epochs": 0,
+            "learning_rate": -1,
+            "search": {"trials": 0, "params": {"lr": {"uniform": {"low": 1, "high": 0}}}},
+        },
+        monitor={"threshold": 0, "on_drift": "panic"},
+    )
     problems = validate(with_defaults(parse(document)))
     paths = {problem.split(":")[0] for problem in problems}
     assert paths == {
-        "apiVersion", "spec.label", "spec.features", "spec.training.epochs", "spec.training.learning_rate",
-        "spec.training.search.trials", "spec.training.search.params.lr.uniform", "spec.rollout.steps",
-        "spec.monitor.threshold", "spec.monitor.on_drift",
+        "apiVersion",
+        "spec.label",
+        "spec.features",
+        "spec.training.epochs",
+        "spec.training.learning_rate",
+        "spec.training.search.trials",
+        "spec.training.search.params.lr.uniform",
+        "spec.rollout.steps",
+        "spec.monitor.threshold",
+        "spec.monitor.on_drift",
     }, problems
 
 
@@ -66,6 +84,10 @@ def test_csv_schema_infers_types_nulls_and_row_count():
     columns, rows = csv_schema(b"a,b,c,d\n1,1.5,x,\n2,2,y,3\n")
     assert rows == 2
     assert [(c.name, c.type, c.nullable) for c in columns] == [
-        ("a", "int64", False), ("b", "float64", False), ("c", "string", False), ("d", "int64", True)]
+        ("a", "int64", False),
+        ("b", "float64", False),
+        ("c", "string", False),
+        ("d", "int64", True),
+    ]
     with pytest.raises(InvalidArgument, match="empty"):
         csv_schema(b"")

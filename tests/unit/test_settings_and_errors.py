@@ -36,8 +36,11 @@ def test_a_typo_in_an_enumerated_setting_fails_loudly(monkeypatch):
 
 @pytest.mark.parametrize(
     ("error", "code"),
-    [(InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT), (NotFound, grpc.StatusCode.NOT_FOUND),
-     (IntegrityError, grpc.StatusCode.DATA_LOSS)],
+    [
+        (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFound, grpc.StatusCode.NOT_FOUND),
+        (IntegrityError, grpc.StatusCode.DATA_LOSS),
+    ],
 )
 def test_errors_round_trip_through_their_status(error, code):
     assert error.grpc_code == code

@@ -6,8 +6,9 @@ from mlops.jaeger import SpanView, build_tree, render_tree
 
 
 def span(span_id, parent, name, service, start_ms, end_ms, error=False):
-    return SpanView("t", span_id, parent, name, service, "internal", start_ms * 1_000_000, end_ms * 1_000_000,
-                    error, {})
+    return SpanView(
+        "t", span_id, parent, name, service, "internal", start_ms * 1_000_000, end_ms * 1_000_000, error, {}
+    )
 
 
 def test_children_hang_under_their_parent_in_start_order_and_orphans_become_roots():

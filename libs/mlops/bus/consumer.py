@@ -136,7 +136,9 @@ class EventConsumer:
         """Call `handler` for every event of this type. Idempotent handlers run inside an inbox transaction."""
         if idempotent and (self.database is None or self.inbox is None):
             raise ValueError("an idempotent handler needs the consumer's database and inbox")
-        self._subscriptions[self.bus.topic_prefix + spec_for(event).topic] = _Subscription(handler, idempotent)
+        self._subscriptions[self.bus.topic_prefix + spec_for(event).topic] = _Subscription(
+            handler, idempotent
+        )
 
     async def start(self) -> None:
         topics = list(self._subscriptions)
@@ -214,7 +216,9 @@ class EventConsumer:
                         raise
                     # The broker or a dependency went away mid-batch: nothing after the last commit
                     # counts. Re-read from there once it is back (the inbox absorbs the repeats).
-                    log.warning("consumer %s: %s; re-reading from the last committed offsets", self.group_id, error)
+                    log.warning(
+                        "consumer %s: %s; re-reading from the last committed offsets", self.group_id, error
+                    )
                     committing = await _settle(committing)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.bus.retry_backoff_max_ms / 1000)
@@ -236,7 +240,10 @@ class EventConsumer:
             log.warning("consumer %s could not re-read committed offsets yet: %s", self.group_id, error)
 
     async def _acknowledge_and_commit(
-        self, consumer: AIOKafkaConsumer, pending: list[asyncio.Future], done: list[tuple[TopicPartition, int]]
+        self,
+        consumer: AIOKafkaConsumer,
+        pending: list[asyncio.Future],
+        done: list[tuple[TopicPartition, int]],
     ) -> None:
         if pending:
             await asyncio.gather(*pending)
@@ -247,9 +254,13 @@ class EventConsumer:
         for tp, offset in handled:
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                metrics.LAG.labels(tp.topic, str(tp.partition), self.group_id).set(max(highwater - offset - 1, 0))
+                metrics.LAG.labels(tp.topic, str(tp.partition), self.group_id).set(
+                    max(highwater - offset - 1, 0)
+                )
 
-    async def _handle_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> tuple[TopicPartition, int]:
+    async def _handle_partition(
+        self, tp: TopicPartition, records: list[ConsumerRecord]
+    ) -> tuple[TopicPartition, int]:
         for record in records:
             await self._handle_record(record)
         return tp, records[-1].offset
@@ -284,12 +295,14 @@ class EventConsumer:
                 await self._dead_letter(record, span, error, attempts=0)
                 return
             if recording:
-                span.set_attributes({
-                    "messaging.message.id": env.id,
-                    "cloudevents.event_id": env.id,
-                    "cloudevents.event_type": env.type,
-                    "cloudevents.event_source": env.source,
-                })
+                span.set_attributes(
+                    {
+                        "messaging.message.id": env.id,
+                        "cloudevents.event_id": env.id,
+                        "cloudevents.event_type": env.type,
+                        "cloudevents.event_source": env.source,
+                    }
+                )
             outcome = await self._handle_with_retries(record, env, event, span)
             consumed, seconds = self._metrics(topic)
             consumed[outcome].inc()
@@ -355,15 +368,22 @@ class EventConsumer:
                 if is_outage(error):
                     if self._stopping.is_set():
                         raise  # leave the record uncommitted: it is redelivered after the restart
-                    log.warning("%s offset %d waits for an outage to end: %s", record.topic, record.offset, error)
+                    log.warning(
+                        "%s offset %d waits for an outage to end: %s", record.topic, record.offset, error
+                    )
                 else:
                     permanent = isinstance(error, MlopsError) and not error.retryable
                     if permanent or attempt >= self.bus.max_attempts:
                         await self._dead_letter(record, span, error, attempts=attempt)
                         return "dead_lettered"
                     attempt += 1
-                    log.warning("handling %s offset %d failed (attempt %d): %s", record.topic, record.offset,
-                                attempt - 1, error)
+                    log.warning(
+                        "handling %s offset %d failed (attempt %d): %s",
+                        record.topic,
+                        record.offset,
+                        attempt - 1,
+                        error,
+                    )
                 metrics.RETRIES.labels(record.topic, self.group_id).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
@@ -382,7 +402,9 @@ class EventConsumer:
         reason = error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
         span.set_status(Status(StatusCode.ERROR, reason))
         span.set_attribute("mlops.dead_lettered", True)
-        headers = [(name, value or b"") for name, value in record.headers if not name.startswith("mlops_dlq_")]
+        headers = [
+            (name, value or b"") for name, value in record.headers if not name.startswith("mlops_dlq_")
+        ]
         headers += [
             ("mlops_dlq_reason", reason.encode()),
             ("mlops_dlq_error_type", type(error).__name__.encode()),
@@ -393,7 +415,11 @@ class EventConsumer:
             ("mlops_dlq_consumer", self.group_id.encode()),
             ("mlops_dlq_time", rfc3339().encode()),
         ]
-        log.error("dead-lettering %s offset %d after %d attempts: %s", record.topic, record.offset, attempts, reason)
-        await self.publisher.publish_encoded(record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers)
+        log.error(
+            "dead-lettering %s offset %d after %d attempts: %s", record.topic, record.offset, attempts, reason
+        )
+        await self.publisher.publish_encoded(
+            record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers
+        )
         if attempts == 0:
             self._metrics(record.topic)[0]["dead_lettered"].inc()

@@ -21,7 +21,12 @@ from mlops.errors import InvalidArgument
 SPECVERSION = "1.0"
 PROTOBUF = "application/protobuf"
 JSON = "application/json"
-_PROTOBUF_ALIASES = {PROTOBUF, "application/x-protobuf", "application/vnd.google.protobuf", "application/octet-stream"}
+_PROTOBUF_ALIASES = {
+    PROTOBUF,
+    "application/x-protobuf",
+    "application/vnd.google.protobuf",
+    "application/octet-stream",
+}
 
 Headers = list[tuple[str, bytes]]
 
@@ -136,9 +141,7 @@ def decode(
     text = _header_text(headers)
     ce_type = text.get("ce_type") or spec.ce_type
     if ce_type != spec.ce_type:
-        raise MalformedEvent(
-            f"ce_type {ce_type!r} is not accepted on {topic}; expected {spec.ce_type!r}"
-        )
+        raise MalformedEvent(f"ce_type {ce_type!r} is not accepted on {topic}; expected {spec.ce_type!r}")
     specversion = text.get("ce_specversion") or SPECVERSION
     if specversion != SPECVERSION:
         raise MalformedEvent(f"ce_specversion {specversion!r} is not supported; expected '1.0'")
@@ -160,7 +163,9 @@ def decode(
         try:
             message.ParseFromString(value)
         except DecodeError as error:
-            raise MalformedEvent(f"protobuf payload does not parse as {spec.message.__name__}: {error}") from None
+            raise MalformedEvent(
+                f"protobuf payload does not parse as {spec.message.__name__}: {error}"
+            ) from None
     else:
         raise MalformedEvent(f"content-type {content_type!r} is not supported; use {PROTOBUF} or {JSON}")
 

@@ -101,7 +101,9 @@ class OutboxRelay:
         connection = await self.database.raw_connection()
         try:
             while not self._stopping.is_set():
-                if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"outbox:{self.schema}"):
+                if await connection.fetchval(
+                    "SELECT pg_try_advisory_lock(hashtext($1))", f"outbox:{self.schema}"
+                ):
                     break
                 await self._sleep(self.bus.outbox_poll_interval_ms / 1000)
             else:
@@ -135,7 +137,9 @@ class OutboxRelay:
                 pairs = json.loads(row["headers"])
                 parent = context_from_text(dict(pairs))
                 headers = [(name, value.encode()) for name, value in pairs]
-                await self.publisher.publish_encoded(row["topic"], row["key"], row["value"], headers, parent=parent)
+                await self.publisher.publish_encoded(
+                    row["topic"], row["key"], row["value"], headers, parent=parent
+                )
             await asyncio.gather(*pending)
         await connection.execute(
             f'DELETE FROM "{self.schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]

@@ -69,7 +69,9 @@ class EventPublisher:
         value, headers = envelope.encode(
             event, spec, source=self.source, event_id=event_id, content_type=content_type, extra=extra_headers
         )
-        await self.publish_encoded(self.topic_prefix + spec.topic, key if key is not None else spec.key_of(event), value, headers)
+        await self.publish_encoded(
+            self.topic_prefix + spec.topic, key if key is not None else spec.key_of(event), value, headers
+        )
 
     async def publish_encoded(
         self,
@@ -90,7 +92,9 @@ class EventPublisher:
         try:
             if span.is_recording():
                 span.set_attributes(self._attributes(topic, key_bytes, headers))
-            delivery = await self._producer.send(topic, value=value, key=key_bytes, headers=inject(headers, span))
+            delivery = await self._producer.send(
+                topic, value=value, key=key_bytes, headers=inject(headers, span)
+            )
             counter = self._published.get(topic)
             if counter is None:
                 counter = self._published[topic] = metrics.PUBLISHED.labels(topic)

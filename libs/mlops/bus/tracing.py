@@ -34,7 +34,9 @@ tracer = trace.get_tracer("mlops.bus")
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 
-_W3C = "tracecontext" in [name.strip() for name in os.environ.get("OTEL_PROPAGATORS", "tracecontext").split(",")]
+_W3C = "tracecontext" in [
+    name.strip() for name in os.environ.get("OTEL_PROPAGATORS", "tracecontext").split(",")
+]
 """Whether the fast W3C path applies; read once, as the SDK reads OTEL_PROPAGATORS once at import."""
 
 _TRACEPARENT = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*")
@@ -58,7 +60,9 @@ def parse_traceparent(traceparent: str | None, tracestate: list[str] | None = No
     state = None
     if tracestate and sum(map(len, tracestate)) + len(tracestate) - 1 <= _MAX_TRACESTATE:
         state = TraceState.from_header(tracestate)
-    return SpanContext(trace_int, span_int, is_remote=True, trace_flags=TraceFlags(int(flags, 16)), trace_state=state)
+    return SpanContext(
+        trace_int, span_int, is_remote=True, trace_flags=TraceFlags(int(flags, 16)), trace_state=state
+    )
 
 
 def extract(headers: Sequence[tuple[str, bytes | None]]) -> Context:
@@ -94,7 +98,10 @@ def trace_headers(span_context: SpanContext) -> list[tuple[str, bytes]]:
     if not span_context.is_valid:
         return []
     headers = [
-        ("traceparent", b"00-%032x-%016x-%02x" % (span_context.trace_id, span_context.span_id, span_context.trace_flags))
+        (
+            "traceparent",
+            b"00-%032x-%016x-%02x" % (span_context.trace_id, span_context.span_id, span_context.trace_flags),
+        )
     ]
     if span_context.trace_state:
         headers.append(("tracestate", span_context.trace_state.to_header().encode()))
@@ -121,7 +128,9 @@ def current_traceparent() -> dict[str, str]:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return {k: v for k, v in carrier.items() if k in TRACE_HEADERS}
-    return {name: value.decode() for name, value in trace_headers(trace.get_current_span().get_span_context())}
+    return {
+        name: value.decode() for name, value in trace_headers(trace.get_current_span().get_span_context())
+    }
 
 
 # --- Spans -------------------------------------------------------------------------------------
@@ -143,9 +152,14 @@ def _drops_unsampled_children(sdk_tracer: SdkTracer) -> bool:
     sampler = getattr(sdk_tracer, "sampler", None)
     if not isinstance(sampler, ParentBased):
         return False
-    delegates = (getattr(sampler, "_remote_parent_not_sampled", None), getattr(sampler, "_local_parent_not_sampled", None))
+    delegates = (
+        getattr(sampler, "_remote_parent_not_sampled", None),
+        getattr(sampler, "_local_parent_not_sampled", None),
+    )
     return (
-        all(isinstance(d, StaticSampler) and getattr(d, "_decision", None) is Decision.DROP for d in delegates)
+        all(
+            isinstance(d, StaticSampler) and getattr(d, "_decision", None) is Decision.DROP for d in delegates
+        )
         and sdk_tracer._is_enabled()
         and isinstance(getattr(sdk_tracer, "_tracer_metrics", None), NoOpTracerMetrics)
     )
@@ -172,7 +186,12 @@ def start_span(name: str, context: Context | None, kind: SpanKind) -> trace.Span
         if parent.is_valid and not parent.trace_flags.sampled:
             flags = TraceFlags.RANDOM_TRACE_ID if parent.trace_flags.random_trace_id else TraceFlags.DEFAULT
             return NonRecordingSpan(
-                SpanContext(parent.trace_id, ids.generate_span_id(), is_remote=False,
-                            trace_flags=TraceFlags(flags), trace_state=parent.trace_state)
+                SpanContext(
+                    parent.trace_id,
+                    ids.generate_span_id(),
+                    is_remote=False,
+                    trace_flags=TraceFlags(flags),
+                    trace_state=parent.trace_state,
+                )
             )
     return real.start_span(name, context=context, kind=kind)

@@ -50,7 +50,9 @@ class Database:
 
     async def wait_ready(self, deadline_s: float | None = None) -> None:
         """Retry `SELECT 1` with backoff until it works or the deadline passes (`Unavailable`)."""
-        deadline = time.monotonic() + (deadline_s if deadline_s is not None else self.settings.connect_deadline_s)
+        deadline = time.monotonic() + (
+            deadline_s if deadline_s is not None else self.settings.connect_deadline_s
+        )
         delay, attempt = 0.1, 0
         while True:
             attempt += 1

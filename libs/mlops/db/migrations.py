@@ -49,14 +49,18 @@ def run_migrations_env(target_metadata: MetaData, schema: str | None = None) -> 
     schema = schema or config.get_main_option("mlops.schema")
     url = config.get_main_option("sqlalchemy.url")
     if context.is_offline_mode():
-        context.configure(url=url, target_metadata=target_metadata, version_table_schema=schema, include_schemas=True)
+        context.configure(
+            url=url, target_metadata=target_metadata, version_table_schema=schema, include_schemas=True
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
 
     def run(connection: Connection) -> None:
         # Replicas starting together must not migrate concurrently: one waits for the other.
-        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:lock))"), {"lock": f"migrate:{schema}"})
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:lock))"), {"lock": f"migrate:{schema}"}
+        )
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         context.configure(
             connection=connection,

@@ -25,8 +25,11 @@ from mlops.jaeger import JaegerClient, render_tree
 
 SPEC = Path(__file__).with_name("wine-quality.yaml")
 FEATURES = ["alcohol", "malic_acid", "ash", "magnesium", "flavanoids", "color_intensity", "hue", "proline"]
-CENTRES = [[13.7, 2.0, 2.4, 106, 2.9, 5.5, 1.06, 1115], [12.3, 1.9, 2.2, 94, 2.1, 3.1, 1.06, 520],
-           [13.1, 3.3, 2.4, 99, 0.8, 7.4, 0.68, 630]]
+CENTRES = [
+    [13.7, 2.0, 2.4, 106, 2.9, 5.5, 1.06, 1115],
+    [12.3, 1.9, 2.2, 94, 2.1, 3.1, 1.06, 520],
+    [13.1, 3.3, 2.4, 99, 0.8, 7.4, 0.68, 630],
+]
 
 
 def write_dataset(path: Path, rows: int = 600, seed: int = 7) -> None:
@@ -63,8 +66,9 @@ def main() -> int:
         data = Path(tmp) / "wine.csv"
         write_dataset(data)
         started = time.monotonic()
-        committed = mlops("data", "commit", str(data), "--dataset", "wine", "--label", "source=demo",
-                          json_output=True)
+        committed = mlops(
+            "data", "commit", str(data), "--dataset", "wine", "--label", "source=demo", json_output=True
+        )
     assert isinstance(committed, dict)
     version = committed["datasetVersion"]
     print(f"  version {version['version']} of data set wine: {version['uri']}")
@@ -81,8 +85,10 @@ def main() -> int:
             break
         time.sleep(0.5)
     elapsed = time.monotonic() - started
-    print(f"\nTrace {trace_id}: {len(spans)} spans across {sorted({s.service for s in spans})}"
-          f" (commit to handled by the registry in {elapsed:.1f} s, trace export included)")
+    print(
+        f"\nTrace {trace_id}: {len(spans)} spans across {sorted({s.service for s in spans})}"
+        f" (commit to handled by the registry in {elapsed:.1f} s, trace export included)"
+    )
     print(render_tree(spans) or "  (no spans: is OTEL_EXPORTER_OTLP_ENDPOINT set?)")
     print(f"\nJaeger UI:  {jaeger.ui_url(trace_id)}")
     print(f"Jaeger API: {jaeger.base_url}/api/v3/traces/{trace_id}")

@@ -25,7 +25,9 @@ class GrpcServer:
     calls `set_serving()` (after migrations, consumers and caches are ready).
     """
 
-    def __init__(self, settings: GrpcServerSettings, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+    def __init__(
+        self, settings: GrpcServerSettings, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()
+    ) -> None:
         self.settings = settings
         size = settings.max_message_mb * 1024 * 1024
         self.server = grpc.aio.server(
@@ -59,7 +61,9 @@ class GrpcServer:
         return self.port
 
     async def set_serving(self, serving: bool = True) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *self._names[1:]]:
             await self.health.set(name, status)
 

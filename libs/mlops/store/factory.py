@@ -23,7 +23,9 @@ def open_store(settings: ArtifactSettings) -> ArtifactStore:
         return FileStore(FileStoreConfig(root=Path(unquote(parsed.path))))
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise InvalidArgument(f"MLOPS_ARTIFACT_ROOT {settings.root!r} names no bucket (s3://bucket/prefix)")
+            raise InvalidArgument(
+                f"MLOPS_ARTIFACT_ROOT {settings.root!r} names no bucket (s3://bucket/prefix)"
+            )
         return S3Store(
             S3StoreConfig(
                 bucket=parsed.netloc,

@@ -63,7 +63,9 @@ class S3Store(ArtifactStore):
             ),
         )
         threshold = config.multipart_threshold_mb * 1024 * 1024
-        self.transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=min(threshold, 64 << 20))
+        self.transfer = TransferConfig(
+            multipart_threshold=threshold, multipart_chunksize=min(threshold, 64 << 20)
+        )
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -108,7 +110,9 @@ class S3Store(ArtifactStore):
                 # One PutObject in a thread that carries the caller's context: its span joins the trace.
                 def put() -> None:
                     with path.open("rb") as body:
-                        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={"sha256": sha})
+                        self.client.put_object(
+                            Bucket=self.bucket, Key=key, Body=body, Metadata={"sha256": sha}
+                        )
 
                 await asyncio.to_thread(put)
                 if progress:
@@ -116,8 +120,9 @@ class S3Store(ArtifactStore):
             else:
                 # s3transfer uploads the parts from threads of its own, which lose the trace context:
                 # one span here stands for the whole multipart upload.
-                with tracer.start_as_current_span("S3 multipart upload", attributes={"aws.s3.key": key,
-                                                                                     "aws.s3.bucket": self.bucket}):
+                with tracer.start_as_current_span(
+                    "S3 multipart upload", attributes={"aws.s3.key": key, "aws.s3.bucket": self.bucket}
+                ):
                     await asyncio.to_thread(
                         self.client.upload_file,
                         str(path),
