@@ -14,21 +14,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
-    KafkaConnectionError,
     KafkaError,
-    KafkaTimeoutError,
-    NodeNotReadyError,
-    RequestTimedOutError,
 )
 from aiokafka.structs import OffsetAndMetadata
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import envelope, metrics
@@ -39,7 +33,8 @@ from mlops.bus.inbox import Inbox
 from mlops.bus.producer import EventPublisher, deferred_deliveries
 from mlops.bus.tracing import extract, start_span
 from mlops.db import Database
-from mlops.errors import MlopsError, Unavailable
+from mlops.errors import MlopsError
+from mlops.outages import is_outage
 from mlops.settings import BusSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -61,19 +56,6 @@ class EventContext:
 
 Handler = Callable[[Message, EventContext], Awaitable[None]]
 
-_OUTAGES: tuple[type[BaseException], ...] = (
-    ConnectionError,
-    TimeoutError,
-    Unavailable,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    KafkaConnectionError,
-    NodeNotReadyError,
-    KafkaTimeoutError,
-    RequestTimedOutError,
-)
-
 
 async def _settle(task: asyncio.Task | None) -> None:
     """Wait for an acknowledge-and-commit task; its failure only means the batch will be redelivered."""
@@ -84,18 +66,6 @@ async def _settle(task: asyncio.Task | None) -> None:
     except Exception as error:
         log.warning("offsets not committed (the records will be redelivered): %s", error)
     return None
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether a failure comes from unreachable infrastructure rather than from the message being handled."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, _OUTAGES):
-            return True
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import envelope, metrics
 from mlops.bus.catalog import spec_for
-from mlops.bus.consumer import is_outage
 from mlops.bus.producer import EventPublisher, deferred_deliveries
 from mlops.bus.tracing import context_from_text, current_traceparent
 from mlops.db import Database
+from mlops.outages import is_outage
 from mlops.settings import BusSettings
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,11 @@ class Database:
             settings.url,
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
-            pool_pre_ping=True,
+            # No ping per checkout: it costs a round trip on every request. A connection that died
+            # with the server fails its statement once, is invalidated with the pool, and callers
+            # treat that as an outage (retry) rather than a bad request.
+            pool_pre_ping=False,
+            pool_recycle=1800,
             echo=settings.echo,
         )
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from mlops.errors import MlopsError
+from mlops.outages import is_outage
 from mlops.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 async def _abort_for(error: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
     if isinstance(error, MlopsError):
         await context.abort(error.grpc_code, error.message)
+    if is_outage(error):
+        log.warning("%s: a dependency is unavailable: %s", method, error)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"a dependency of {method} is unavailable; retry shortly"
+        )
     trace_id = current_trace_id()
     log.exception("unexpected error in %s (trace %s)", method, trace_id)
     where = f" (trace {trace_id})" if trace_id else ""

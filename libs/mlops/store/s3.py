@@ -157,12 +157,15 @@ class S3Store(ArtifactStore):
         expected = expected_sha256(relative, sha256)
 
         def fetch(handle) -> None:
+            # One streamed GetObject in a thread that carries the caller's trace context.
             try:
-                self.client.download_fileobj(self.bucket, key, handle, Config=self.transfer)
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") in _MISSING:
                     raise NotFound(f"artifact {uri} does not exist") from None
                 raise Unavailable(f"S3 download of {uri} failed: {error}") from error
+            for chunk in body.iter_chunks(1 << 20):
+                handle.write(chunk)
 
         await asyncio.to_thread(download_verified, uri, dest, expected, fetch)
         return dest
