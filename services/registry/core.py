@@ -523,27 +523,30 @@ class RegistryCore:
         "ORDER BY a2.alias) FROM {s}.model_versions v "
     )
 
+    _BY_ALIAS = (
+        "SELECT v.body, ARRAY(SELECT a2.alias FROM {s}.aliases a2 WHERE a2.model = v.model AND a2.version = v.version "
+        "ORDER BY a2.alias) FROM {s}.aliases a JOIN {s}.model_versions v ON v.model = a.model AND v.version = a.version "
+        "WHERE a.model = $1 AND a.alias = $2"
+    ).replace("{s}", SCHEMA)
+    _BY_VERSION = (
+        "SELECT v.body, ARRAY(SELECT a2.alias FROM {s}.aliases a2 WHERE a2.model = v.model AND a2.version = v.version "
+        "ORDER BY a2.alias) FROM {s}.model_versions v WHERE v.model = $1 AND v.version = $2"
+    ).replace("{s}", SCHEMA)
+    _LATEST = (
+        "SELECT v.body, ARRAY(SELECT a2.alias FROM {s}.aliases a2 WHERE a2.model = v.model AND a2.version = v.version "
+        "ORDER BY a2.alias) FROM {s}.model_versions v WHERE v.model = $1 ORDER BY v.version DESC LIMIT 1"
+    ).replace("{s}", SCHEMA)
+
     async def get_model_version(self, request: pb.GetModelVersionRequest) -> pb.ModelVersion:
+        """The hot read (every deployment and client resolves `name@alias`): one prepared statement."""
         selector = request.WhichOneof("selector")
+        pool = await self.database.fast_pool()
         if selector == "alias":
-            sql = (
-                self._VERSION_WITH_ALIASES
-                + "JOIN {s}.aliases a ON a.model = v.model AND a.version = v.version "
-                "WHERE a.model = :m AND a.alias = :x"
-            )
-            params = {"m": request.model, "x": request.alias}
+            row = await pool.fetchrow(self._BY_ALIAS, request.model, request.alias)
         elif selector == "version" and request.version:
-            sql, params = (
-                self._VERSION_WITH_ALIASES + "WHERE v.model = :m AND v.version = :x",
-                {"m": request.model, "x": request.version},
-            )
+            row = await pool.fetchrow(self._BY_VERSION, request.model, request.version)
         else:
-            sql, params = (
-                self._VERSION_WITH_ALIASES + "WHERE v.model = :m ORDER BY v.version DESC LIMIT 1",
-                {"m": request.model},
-            )
-        async with self.database.session() as session:
-            row = (await session.exec(q(sql), params=params)).one_or_none()
+            row = await pool.fetchrow(self._LATEST, request.model)
         if row is None:
             if selector == "alias":
                 raise NotFound(f"model {request.model!r} has no alias {request.alias!r}")

@@ -36,6 +36,22 @@ class Database:
             echo=settings.echo,
         )
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._fast: asyncpg.Pool | None = None
+        self._fast_lock = asyncio.Lock()
+
+    async def fast_pool(self) -> asyncpg.Pool:
+        """A plain asyncpg pool for hot read paths: prepared statements, no ORM layer in between.
+
+        Reads that serve every request (a model version by alias) go through it; writes keep the
+        session and its transaction.
+        """
+        if self._fast is None:
+            async with self._fast_lock:
+                if self._fast is None:
+                    self._fast = await asyncpg.create_pool(
+                        self.settings.asyncpg_dsn, min_size=1, max_size=self.settings.pool_size
+                    )
+        return self._fast
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -75,4 +91,6 @@ class Database:
                 delay = min(delay * 2, 2.0)
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         await self.engine.dispose()
