@@ -686,38 +686,37 @@ def print_table(summary: dict) -> None:
         print(f"target: {summary['target_throughput_ratio']}x MLflow's throughput")
 
 
-def postgres_answers() -> bool:
+def stack_answers() -> bool:
+    """PostgreSQL answers a query as the application role and Kafka accepts connections."""
     env = {**os.environ, "PGPASSWORD": PG_PASSWORD, "PGCONNECT_TIMEOUT": "3"}
-    return (
-        subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-tA",
-                "-h",
-                PG_HOST,
-                "-p",
-                str(PG_PORT),
-                "-U",
-                PG_USER,
-                "-d",
-                PG_APP_DB,
-                "-c",
-                "SELECT 1",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        == "1"
-    )
+    query = [
+        "psql",
+        "-X",
+        "-tA",
+        "-h",
+        PG_HOST,
+        "-p",
+        str(PG_PORT),
+        "-U",
+        PG_USER,
+        "-d",
+        PG_APP_DB,
+        "-c",
+        "SELECT 1",
+    ]
+    if subprocess.run(query, env=env, capture_output=True, text=True).stdout.strip() != "1":
+        return False
+    host, _, port = os.environ.get("MLOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092").split(",")[0].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=3):
+        return True
 
 
 def measure_with_retry(
     name: str, tools: Tools, args: argparse.Namespace, log_dir: Path
 ) -> tuple[Figures, dict]:
-    """One contender, once more after a failure: the shared local stack may be restarted under us."""
-    for attempt in (1, 2):
+    """One contender, tried again after a failure: the shared local stack may be restarted under us."""
+    attempts = 3
+    for attempt in range(1, attempts + 1):
         try:
             return CONTENDERS[name](tools, args, log_dir)
         except (
@@ -727,13 +726,14 @@ def measure_with_retry(
             urllib.error.URLError,
             OSError,
         ) as error:
-            if attempt == 2:
+            if attempt == attempts:
                 raise BenchError(f"{LABELS[name]}: {error}") from error
             print(
-                f"{LABELS[name]} failed ({error}); waiting for PostgreSQL and trying once more",
+                f"{LABELS[name]} failed ({error}); waiting for the local stack, then trying again",
                 file=sys.stderr,
             )
-            wait_until("PostgreSQL", postgres_answers, deadline_s=120, proc=None)
+            time.sleep(5)  # a restarting stack may answer for a moment before it goes down
+            wait_until("the local stack (PostgreSQL, Kafka)", stack_answers, deadline_s=180, proc=None)
     raise AssertionError("unreachable")
 
 
@@ -796,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
             order = names if round_ % 2 == 0 else names[::-1]  # no contender always runs first
             for name in order:
                 print(f"--- round {round_ + 1}/{args.rounds}: {LABELS[name]}", flush=True)
-                loads.append(os.getloadavg()[0])
+                loads.append(round(os.getloadavg()[0], 2))
                 results[name].append(measure_with_retry(name, tools, args, log_dir))
                 fig = results[name][-1][0]
                 print(
