@@ -49,7 +49,9 @@ test-integration: up ## Integration tests against the running stack
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ and the README
+	bash tests/bench/setup.sh
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_bus
+	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_registry
 
 demo: up ## Run the platform's main job on the embedded stack and print where to look
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo
