@@ -97,6 +97,34 @@ class Page:
         return rows, ""
 
 
+class Where:
+    """The conditions of a list query: equality on the filters that are set, time ranges, extras."""
+
+    def __init__(self, **equal: object) -> None:
+        self.parts: list[str] = ["TRUE"]
+        self.params: dict[str, object] = {}
+        for column, value in equal.items():
+            if value:
+                self.add(f"{column} = :{column}", **{column: value})
+
+    def add(self, condition: str, **params: object) -> Where:
+        self.parts.append(condition)
+        self.params.update(params)
+        return self
+
+    def between(self, column: str, request: Message, after: str, before: str) -> Where:
+        """`column` within the request's optional [after, before) timestamps."""
+        if request.HasField(after):
+            self.add(f"{column} >= :{after}", **{after: moment(getattr(request, after))})
+        if request.HasField(before):
+            self.add(f"{column} < :{before}", **{before: moment(getattr(request, before))})
+        return self
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.parts)
+
+
 def _need(condition: bool, message: str) -> None:
     if not condition:
         raise InvalidArgument(message)
@@ -134,6 +162,17 @@ class RegistryCore:
 
     def page(self, size: int, token: str) -> Page:
         return Page(size, token, self.settings)
+
+    async def _page_of(
+        self, cls: type[M], table: str, where: Where, order: str, size: int, token: str
+    ) -> tuple[list[M], str]:
+        """One page of a table's stored messages, newest first by `order`."""
+        page = self.page(size, token)
+        sql = f"SELECT body FROM {{s}}.{table} WHERE {where.sql} ORDER BY {order} LIMIT :limit OFFSET :offset"
+        async with self.database.session() as session:
+            bodies = (await session.exec(q(sql), params={**where.params, **page.params})).scalars().all()
+        bodies, next_token = page.cut(list(bodies))
+        return [parse(cls, body) for body in bodies], next_token
 
     # Data sets ---------------------------------------------------------------------------------
 
@@ -293,27 +332,18 @@ class RegistryCore:
     async def list_dataset_versions(
         self, request: pb.ListDatasetVersionsRequest
     ) -> pb.ListDatasetVersionsResponse:
-        page = self.page(request.page_size, request.page_token)
-        after = moment(request.committed_after) or datetime.min.replace(tzinfo=UTC)
-        before = moment(request.committed_before) or datetime.max.replace(tzinfo=UTC)
-        async with self.database.session() as session:
-            rows = (
-                (
-                    await session.exec(
-                        q(
-                            "SELECT body FROM {s}.dataset_versions WHERE dataset = :d AND committed_at >= :a AND committed_at < :b "
-                            "ORDER BY version DESC LIMIT :limit OFFSET :offset"
-                        ),
-                        params={"d": request.dataset, "a": after, "b": before, **page.params},
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        rows, token = page.cut(rows)
-        return pb.ListDatasetVersionsResponse(
-            versions=[parse(pb.DatasetVersion, b) for b in rows], next_page_token=token
+        where = Where(dataset=request.dataset).between(
+            "committed_at", request, "committed_after", "committed_before"
         )
+        versions, token = await self._page_of(
+            pb.DatasetVersion,
+            "dataset_versions",
+            where,
+            "version DESC",
+            request.page_size,
+            request.page_token,
+        )
+        return pb.ListDatasetVersionsResponse(versions=versions, next_page_token=token)
 
     # Model specs -------------------------------------------------------------------------------
 
@@ -758,39 +788,16 @@ class RegistryCore:
         return run
 
     async def list_runs(self, request: pb.ListRunsRequest) -> pb.ListRunsResponse:
-        page = self.page(request.page_size, request.page_token)
-        where, params = ["TRUE"], dict(page.params)
-        for column, value in (
-            ("model", request.model),
-            ("dataset", request.dataset),
-            ("dataset_version", request.dataset_version),
-            ("status", request.status),
-        ):
-            if value:
-                where.append(f"{column} = :{column}")
-                params[column] = value
-        if request.HasField("started_after"):
-            where.append("started_at >= :after")
-            params["after"] = moment(request.started_after)
-        if request.HasField("started_before"):
-            where.append("started_at < :before")
-            params["before"] = moment(request.started_before)
-        async with self.database.session() as session:
-            rows = (
-                (
-                    await session.exec(
-                        q(
-                            f"SELECT body FROM {{s}}.runs WHERE {' AND '.join(where)} "
-                            "ORDER BY started_at DESC LIMIT :limit OFFSET :offset"
-                        ),
-                        params=params,
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        rows, token = page.cut(rows)
-        return pb.ListRunsResponse(runs=[parse(pb.Run, b) for b in rows], next_page_token=token)
+        where = Where(
+            model=request.model,
+            dataset=request.dataset,
+            dataset_version=request.dataset_version,
+            status=request.status,
+        ).between("started_at", request, "started_after", "started_before")
+        runs, token = await self._page_of(
+            pb.Run, "runs", where, "started_at DESC", request.page_size, request.page_token
+        )
+        return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     # Evaluations -------------------------------------------------------------------------------
 
@@ -849,32 +856,13 @@ class RegistryCore:
         return parse(pb.Evaluation, body)
 
     async def list_evaluations(self, request: pb.ListEvaluationsRequest) -> pb.ListEvaluationsResponse:
-        page = self.page(request.page_size, request.page_token)
-        where, params = ["model = :m"], {"m": request.model, **page.params}
-        if request.version:
-            where.append("version = :v")
-            params["v"] = request.version
+        where = Where(model=request.model, version=request.version)
         if request.HasField("passed"):
-            where.append("passed = :p")
-            params["p"] = request.passed
-        async with self.database.session() as session:
-            rows = (
-                (
-                    await session.exec(
-                        q(
-                            f"SELECT body FROM {{s}}.evaluations WHERE {' AND '.join(where)} "
-                            "ORDER BY recorded_at DESC LIMIT :limit OFFSET :offset"
-                        ),
-                        params=params,
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        rows, token = page.cut(rows)
-        return pb.ListEvaluationsResponse(
-            evaluations=[parse(pb.Evaluation, b) for b in rows], next_page_token=token
+            where.add("passed = :passed", passed=request.passed)
+        evaluations, token = await self._page_of(
+            pb.Evaluation, "evaluations", where, "recorded_at DESC", request.page_size, request.page_token
         )
+        return pb.ListEvaluationsResponse(evaluations=evaluations, next_page_token=token)
 
     # Aliases -----------------------------------------------------------------------------------
 
@@ -1140,38 +1128,13 @@ class RegistryCore:
         return pb.RecordDeploymentResponse(deployment=deployment, created=bool(created))
 
     async def list_deployments(self, request: pb.ListDeploymentsRequest) -> pb.ListDeploymentsResponse:
-        page = self.page(request.page_size, request.page_token)
-        where, params = ["model = :m"], {"m": request.model, **page.params}
-        if request.version:
-            where.append("version = :v")
-            params["v"] = request.version
-        if request.state:
-            where.append("state = :st")
-            params["st"] = request.state
-        if request.HasField("started_after"):
-            where.append("started_at >= :after")
-            params["after"] = moment(request.started_after)
-        if request.HasField("started_before"):
-            where.append("started_at < :before")
-            params["before"] = moment(request.started_before)
-        async with self.database.session() as session:
-            rows = (
-                (
-                    await session.exec(
-                        q(
-                            f"SELECT body FROM {{s}}.deployments WHERE {' AND '.join(where)} "
-                            "ORDER BY started_at DESC LIMIT :limit OFFSET :offset"
-                        ),
-                        params=params,
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        rows, token = page.cut(rows)
-        return pb.ListDeploymentsResponse(
-            deployments=[parse(pb.Deployment, b) for b in rows], next_page_token=token
+        where = Where(model=request.model, version=request.version, state=request.state).between(
+            "started_at", request, "started_after", "started_before"
         )
+        deployments, token = await self._page_of(
+            pb.Deployment, "deployments", where, "started_at DESC", request.page_size, request.page_token
+        )
+        return pb.ListDeploymentsResponse(deployments=deployments, next_page_token=token)
 
     async def record_monitor_event(self, event_id: str, event: Message, session: AsyncSession) -> None:
         """Keep a DriftDetected or PerformanceDegraded event for the version's lineage (idempotent)."""
