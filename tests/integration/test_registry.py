@@ -383,6 +383,23 @@ async def test_lineage_ties_data_run_evaluation_deployment_aliases_and_drift(reg
             session,
         )
 
+    again = await stub.RecordEvaluation(
+        pb.RecordEvaluationRequest(
+            evaluation=pb.Evaluation(
+                evaluation_id=f"ev-{unique}", model=model, version=version.version, passed=False
+            )
+        )
+    )
+    assert not again.created and again.evaluation.passed, "an evaluation is recorded once, by its id"
+    fetched = await stub.GetEvaluation(pb.GetEvaluationRequest(evaluation_id=f"ev-{unique}"))
+    assert fetched.gates[0].gate == "min_accuracy"
+    passed = await stub.ListEvaluations(pb.ListEvaluationsRequest(model=model, passed=True))
+    assert [e.evaluation_id for e in passed.evaluations] == [f"ev-{unique}"]
+    deployments = await stub.ListDeployments(pb.ListDeploymentsRequest(model=model, version=version.version))
+    assert [d.traffic_percent for d in deployments.deployments] == [10]
+    aliases = await stub.ListAliases(pb.ListAliasesRequest(model=model))
+    assert [(a.alias, a.version) for a in aliases.aliases] == [("production", version.version)]
+
     lineage = await stub.GetLineage(pb.GetLineageRequest(model=model, alias="production"))
     assert lineage.model_version.version == version.version
     assert lineage.dataset_version.version == 2
