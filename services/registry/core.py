@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
@@ -60,6 +61,13 @@ def moment(stamp: Timestamp, default: datetime | None = None) -> datetime | None
     if stamp.seconds == 0 and stamp.nanos == 0:
         return default
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def same_fields(source: Message, cls: type[M]) -> M:
+    """A `cls` carrying every field of `source` that has the same name there (an event from a record)."""
+    wanted = {field.name for field in cls.DESCRIPTOR.fields}
+    values = json_format.MessageToDict(source, preserving_proto_field_name=True)
+    return json_format.ParseDict({k: v for k, v in values.items() if k in wanted}, cls())
 
 
 def parse(cls: type[M], body: bytes) -> M:
@@ -264,23 +272,7 @@ class RegistryCore:
                     "b": record.SerializeToString(),
                 },
             )
-            await self.outbox.add(
-                tx,
-                data_pb2.DatasetVersionRecorded(
-                    dataset=record.dataset,
-                    version=version,
-                    uri=record.uri,
-                    sha256=record.sha256,
-                    format=record.format,
-                    row_count=record.row_count,
-                    columns=record.columns,
-                    parent_version=parent_version,
-                    parent_sha256=parent_sha,
-                    committed_by=record.committed_by,
-                    labels=record.labels,
-                    committed_at=record.committed_at,
-                ),
-            )
+            await self.outbox.add(tx, same_fields(record, data_pb2.DatasetVersionRecorded))
             return pb.RecordDatasetVersionResponse(dataset_version=record, created=True)
 
     async def get_dataset_version(self, request: pb.GetDatasetVersionRequest) -> pb.DatasetVersion:
@@ -526,26 +518,9 @@ class RegistryCore:
                     "b": record.SerializeToString(),
                 },
             )
-            await self.outbox.add(
-                tx,
-                model_pb2.ModelRegistered(
-                    model=record.model,
-                    version=record.version,
-                    run_id=record.run_id,
-                    spec_version=record.spec_version,
-                    dataset=record.dataset,
-                    dataset_version=record.dataset_version,
-                    dataset_sha256=record.dataset_sha256,
-                    artifact_uri=record.artifact_uri,
-                    artifact_sha256=record.artifact_sha256,
-                    artifact_size_bytes=record.artifact_size_bytes,
-                    profile_uri=record.profile_uri,
-                    profile_sha256=record.profile_sha256,
-                    metrics=record.metrics,
-                    tags=record.tags,
-                    registered_at=record.created_at,
-                ),
-            )
+            registered = same_fields(record, model_pb2.ModelRegistered)
+            registered.registered_at.CopyFrom(record.created_at)
+            await self.outbox.add(tx, registered)
         return pb.RegisterModelVersionResponse(model_version=record, created=True)
 
     _VERSION_WITH_ALIASES = (

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 from sqlalchemy import text
@@ -322,12 +323,10 @@ async def test_a_crash_between_commit_and_publish_loses_no_event(kafka, bus, dat
 async def test_outbox_rows_roll_back_with_their_transaction(database, unique):
     await migrated(database)
     outbox = Outbox(SCHEMA, source="mlops-tests", topic_prefix=TEST_TOPIC_PREFIX)
-    try:
+    with pytest.raises(RuntimeError, match="the state change failed"):
         async with database.transaction() as session:
             await outbox.add(session, committed(unique))
             raise RuntimeError("the state change failed")
-    except RuntimeError:
-        pass
     async with database.session() as session:
         rows = await session.exec(
             text(f'SELECT count(*) FROM "{SCHEMA}".outbox WHERE key = :k'), params={"k": unique.encode()}

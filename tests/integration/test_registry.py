@@ -505,3 +505,26 @@ async def test_a_data_commit_whose_sha256_does_not_match_goes_to_the_dlq(
     reason = dict(mismatch.headers)["mlops_dlq_reason"].decode()
     assert "refusing to use it" in reason and "0" * 64 in reason
     assert "does not exist" in dict(missing.headers)["mlops_dlq_reason"].decode()
+
+
+async def test_registrations_and_recorded_versions_are_announced_on_kafka(registry, kafka, unique):
+    from mlops.events.v1 import model_pb2
+
+    stub, _, _ = registry
+    async with (
+        raw_reader(kafka, "mlops.model.registered") as registered,
+        raw_reader(kafka, "mlops.dataset.recorded") as recorded,
+    ):
+        version = await register(stub, f"ann-{unique}", metrics={"accuracy": 0.9}, dataset=f"ds-{unique}")
+        await stub.RecordDatasetVersion(
+            pb.RecordDatasetVersionRequest(
+                dataset=f"ds-{unique}", uri="s3://mlops/d.csv", sha256=sha(unique), format="csv", row_count=7
+            )
+        )
+        model_record = await read_until(registered, lambda r: r.key == f"ann-{unique}".encode())
+        data_record = await read_until(recorded, lambda r: r.key == f"ds-{unique}".encode())
+    event = model_pb2.ModelRegistered.FromString(model_record.value)
+    assert (event.model, event.version, event.artifact_sha256) == (version.model, version.version, "a" * 64)
+    assert event.metrics["accuracy"] == 0.9 and event.registered_at == version.created_at
+    data_event = data_pb2.DatasetVersionRecorded.FromString(data_record.value)
+    assert (data_event.version, data_event.sha256, data_event.row_count) == (1, sha(unique), 7)
