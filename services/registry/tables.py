@@ -6,24 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
+from mlops.db.columns import json_column, message_column, time_column
+
 SCHEMA = "registry"
-
-
-def _body() -> Field:
-    return Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
-
-
-def _json() -> Field:
-    return Field(
-        default_factory=dict, sa_column=sa.Column(postgresql.JSONB, nullable=False, server_default="{}")
-    )
-
-
-def _time(**kwargs) -> Field:
-    return Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, **kwargs))
 
 
 class DatasetRow(SQLModel, table=True):
@@ -32,8 +19,8 @@ class DatasetRow(SQLModel, table=True):
 
     name: str = Field(primary_key=True)
     latest_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    created_at: datetime = _time(server_default=sa.func.now())
-    updated_at: datetime = _time(server_default=sa.func.now())
+    created_at: datetime = time_column(server_default=sa.func.now())
+    updated_at: datetime = time_column(server_default=sa.func.now())
 
 
 class DatasetVersionRow(SQLModel, table=True):
@@ -46,8 +33,8 @@ class DatasetVersionRow(SQLModel, table=True):
     dataset: str = Field(primary_key=True)
     version: int = Field(primary_key=True)
     sha256: str
-    committed_at: datetime = _time()
-    body: bytes = _body()
+    committed_at: datetime = time_column()
+    body: bytes = message_column()
 
 
 class ModelRow(SQLModel, table=True):
@@ -59,7 +46,7 @@ class ModelRow(SQLModel, table=True):
     name: str = Field(primary_key=True)
     latest_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     latest_spec_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    created_at: datetime = _time(server_default=sa.func.now())
+    created_at: datetime = time_column(server_default=sa.func.now())
 
 
 class ModelSpecRow(SQLModel, table=True):
@@ -70,9 +57,9 @@ class ModelSpecRow(SQLModel, table=True):
     version: int = Field(primary_key=True)
     dataset: str = Field(index=True)
     sha256: str
-    labels: dict = _json()
-    applied_at: datetime = _time()
-    body: bytes = _body()
+    labels: dict = json_column()
+    applied_at: datetime = time_column()
+    body: bytes = message_column()
 
 
 class ModelVersionRow(SQLModel, table=True):
@@ -90,10 +77,10 @@ class ModelVersionRow(SQLModel, table=True):
     run_id: str
     dataset: str
     dataset_version: int
-    metrics: dict = _json()
-    tags: dict = _json()
-    created_at: datetime = _time()
-    body: bytes = _body()
+    metrics: dict = json_column()
+    tags: dict = json_column()
+    created_at: datetime = time_column()
+    body: bytes = message_column()
 
 
 class RunRow(SQLModel, table=True):
@@ -105,8 +92,8 @@ class RunRow(SQLModel, table=True):
     status: int
     dataset: str
     dataset_version: int
-    started_at: datetime = _time()
-    body: bytes = _body()
+    started_at: datetime = time_column()
+    body: bytes = message_column()
 
 
 class RunEpochRow(SQLModel, table=True):
@@ -115,7 +102,7 @@ class RunEpochRow(SQLModel, table=True):
 
     run_id: str = Field(primary_key=True)
     epoch: int = Field(primary_key=True)
-    body: bytes = _body()
+    body: bytes = message_column()
 
 
 class EvaluationRow(SQLModel, table=True):
@@ -126,8 +113,8 @@ class EvaluationRow(SQLModel, table=True):
     model: str
     version: int
     passed: bool
-    recorded_at: datetime = _time()
-    body: bytes = _body()
+    recorded_at: datetime = time_column()
+    body: bytes = message_column()
 
 
 class AliasRow(SQLModel, table=True):
@@ -139,7 +126,7 @@ class AliasRow(SQLModel, table=True):
     version: int
     updated_by: str
     reason: str
-    updated_at: datetime = _time()
+    updated_at: datetime = time_column()
 
 
 class AliasChangeRow(SQLModel, table=True):
@@ -158,7 +145,7 @@ class AliasChangeRow(SQLModel, table=True):
     to_version: int
     actor: str
     reason: str
-    changed_at: datetime = _time()
+    changed_at: datetime = time_column()
 
 
 class DeploymentRow(SQLModel, table=True):
@@ -169,8 +156,8 @@ class DeploymentRow(SQLModel, table=True):
     model: str
     version: int
     state: int
-    started_at: datetime = _time()
-    body: bytes = _body()
+    started_at: datetime = time_column()
+    body: bytes = message_column()
 
 
 class MonitorEventRow(SQLModel, table=True):
@@ -183,5 +170,5 @@ class MonitorEventRow(SQLModel, table=True):
     kind: str
     model: str
     version: int
-    detected_at: datetime = _time()
-    body: bytes = _body()
+    detected_at: datetime = time_column()
+    body: bytes = message_column()
