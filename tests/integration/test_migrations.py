@@ -13,21 +13,33 @@ BUS_TABLES = {"inbox", "outbox", "alembic_version"}
 SERVICES = ["registry"]
 
 
+def _table_of(item: tuple) -> str:
+    """The table an autogenerate difference is about: ('remove_table', Table), ('add_column', schema, table, …)."""
+    subject = item[1]
+    if hasattr(subject, "table"):
+        return subject.table.name
+    if hasattr(subject, "name") and not isinstance(subject, str):
+        return subject.name
+    return item[2]
+
+
 def _differences(connection, schema: str) -> list:
     context = MigrationContext.configure(
         connection,
-        opts={"include_schemas": True, "include_name": lambda name, kind, _: kind != "schema" or name == schema},
+        opts={
+            "include_schemas": True,
+            "include_name": lambda name, kind, _: kind != "schema" or name == schema,
+        },
     )
-    tables = {t for t in SQLModel.metadata.tables.values() if t.schema == schema}
+    mine = {t.name for t in SQLModel.metadata.tables.values() if t.schema == schema}
     differences = []
     for diff in compare_metadata(context, SQLModel.metadata):
         item = diff[0] if isinstance(diff, list) else diff
-        table = getattr(item[1], "table", item[1]) if len(item) > 1 else None
-        name = getattr(table, "name", None)
-        if name in BUS_TABLES or (table is not None and getattr(table, "schema", schema) != schema):
-            continue
-        if table is not None and table not in tables and item[0].startswith("add_"):
-            continue
+        table = _table_of(item)
+        if table in BUS_TABLES:
+            continue  # created by mlops.bus.create_bus_tables, not by the models
+        if item[0] in ("add_table",) and table not in mine:
+            continue  # another service's model, in another schema
         differences.append(diff)
     return differences
 
