@@ -21,6 +21,8 @@ STOP_TIMEOUT="${MLOPS_SERVICES_STOP_TIMEOUT:-20}"
 # name  gRPC port
 SERVICES=(
   "registry ${MLOPS_REGISTRY_GRPC_PORT:-50051}"
+  "trainer ${MLOPS_TRAINER_GRPC_PORT:-50054}"
+  "evaluator ${MLOPS_EVALUATOR_GRPC_PORT:-50055}"
 )
 
 mkdir -p "$STACK/logs" "$STACK/run"

@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPONENTS = {"postgres", "kafka", "s3", "jaeger", "registry"}
+SERVICES = {path.parent.name for path in (ROOT / "services").glob("*/__main__.py")}
+COMPONENTS = {"postgres", "kafka", "s3", "jaeger"} | SERVICES
 
 
 def make(target: str) -> subprocess.CompletedProcess:
