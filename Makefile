@@ -38,8 +38,8 @@ down: ## Stop the services and the stack (data is kept; `bash infra/local/stack.
 status: ## Show what is running and ready
 	bash $(STACK) status; s=$$?; bash $(SERVICES) status && exit $$s
 
-test: up ## Run every test (unit, integration against the real stack, stack lifecycle)
-	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+test: up ## Run every test (unit, integration and end-to-end against the real stack, stack lifecycle)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed ## Unit tests only (no services needed)

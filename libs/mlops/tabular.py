@@ -8,6 +8,7 @@ always compared on the same held-out rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,21 +77,26 @@ def resolve_schema(
     label: str,
     features: list[str],
     frame: pd.DataFrame,
+    slices: Sequence[str] = (),
     min_rows: int = MIN_ROWS,
     min_rows_per_class: int = MIN_ROWS_PER_CLASS,
 ) -> Schema:
     """Check the data set against the spec and name every problem (`DataValidationError`)."""
+    missing_slices = [c for c in slices if c not in frame.columns]
     problems: list[str] = []
     columns = list(frame.columns)
     if label not in columns:
         problems.append(f"label column {label!r} is missing (columns: {', '.join(map(str, columns))})")
-    chosen = list(features) if features else [c for c in columns if c != label]
+    # No features listed: every column but the label and the slice columns (those are for reporting).
+    chosen = list(features) if features else [c for c in columns if c != label and c not in slices]
     missing = [c for c in chosen if c not in columns]
     if missing:
         problems.append(f"feature columns missing: {', '.join(missing)}")
     present = [c for c in chosen if c in columns]
     if not present:
         problems.append("no feature columns to train on")
+    if missing_slices:
+        problems.append(f"slice columns missing: {', '.join(missing_slices)}")
     if len(frame) < min_rows:
         problems.append(f"{len(frame)} rows; at least {min_rows} are needed")
     categorical: dict[str, list[str]] = {}

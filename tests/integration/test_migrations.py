@@ -10,17 +10,17 @@ from sqlmodel import SQLModel
 from mlops.db import migrate
 
 BUS_TABLES = {"inbox", "outbox", "alembic_version"}
-SERVICES = ["registry"]
+SERVICES = ["registry", "trainer", "evaluator"]
 
 
-def _table_of(item: tuple) -> str:
-    """The table an autogenerate difference is about: ('remove_table', Table), ('add_column', schema, table, …)."""
+def _location(item: tuple) -> tuple[str | None, str]:
+    """(schema, table) an autogenerate difference is about: ('add_index', Index), ('add_column', schema, table, …)."""
     subject = item[1]
     if hasattr(subject, "table"):
-        return subject.table.name
-    if hasattr(subject, "name") and not isinstance(subject, str):
-        return subject.name
-    return item[2]
+        return subject.table.schema, subject.table.name
+    if hasattr(subject, "schema") and not isinstance(subject, str):
+        return subject.schema, subject.name
+    return item[1], item[2]
 
 
 def _differences(connection, schema: str) -> list:
@@ -31,15 +31,14 @@ def _differences(connection, schema: str) -> list:
             "include_name": lambda name, kind, _: kind != "schema" or name == schema,
         },
     )
-    mine = {t.name for t in SQLModel.metadata.tables.values() if t.schema == schema}
     differences = []
     for diff in compare_metadata(context, SQLModel.metadata):
         item = diff[0] if isinstance(diff, list) else diff
-        table = _table_of(item)
+        where, table = _location(item)
+        if where != schema:
+            continue  # another service's models, in another schema
         if table in BUS_TABLES:
             continue  # created by mlops.bus.create_bus_tables, not by the models
-        if item[0] in ("add_table",) and table not in mine:
-            continue  # another service's model, in another schema
         differences.append(diff)
     return differences
 

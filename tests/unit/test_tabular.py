@@ -77,3 +77,17 @@ def test_a_row_keeps_its_split_across_versions_and_types():
     again = dict(zip(map(tuple, later.astype(str).to_numpy()[:, :2]), later_splits, strict=False))
     original = dict(zip(map(tuple, frame.astype(str).to_numpy()[:, :2]), splits, strict=False))
     assert all(again[key] == split for key, split in original.items())
+
+
+def test_slice_columns_are_for_reporting_not_features_unless_listed():
+    frame = wine()
+    schema = resolve_schema(
+        task="classification", label="target", features=[], slices=["colour"], frame=frame
+    )
+    assert schema.features == ["alcohol", "hue"]
+    listed = resolve_schema(
+        task="classification", label="target", features=["colour"], slices=["colour"], frame=frame
+    )
+    assert listed.features == ["colour"]
+    with pytest.raises(DataValidationError, match="slice columns missing: region"):
+        resolve_schema(task="classification", label="target", features=[], slices=["region"], frame=frame)

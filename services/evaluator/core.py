@@ -1,0 +1,448 @@
+"""The evaluator's rules, transport-neutral: a `ModelTrained` in, a `ModelEvaluated` out.
+
+The challenger (the new version) and the champion (the version the `production` alias points to)
+are scored on the same rows: the TEST split of the challenger's data set version, assigned by
+`mlops.tabular` from the spec's fractions exactly as the trainer assigned it, so no row the
+challenger trained on is ever scored. Each model reads the rows through its own signature (its
+feature order, its class labels). The spec's gates then decide; the registry records the
+evaluation under an id derived from what was evaluated, and `ModelEvaluated` leaves through the
+outbox in the same transaction as the inbox entry of the event that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from opentelemetry import trace
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from mlops.bus import Outbox
+from mlops.errors import InvalidArgument
+from mlops.events.v1 import evaluation_pb2, training_pb2
+from mlops.registry.v1 import registry_pb2 as pb
+from mlops.store import ArtifactStore
+from mlops.tabular import (
+    TEST,
+    Schema,
+    assign_splits,
+    feature_matrix,
+    label_vector,
+    read_table,
+    resolve_schema,
+)
+from services.evaluator import gates, prometheus, storage
+from services.evaluator.clients import RegistryClient
+from services.evaluator.metrics import Slice, classification_metrics, regression_metrics, slices_of
+from services.evaluator.scoring import OnnxModel
+from services.evaluator.settings import EvaluatorSettings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("mlops.evaluator")
+
+EVALUATION_NAMESPACE = uuid.UUID("6f1c2a8e-7d0b-4c59-9a43-2e5b8f0d1c77")
+
+
+def evaluation_id_for(*, model: str, version: int, spec_version: int, dataset_sha256: str) -> str:
+    """The same model version, spec version and data set bytes give the same id, so a redelivered
+    or repeated `ModelTrained` is recorded once."""
+    return str(uuid.uuid5(EVALUATION_NAMESPACE, f"{model}/{version}/{spec_version}/{dataset_sha256}"))
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A model version as scored: where its ONNX is, and the signature it reads rows through."""
+
+    role: str
+    """"challenger" or "champion"."""
+    version: int
+    artifact_uri: str
+    artifact_sha256: str
+    features: list[str]
+    classes: list[str]
+
+
+@dataclass
+class ScoreCard:
+    metrics: dict[str, float]
+    slices: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    size_bytes: int = 0
+    provider: str = ""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The TEST rows of one data set version, and the schema the spec resolves on it."""
+
+    rows: pd.DataFrame
+    schema: Schema
+    slices: list[Slice]
+
+
+def held_out_rows(
+    path: Path, data_format: str, body: pb.ModelSpecBody, *, slice_max_values: int, slice_bins: int
+) -> HeldOut:
+    """Read the snapshot, resolve the spec's schema on the whole of it (the trainer does the same,
+    so categorical vocabularies agree), and keep the TEST split."""
+    frame = read_table(path, data_format)
+    schema = resolve_schema(
+        task=body.task, label=body.label, features=list(body.features), slices=list(body.slices), frame=frame
+    )
+    splits = assign_splits(
+        frame,
+        schema,
+        validation_fraction=body.training.validation_fraction,
+        test_fraction=body.training.test_fraction,
+    )
+    # Unlabelled rows cannot be scored (the trainer drops them too; a row's split does not depend on them).
+    rows = frame[(splits == TEST) & frame[schema.label].notna().to_numpy()].reset_index(drop=True)
+    if rows.empty:
+        raise InvalidArgument(
+            f"the test split of {len(frame)} rows is empty "
+            f"(test_fraction {body.training.test_fraction}); commit more rows"
+        )
+    slices = [
+        piece
+        for column in body.slices
+        for piece in slices_of(column, rows[column], max_values=slice_max_values, bins=slice_bins)
+    ]
+    return HeldOut(rows=rows, schema=schema, slices=slices)
+
+
+def _metrics(
+    task: str, y: np.ndarray, model_out, n_classes: int, rows: np.ndarray | None = None
+) -> dict[str, float]:
+    if rows is not None:
+        y = y[rows]
+    if task == "classification":
+        probabilities, labels = model_out.probabilities, model_out.labels
+        if rows is not None:
+            probabilities, labels = probabilities[rows], labels[rows]
+        return classification_metrics(y, probabilities, labels, n_classes)
+    values = model_out.values if rows is None else model_out.values[rows]
+    return regression_metrics(y, values)
+
+
+def score_contender(
+    model_bytes: bytes,
+    contender: Contender,
+    held_out: HeldOut,
+    settings: EvaluatorSettings,
+    *,
+    measure_latency: bool,
+) -> ScoreCard:
+    """Metrics of one model on the held-out rows and each slice of them; latency when asked.
+    Synchronous and CPU-bound: run it in a worker thread."""
+    schema = held_out.schema
+    name = f"{contender.role} v{contender.version}"
+    features = contender.features or schema.features
+    missing = [f for f in features if f not in held_out.rows.columns]
+    if missing:
+        raise InvalidArgument(f"{name}: its features are missing from the data set: {', '.join(missing)}")
+    classes = contender.classes or schema.classes
+    if schema.task == "classification":
+        unknown = sorted(set(schema.classes) - set(classes))
+        if unknown:
+            raise InvalidArgument(
+                f"{name}: the data set has class labels the model does not know: {', '.join(unknown)}"
+            )
+    model_schema = replace(
+        schema,
+        features=list(features),
+        classes=list(classes),
+        categorical={f: v for f, v in schema.categorical.items() if f in features},
+    )
+    x = feature_matrix(held_out.rows, model_schema)
+    y = label_vector(held_out.rows, model_schema)
+    with tracer.start_as_current_span(f"score {contender.role}") as span:
+        model = OnnxModel(
+            model_bytes,
+            task=schema.task,
+            n_features=len(features),
+            n_classes=len(classes),
+            provider=settings.execution_provider,
+            threads=settings.onnx_threads,
+            name=name,
+        )
+        span.set_attribute("mlops.evaluator.provider", model.provider)
+        span.set_attribute("mlops.evaluator.rows", len(x))
+        out = model.predict(x)
+        card = ScoreCard(
+            metrics=_metrics(schema.task, y, out, len(classes)),
+            size_bytes=model.size_bytes,
+            provider=model.provider,
+        )
+        for piece in held_out.slices:
+            card.slices[(piece.column, piece.value)] = _metrics(
+                schema.task, y, out, len(classes), rows=piece.rows
+            )
+    if measure_latency:
+        with tracer.start_as_current_span("measure latency") as span:
+            card.latency_p50_ms, card.latency_p99_ms = model.latency_ms(
+                x, samples=settings.latency_sample_size, warmup=settings.latency_warmup
+            )
+            span.set_attributes(
+                {
+                    "mlops.evaluator.latency_samples": settings.latency_sample_size,
+                    "mlops.evaluator.latency_p99_ms": card.latency_p99_ms,
+                }
+            )
+    return card
+
+
+def slice_metrics(
+    held_out: HeldOut, challenger: ScoreCard, champion: ScoreCard | None
+) -> list[evaluation_pb2.SliceMetrics]:
+    out = []
+    for piece in held_out.slices:
+        key = (piece.column, piece.value)
+        out.append(
+            evaluation_pb2.SliceMetrics(
+                column=piece.column,
+                value=piece.value,
+                row_count=len(piece.rows),
+                metrics=challenger.slices.get(key, {}),
+                champion_metrics=champion.slices.get(key, {}) if champion else {},
+            )
+        )
+    return out
+
+
+class EvaluatorCore:
+    def __init__(
+        self,
+        registry: RegistryClient,
+        store: ArtifactStore,
+        outbox: Outbox,
+        settings: EvaluatorSettings,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.outbox = outbox
+        self.settings = settings
+        self._slots = asyncio.Semaphore(settings.max_concurrent_evaluations)
+
+    async def handle_model_trained(
+        self, trained: training_pb2.ModelTrained, *, session: AsyncSession
+    ) -> evaluation_pb2.ModelEvaluated:
+        """Evaluate, record, and queue `ModelEvaluated` in the caller's transaction. The same content
+        under another event id (the trainer published twice) is not evaluated or published again."""
+        evaluation_id = self.evaluation_id(trained)
+        before = await storage.find_evaluation(session=session, evaluation_id=evaluation_id)
+        if before is not None:
+            trace.get_current_span().set_attribute("mlops.evaluator.already_evaluated", True)
+            log.info(
+                "%s v%d was evaluated before (%s); nothing to do",
+                trained.model,
+                trained.version,
+                evaluation_id,
+            )
+            return before
+        evaluated = await self.evaluate(trained)
+        await storage.save_evaluation(session=session, evaluated=evaluated)
+        await self.outbox.add(session, evaluated)
+        return evaluated
+
+    @staticmethod
+    def evaluation_id(trained: training_pb2.ModelTrained) -> str:
+        return evaluation_id_for(
+            model=trained.model,
+            version=trained.version,
+            spec_version=trained.spec_version,
+            dataset_sha256=trained.dataset_sha256 or f"{trained.dataset}@{trained.dataset_version}",
+        )
+
+    async def evaluate(self, trained: training_pb2.ModelTrained) -> evaluation_pb2.ModelEvaluated:
+        """Score challenger and champion on the same held-out rows, apply the gates, record the
+        evaluation in the registry; returns the event to publish (the registry's record of it)."""
+        attributes = {
+            "mlops.model.name": trained.model,
+            "mlops.model.version": trained.version,
+            "mlops.dataset.name": trained.dataset,
+            "mlops.dataset.version": trained.dataset_version,
+        }
+        async with self._slots:
+            started = time.perf_counter()
+            with tracer.start_as_current_span("evaluate model", attributes=attributes) as span:
+                spec = await self.registry.model_spec(trained.model, trained.spec_version)
+                body = spec.spec.spec
+                dataset = await self.registry.dataset_version(trained.dataset, trained.dataset_version)
+                if trained.dataset_sha256 and dataset.sha256 != trained.dataset_sha256:
+                    raise InvalidArgument(
+                        f"{trained.dataset} v{trained.dataset_version} has sha256 {dataset.sha256} in the "
+                        f"registry, but the model was trained on {trained.dataset_sha256}"
+                    )
+                champion_version = await self.registry.aliased_version(
+                    trained.model, self.settings.champion_alias
+                )
+                if champion_version is not None and champion_version.version == trained.version:
+                    champion_version = None  # re-evaluating the champion itself: nothing to compare with
+                span.set_attribute(
+                    "mlops.evaluator.champion_version", champion_version.version if champion_version else 0
+                )
+
+                challenger = Contender(
+                    role="challenger",
+                    version=trained.version,
+                    artifact_uri=trained.artifact_uri,
+                    artifact_sha256=trained.artifact_sha256,
+                    features=list(trained.feature_names),
+                    classes=list(trained.class_labels),
+                )
+                held_out = await self._held_out(dataset, body)
+                span.set_attribute("mlops.evaluator.test_rows", len(held_out.rows))
+                challenger_card = await self._score(challenger, held_out, measure_latency=True)
+                champion_card = None
+                if champion_version is not None:
+                    champion_card = await self._score_champion(champion_version, held_out)
+
+                policy = gates.GatePolicy.from_proto(body.gate, task=body.task)
+                slices = slice_metrics(held_out, challenger_card, champion_card)
+                with tracer.start_as_current_span("apply gates", attributes=attributes):
+                    results = gates.apply_gates(
+                        policy,
+                        metrics=challenger_card.metrics,
+                        champion=compared_champion(champion_version, champion_card),
+                        latency_p99_ms=challenger_card.latency_p99_ms,
+                        model_size_bytes=challenger_card.size_bytes,
+                        slices=slices,
+                        min_slice_rows=self.settings.min_slice_rows,
+                    )
+                evaluation = pb.Evaluation(
+                    evaluation_id=self.evaluation_id(trained),
+                    model=trained.model,
+                    version=trained.version,
+                    champion_version=champion_version.version if champion_version else 0,
+                    passed=gates.passed(results),
+                    metrics=challenger_card.metrics,
+                    champion_metrics=champion_card.metrics if champion_card else {},
+                    gates=results,
+                    slices=slices,
+                    latency_p50_ms=challenger_card.latency_p50_ms,
+                    latency_p99_ms=challenger_card.latency_p99_ms,
+                    model_size_bytes=challenger_card.size_bytes,
+                    dataset=trained.dataset,
+                    dataset_version=trained.dataset_version,
+                    dataset_sha256=dataset.sha256,
+                    row_count=len(held_out.rows),
+                    spec_version=spec.version,
+                    primary_metric=policy.metric,
+                )
+                evaluation.evaluated_at.GetCurrentTime()
+                reply = await self.registry.record_evaluation(evaluation)
+                recorded = reply.evaluation
+                span.set_attribute("mlops.evaluator.passed", recorded.passed)
+                if not reply.created:
+                    log.info(
+                        "evaluation %s was recorded before; publishing the recorded verdict",
+                        recorded.evaluation_id,
+                    )
+                elapsed = time.perf_counter() - started
+                prometheus.EVALUATION_SECONDS.observe(elapsed)
+                prometheus.EVALUATIONS.labels(trained.model, "passed" if recorded.passed else "failed").inc()
+                for result in recorded.gates:
+                    if not result.passed:
+                        prometheus.GATE_FAILURES.labels(trained.model, result.gate.split(":")[0]).inc()
+                log.info(
+                    "%s v%d %s in %.2fs on %d held-out rows (%s): %s",
+                    trained.model,
+                    trained.version,
+                    gate_summary(recorded.gates),
+                    elapsed,
+                    len(held_out.rows),
+                    challenger_card.provider,
+                    " | ".join(result.message for result in recorded.gates),
+                )
+                return model_evaluated(recorded, trained)
+
+    async def _held_out(self, dataset: pb.DatasetVersion, body: pb.ModelSpecBody) -> HeldOut:
+        with tracer.start_as_current_span(
+            "load held-out rows",
+            attributes={"mlops.dataset.name": dataset.dataset, "mlops.dataset.version": dataset.version},
+        ):
+            with tempfile.TemporaryDirectory(prefix="mlops-evaluator-") as tmp:
+                path = await self.store.get_file(dataset.uri, Path(tmp) / "data", dataset.sha256)
+                return await asyncio.to_thread(
+                    held_out_rows,
+                    path,
+                    dataset.format or "csv",
+                    body,
+                    slice_max_values=self.settings.slice_max_values,
+                    slice_bins=self.settings.slice_bins,
+                )
+
+    async def _score(self, contender: Contender, held_out: HeldOut, *, measure_latency: bool) -> ScoreCard:
+        model_bytes = await self.store.get_bytes(contender.artifact_uri, contender.artifact_sha256)
+        return await asyncio.to_thread(
+            score_contender, model_bytes, contender, held_out, self.settings, measure_latency=measure_latency
+        )
+
+    async def _score_champion(self, version: pb.ModelVersion, held_out: HeldOut) -> ScoreCard | None:
+        """The champion's card, or None when it cannot read these rows (its features or classes are
+        not in this data set version): the regression gate then says so and is skipped."""
+        champion = Contender(
+            role="champion",
+            version=version.version,
+            artifact_uri=version.artifact_uri,
+            artifact_sha256=version.artifact_sha256,
+            features=list(version.signature.feature_names),
+            classes=list(version.signature.class_labels),
+        )
+        try:
+            return await self._score(champion, held_out, measure_latency=False)
+        except InvalidArgument as error:
+            log.warning("%s cannot be compared on these rows: %s", version.model, error)
+            trace.get_current_span().add_event("champion not comparable", {"reason": error.message})
+            return None
+
+
+def compared_champion(version: pb.ModelVersion | None, card: ScoreCard | None) -> gates.Champion | None:
+    """The champion as the gates see it; with no metrics when it could not be scored on these rows."""
+    if version is None:
+        return None
+    return gates.Champion(version.version, card.metrics if card else {})
+
+
+def model_evaluated(
+    evaluation: pb.Evaluation, trained: training_pb2.ModelTrained
+) -> evaluation_pb2.ModelEvaluated:
+    event = evaluation_pb2.ModelEvaluated(
+        model=evaluation.model,
+        version=evaluation.version,
+        champion_version=evaluation.champion_version,
+        passed=evaluation.passed,
+        metrics=evaluation.metrics,
+        champion_metrics=evaluation.champion_metrics,
+        gates=evaluation.gates,
+        slices=evaluation.slices,
+        latency_p50_ms=evaluation.latency_p50_ms,
+        latency_p99_ms=evaluation.latency_p99_ms,
+        model_size_bytes=evaluation.model_size_bytes,
+        evaluation_id=evaluation.evaluation_id,
+        dataset=evaluation.dataset,
+        dataset_version=evaluation.dataset_version,
+        dataset_sha256=evaluation.dataset_sha256,
+        row_count=evaluation.row_count,
+        spec_version=evaluation.spec_version,
+        run_id=trained.run_id,
+        artifact_uri=trained.artifact_uri,
+        artifact_sha256=trained.artifact_sha256,
+        primary_metric=evaluation.primary_metric,
+    )
+    event.evaluated_at.CopyFrom(evaluation.evaluated_at)
+    return event
+
+
+def gate_summary(results: Sequence[evaluation_pb2.GateResult]) -> str:
+    failed = [r.gate for r in results if not r.passed]
+    return "passed" if not failed else "failed: " + ", ".join(failed)

@@ -1,0 +1,37 @@
+"""Settings of the trainer service (`MLOPS_TRAINER_*`); shared concerns use their own classes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrainerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLOPS_TRAINER_", extra="ignore", frozen=True)
+
+    grpc_host: str = "127.0.0.1"
+    """Address of the gRPC health service (the trainer has no API of its own)."""
+    grpc_port: int = 50054
+    metrics_port: int | None = 9104
+    """Prometheus endpoint; unset to disable."""
+    consumer_group: str = "mlops-trainer"
+    registry_addr: str = Field(
+        "127.0.0.1:50051", validation_alias=AliasChoices("MLOPS_REGISTRY_ADDR", "MLOPS_TRAINER_REGISTRY_ADDR")
+    )
+    """The registry's gRPC address (`MLOPS_REGISTRY_ADDR`, like every peer address)."""
+    registry_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of one registry call."""
+    max_parallel_jobs: int = Field(1, ge=1)
+    """Training jobs run at once, each in its own worker process."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where torch trains: CUDA when available ("auto"), or forced."""
+    torch_threads: int = Field(1, ge=1)
+    """Intra-op threads per worker process; fixed, so that a run's numbers do not depend on the machine's load."""
+    job_lease_s: float = Field(60.0, gt=0)
+    """A claimed job is retried by another worker (or after a restart) once its lease lapses; renewed while it runs."""
+    job_poll_interval_s: float = Field(0.5, gt=0)
+    """How often an idle worker looks for pending jobs."""
+    job_max_attempts: int = Field(3, ge=1)
+    """Claims of one job before it is failed for good (the worker died each time)."""
