@@ -1,46 +1,75 @@
 """`make demo`: the platform at work on the local stack, through the same commands a user types.
 
 1. `mlops apply -f wine-quality.yaml` declares the model to the registry.
-2. `mlops data commit wine.csv --dataset wine` stores a seeded data set in S3 content-addressed,
-   records the version over gRPC and publishes `DataCommitted` to Kafka.
-3. The registry service consumes that event, reads the file back with its sha256 verified and
-   confirms the version; `mlops data show wine` prints it.
-4. The trace of the commit, across the CLI and the registry service, is read back from Jaeger's API
-   and drawn as a tree.
+2. `mlops data commit wine.csv --dataset wine` stores scikit-learn's bundled wine data set in S3
+   content-addressed, records the version over gRPC and publishes `DataCommitted` to Kafka.
+3. The registry confirms the version; the trainer trains the spec on it (torch), exports ONNX,
+   checks parity and registers version N; the evaluator scores it on the held-out rows against the
+   `production` champion and applies the gate.
+4. The outcome is read back through the CLI, and the trace of the commit, across every service it
+   reached, from Jaeger's API, drawn as a tree.
 """
 
 from __future__ import annotations
 
-import csv
+import asyncio
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
+
+from mlops.events.v1 import evaluation_pb2
 from mlops.jaeger import JaegerClient, render_tree
+from mlops.settings import KafkaSettings
 
 SPEC = Path(__file__).with_name("wine-quality.yaml")
-FEATURES = ["alcohol", "malic_acid", "ash", "magnesium", "flavanoids", "color_intensity", "hue", "proline"]
-CENTRES = [
-    [13.7, 2.0, 2.4, 106, 2.9, 5.5, 1.06, 1115],
-    [12.3, 1.9, 2.2, 94, 2.1, 3.1, 1.06, 520],
-    [13.1, 3.3, 2.4, 99, 0.8, 7.4, 0.68, 630],
-]
+MODEL = "wine-quality"
 
 
-def write_dataset(path: Path, rows: int = 600, seed: int = 7) -> None:
-    """A seeded three-class tabular data set shaped like the classic wine data."""
-    rng = random.Random(seed)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*FEATURES, "target"])
-        for _ in range(rows):
-            label = rng.randrange(3)
-            writer.writerow([round(rng.gauss(c, abs(c) * 0.08), 3) for c in CENTRES[label]] + [label])
+def write_dataset(path: Path) -> None:
+    """scikit-learn's wine data set (178 wines, 13 measurements, 3 cultivars), as a CSV export."""
+    from sklearn.datasets import load_wine
+
+    load_wine(as_frame=True).frame.to_csv(path, index=False)
+
+
+async def wait_for_evaluation(
+    model: str, started_ms: int, timeout_s: float = 180.0
+) -> evaluation_pb2.ModelEvaluated:
+    """The first ModelEvaluated for `model` published after `started_ms`, read from Kafka."""
+    consumer = AIOKafkaConsumer(
+        "mlops.model.evaluated",
+        bootstrap_servers=KafkaSettings().bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.assignment()
+        offsets = await consumer.offsets_for_times({tp: started_ms for tp in partitions})
+        for tp in partitions:
+            found = offsets.get(tp)
+            if found is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, found.offset)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if record.key == model.encode():
+                        return evaluation_pb2.ModelEvaluated.FromString(record.value)
+        raise SystemExit(
+            f"no evaluation of {model} within {timeout_s:.0f}s; see `make status` and .stack/logs/"
+        )
+    finally:
+        await consumer.stop()
 
 
 def mlops(*args: str, json_output: bool = False) -> dict | list | None:
@@ -66,6 +95,7 @@ def main() -> int:
         data = Path(tmp) / "wine.csv"
         write_dataset(data)
         started = time.monotonic()
+        started_ms = int(time.time() * 1000) - 1000
         committed = mlops(
             "data", "commit", str(data), "--dataset", "wine", "--label", "source=demo", json_output=True
         )
@@ -73,31 +103,62 @@ def main() -> int:
     version = committed["datasetVersion"]
     print(f"  version {version['version']} of data set wine: {version['uri']}")
     print(f"  sha256 {version['sha256']}, {version['rowCount']} rows, event {committed['eventId']}")
-    mlops("data", "show", f"wine@{version['version']}")
+
+    if committed.get("created", False):
+        print("\nWaiting for the trainer and the evaluator ...", flush=True)
+        evaluation = asyncio.run(wait_for_evaluation(MODEL, started_ms))
+        elapsed = time.monotonic() - started
+        verdict = "passed" if evaluation.passed else "failed"
+        print(
+            f"  {MODEL} version {evaluation.version} trained and evaluated in {elapsed:.1f} s: gate {verdict}"
+        )
+        for name in sorted(evaluation.metrics):
+            print(f"    {name:10s} {evaluation.metrics[name]:.4f}")
+        for gate in evaluation.gates:
+            print(f"    gate {gate.gate}: {'ok' if gate.passed else 'FAILED'} - {gate.message}")
+        mlops("models", "show", f"{MODEL}@{evaluation.version}")
+    else:
+        print("\nThis data set version was committed before: nothing new to train. The model as it stands:")
+        mlops("models", "list", MODEL)
 
     trace_id = committed["traceId"]
     deadline = time.monotonic() + 30
     spans = []
-    # The trace is complete once the registry service has handled the event and its spans arrived.
+    # The trace is complete once the evaluator's spans have arrived (or, for a repeat, the registry's).
+    wanted = "mlops-evaluator" if committed.get("created", False) else "mlops-registry"
     while time.monotonic() < deadline:
         spans = jaeger.trace(trace_id)
-        if any(s.service == "mlops-registry" and s.name.startswith("process ") for s in spans):
+        if any(s.service == wanted for s in spans):
             break
         time.sleep(0.5)
-    elapsed = time.monotonic() - started
+    services = sorted({s.service for s in spans})
+    print(f"\nTrace {trace_id}: {len(spans)} spans across {', '.join(services)}")
     print(
-        f"\nTrace {trace_id}: {len(spans)} spans across {sorted({s.service for s in spans})}"
-        f" (commit to handled by the registry in {elapsed:.1f} s, trace export included)"
+        render_tree([s for s in spans if not _is_sql(s)])
+        or "  (no spans: is OTEL_EXPORTER_OTLP_ENDPOINT set?)"
     )
-    print(render_tree(spans) or "  (no spans: is OTEL_EXPORTER_OTLP_ENDPOINT set?)")
+    print("  (SQL statements left out of the tree; Jaeger shows them)")
     print(f"\nJaeger UI:  {jaeger.ui_url(trace_id)}")
     print(f"Jaeger API: {jaeger.base_url}/api/v3/traces/{trace_id}")
     print("\nTry next:")
-    print("  mlops models list                 mlops data list")
-    print("  mlops alias history wine-quality  mlops --json data show wine")
+    print(f"  mlops models lineage {MODEL}@1      mlops runs list --model {MODEL}")
+    print(f"  mlops alias set {MODEL} production 1 --reason 'first release'")
     print("  make test                         make bench")
     jaeger.close()
     return 0
+
+
+def _is_sql(span) -> bool:
+    return span.kind == "client" and span.name.split(" ")[0].rstrip(";") in {
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "",
+    }
 
 
 if __name__ == "__main__":
