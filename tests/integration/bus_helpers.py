@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from mlops.bus import EventConsumer, EventPublisher, Inbox, ensure_topics
+from mlops.bus import EventConsumer, EventPublisher, Inbox, ensure_topics, partitions_of
 from mlops.db import Database, migrate
 from mlops.settings import BusSettings
 
@@ -65,7 +65,7 @@ async def raw_reader(kafka, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
     reader = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
     await reader.start()
     try:
-        partitions = await _partitions(reader, topic)
+        partitions = await partitions_of(kafka, topic)
         reader.assign(partitions)
         await reader.seek_to_end(*partitions)
         for tp in partitions:
@@ -73,18 +73,6 @@ async def raw_reader(kafka, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
         yield reader
     finally:
         await reader.stop()
-
-
-async def _partitions(reader: AIOKafkaConsumer, topic: str):
-    from aiokafka import TopicPartition
-
-    for _ in range(100):
-        ids = reader.partitions_for_topic(topic)
-        if ids:
-            return [TopicPartition(topic, p) for p in sorted(ids)]
-        await reader._client.force_metadata_update()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"topic {topic} has no partitions")
 
 
 async def read_until(reader: AIOKafkaConsumer, predicate, *, timeout_s: float = 20.0):

@@ -1,6 +1,6 @@
 """The event bus on aiokafka: CloudEvents envelope, trace context, inbox, outbox, retries, dead letters."""
 
-from mlops.bus.admin import ensure_topics
+from mlops.bus.admin import ensure_topics, partitions_of
 from mlops.bus.catalog import DLQ_SUFFIX, EventSpec, all_events, spec_for, spec_for_topic
 from mlops.bus.consumer import EventConsumer, EventContext, Handler
 from mlops.bus.envelope import JSON, PROTOBUF, Envelope, MalformedEvent
@@ -27,6 +27,7 @@ __all__ = [
     "create_bus_tables",
     "drop_bus_tables",
     "ensure_topics",
+    "partitions_of",
     "spec_for",
     "spec_for_topic",
 ]

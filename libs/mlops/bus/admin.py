@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -40,6 +41,25 @@ async def ensure_topics(kafka: KafkaSettings, bus: BusSettings, topics: Iterable
                 log.warning("creating topic %s failed with error code %s", topic, code)
     finally:
         await admin.close()
+
+
+async def partitions_of(kafka: KafkaSettings, topic: str) -> list[TopicPartition]:
+    """The partitions of an existing topic, for readers that assign them rather than join a group."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(
+        (
+            TopicPartition(topic, p["partition"])
+            for d in described
+            if d["error_code"] == 0
+            for p in d["partitions"]
+        ),
+        key=lambda tp: tp.partition,
+    )
 
 
 def with_dead_letters(topics: Iterable[str]) -> list[str]:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
+from mlops.bus import ensure_topics, partitions_of
 from mlops.events.v1 import evaluation_pb2
 from mlops.jaeger import JaegerClient, render_tree
-from mlops.settings import KafkaSettings
+from mlops.settings import BusSettings, KafkaSettings
 
 SPEC = Path(__file__).with_name("wine-quality.yaml")
 MODEL = "wine-quality"
@@ -42,22 +43,19 @@ async def wait_for_evaluation(
     model: str, started_ms: int, timeout_s: float = 180.0
 ) -> evaluation_pb2.ModelEvaluated:
     """The first ModelEvaluated for `model` published after `started_ms`, read from Kafka."""
-    consumer = AIOKafkaConsumer(
-        "mlops.model.evaluated",
-        bootstrap_servers=KafkaSettings().bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-    )
+    kafka = KafkaSettings()
+    await ensure_topics(kafka, BusSettings(), ["mlops.model.evaluated"])
+    consumer = AIOKafkaConsumer(**kafka.client_options(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.assignment()
+        partitions = await partitions_of(kafka, "mlops.model.evaluated")
+        consumer.assign(partitions)
+        # The end first, then the first record since the commit: whichever comes first is where to read.
+        ends = await consumer.end_offsets(partitions)
         offsets = await consumer.offsets_for_times({tp: started_ms for tp in partitions})
         for tp in partitions:
             found = offsets.get(tp)
-            if found is None:
-                await consumer.seek_to_end(tp)
-            else:
-                consumer.seek(tp, found.offset)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
