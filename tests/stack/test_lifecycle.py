@@ -27,6 +27,15 @@ def pids() -> dict[str, str]:
     return dict(re.findall(r"^(\w+)\s+ready\s+pid (\d+)", status.stdout, re.MULTILINE))
 
 
+def still_running(pid: str) -> bool:
+    """Whether a process exists and has not exited; an exited one waiting to be reaped (zombie) has stopped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def s3_client():
     import os
 
@@ -55,8 +64,8 @@ def test_up_twice_then_down_twice_then_up():
         status = make("status")
         assert status.returncode != 0, "status must fail while the stack is down"
         assert pids() == {}
-        for pid in running.values():
-            assert not Path(f"/proc/{pid}").exists(), f"process {pid} survived `down`"
+        for name, pid in running.items():
+            assert not still_running(pid), f"{name} (pid {pid}) survived `down`"
 
     again = make("up")
     assert again.returncode == 0, again.stdout + again.stderr
