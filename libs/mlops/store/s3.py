@@ -94,10 +94,11 @@ class S3Store(ArtifactStore):
     async def put_bytes(self, namespace: str, filename: str, data: bytes) -> ArtifactRef:
         sha = hashlib.sha256(data).hexdigest()
         key = self._key(content_key(namespace, sha, filename))
-        if not await self._exists_key(key):
-            await asyncio.to_thread(
-                self.client.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata={"sha256": sha}
-            )
+        # The key is the content: writing the same bytes again is harmless, and one request is
+        # cheaper than asking first.
+        await asyncio.to_thread(
+            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata={"sha256": sha}
+        )
         return ArtifactRef(uri=f"s3://{self.bucket}/{key}", sha256=sha, size=len(data))
 
     async def put_file(
@@ -105,8 +106,10 @@ class S3Store(ArtifactStore):
     ) -> ArtifactRef:
         sha, size = await asyncio.to_thread(sha256_of_file, path, None)
         key = self._key(content_key(namespace, sha, filename))
-        if not await self._exists_key(key):
-            if size < self.transfer.multipart_threshold:
+        small = size < self.transfer.multipart_threshold
+        # A large file already stored is not sent again; a small one is cheaper to write than to look up.
+        if small or not await self._exists_key(key):
+            if small:
                 # One PutObject in a thread that carries the caller's context: its span joins the trace.
                 def put() -> None:
                     with path.open("rb") as body:
