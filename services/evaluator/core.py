@@ -68,6 +68,8 @@ class Contender:
     artifact_sha256: str
     features: list[str]
     classes: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    """Its own vocabularies of text features (from its signature); empty means those of the data set."""
 
 
 @dataclass
@@ -160,7 +162,8 @@ def score_contender(
         schema,
         features=list(features),
         classes=list(classes),
-        categorical={f: v for f, v in schema.categorical.items() if f in features},
+        # A model encodes text with the vocabulary it was trained on, which a later data set may extend.
+        categorical={f: contender.categories.get(f, v) for f, v in schema.categorical.items() if f in features},
     )
     x = feature_matrix(held_out.rows, model_schema)
     y = label_vector(held_out.rows, model_schema)
@@ -397,6 +400,7 @@ class EvaluatorCore:
             artifact_sha256=version.artifact_sha256,
             features=list(version.signature.feature_names),
             classes=list(version.signature.class_labels),
+            categories={name: list(v.values) for name, v in version.signature.categories.items()},
         )
         try:
             return await self._score(champion, held_out, measure_latency=False)

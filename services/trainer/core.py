@@ -527,6 +527,7 @@ class TrainerCore:
             class_labels=outcome.class_labels,
             task=spec.task,
             onnx_opset=outcome.onnx_opset,
+            categories={name: pb.Vocabulary(values=values) for name, values in outcome.categories.items()},
         )
         with tracer.start_as_current_span(
             "register model", attributes={"mlops.model.name": job.model}

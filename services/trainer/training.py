@@ -119,6 +119,8 @@ class TrainOutcome:
     parity_tolerance: float = 0.0
     feature_names: list[str] = field(default_factory=list)
     class_labels: list[str] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    """Vocabularies of the text features, in code order: they travel with the model's signature."""
     inputs: list[tuple[str, str, list[int]]] = field(default_factory=list)
     outputs: list[tuple[str, str, list[int]]] = field(default_factory=list)
     onnx_opset: int = ONNX_OPSET
@@ -351,6 +353,7 @@ def _run(request: TrainRequest) -> TrainOutcome:
         parity_tolerance=params.parity_tolerance,
         feature_names=list(schema.features),
         class_labels=list(schema.classes),
+        categories={name: list(values) for name, values in schema.categorical.items()},
         inputs=inputs,
         outputs=outputs,
         rows={name: len(values) for name, values in data.x.items()},

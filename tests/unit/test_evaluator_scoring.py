@@ -213,3 +213,28 @@ def test_unlabelled_rows_are_left_out_of_the_held_out_rows(tmp_path, table):
     held_out = held_out_rows(path, "csv", spec_body(), slice_max_values=10, slice_bins=4)
     assert held_out.rows["target"].notna().all()
     assert len(held_out.rows) > 30
+
+
+def test_a_model_reads_text_features_with_its_own_vocabulary(tmp_path):
+    """The data set now says blue/red (codes 0/1); the champion was trained when only red existed
+    (red = 0). Encoded with its own vocabulary, every red row reads 0 and blue is unseen (-1)."""
+    n = 200
+    frame = pd.DataFrame(
+        {"colour": ["red", "blue"] * (n // 2), "noise": np.arange(n) / n, "target": ["yes", "no"] * (n // 2)}
+    )
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    body = spec_body(features=["colour", "noise"])
+    held_out = held_out_rows(path, "csv", body, slice_max_values=10, slice_bins=4)
+    assert held_out.schema.categorical == {"colour": ["blue", "red"]}
+    # "yes" when the colour code is >= 0 (red under the champion's vocabulary), "no" for -1 (unseen blue).
+    model = linear_classifier(np.array([[0.0, 10.0], [0.0, 0.0]]), np.array([0.0, 5.0]))
+    champion = Contender(
+        "champion", 1, "", "", ["colour", "noise"], ["no", "yes"], categories={"colour": ["red"]}
+    )
+    card = score_contender(model, champion, held_out, SETTINGS, measure_latency=False)
+    assert card.metrics["accuracy"] == pytest.approx(1.0)
+    with_data_vocabulary = Contender("champion", 1, "", "", ["colour", "noise"], ["no", "yes"])
+    # Read with the data set's vocabulary instead, blue becomes 0 and every row reads "yes".
+    wrong = score_contender(model, with_data_vocabulary, held_out, SETTINGS, measure_latency=False)
+    assert wrong.metrics["accuracy"] == pytest.approx((held_out.rows["target"] == "yes").mean())

@@ -48,6 +48,7 @@ def test_classification_run_trains_exports_and_profiles(tmp_path):
     assert outcome.metrics["accuracy"] > 0.7 and "test_accuracy" in outcome.metrics
     assert outcome.class_labels == ["high", "low", "mid"]
     assert outcome.feature_names == ["a", "b", "colour"]
+    assert outcome.categories == {"colour": ["blue", "green", "red"]}, "vocabularies travel with the model"
     assert outcome.parity_max_abs_diff <= PARAMS.parity_tolerance
     assert 1 <= outcome.epochs_run <= 15 and len(outcome.history) == outcome.epochs_run
     assert all(r.start_ns <= r.end_ns for r in outcome.history)

@@ -454,20 +454,35 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelSignature(_message.Message):
-    __slots__ = ("inputs", "outputs", "feature_names", "class_labels", "task", "onnx_opset")
+    __slots__ = ("inputs", "outputs", "feature_names", "class_labels", "task", "onnx_opset", "categories")
+    class CategoriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Vocabulary
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vocabulary, _Mapping]] = ...) -> None: ...
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ONNX_OPSET_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     class_labels: _containers.RepeatedScalarFieldContainer[str]
     task: str
     onnx_opset: int
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_labels: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., onnx_opset: _Optional[int] = ...) -> None: ...
+    categories: _containers.MessageMap[str, Vocabulary]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_labels: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ..., onnx_opset: _Optional[int] = ..., categories: _Optional[_Mapping[str, Vocabulary]] = ...) -> None: ...
+
+class Vocabulary(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("model", "version", "run_id", "spec_version", "dataset", "dataset_version", "dataset_sha256", "artifact_uri", "artifact_sha256", "artifact_size_bytes", "profile_uri", "profile_sha256", "signature", "metrics", "tags", "aliases", "description", "created_at")
