@@ -163,7 +163,9 @@ def score_contender(
         features=list(features),
         classes=list(classes),
         # A model encodes text with the vocabulary it was trained on, which a later data set may extend.
-        categorical={f: contender.categories.get(f, v) for f, v in schema.categorical.items() if f in features},
+        categorical={
+            f: contender.categories.get(f, v) for f, v in schema.categorical.items() if f in features
+        },
     )
     x = feature_matrix(held_out.rows, model_schema)
     y = label_vector(held_out.rows, model_schema)
