@@ -1,6 +1,6 @@
 """What every service's composition root builds the same way, so that knowing one means knowing all.
 
-    runtime = ServiceRuntime("registry", schema=SCHEMA, migrations=MIGRATIONS, grpc=..., ...)
+    runtime = ServiceRuntime("registry", RegistrySettings(), schema=SCHEMA, migrations=MIGRATIONS)
     await runtime.start()                 # telemetry, database (waited for, migrated), publisher
     core = RegistryCore(runtime.database, runtime.outbox, settings)
     runtime.subscribe(DataCommitted, handlers.on_data_committed)
@@ -26,7 +26,7 @@ from mlops.db import Database, migrate
 from mlops.grpc import GrpcServer
 from mlops.grpc.server import Registration
 from mlops.lifecycle import stop_in_order, wait_for_stop
-from mlops.settings import BusSettings, DatabaseSettings, GrpcServerSettings, KafkaSettings, TelemetrySettings
+from mlops.settings import BusSettings, DatabaseSettings, KafkaSettings, ServiceSettings, TelemetrySettings
 from mlops.telemetry import Telemetry, setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -35,24 +35,15 @@ StopStep = tuple[str, Callable[[], Awaitable[object]]]
 
 
 class ServiceRuntime:
-    def __init__(
-        self,
-        service: str,
-        *,
-        schema: str,
-        migrations: Path,
-        grpc: GrpcServerSettings,
-        metrics_port: int | None,
-        consumer_group: str,
-    ) -> None:
+    def __init__(self, service: str, settings: ServiceSettings, *, schema: str, migrations: Path) -> None:
         self.service = service
         self.schema = schema
         self.migrations = migrations
         self.kafka = KafkaSettings()
         self.bus = BusSettings()
-        self.server = GrpcServer(grpc)
-        self._metrics_port = metrics_port
-        self._consumer_group = consumer_group
+        self.server = GrpcServer(settings.grpc_server())
+        self._metrics_port = settings.metrics_port
+        self._consumer_group = settings.consumer_group
         self._stop_steps: list[StopStep] = []
         self.telemetry: Telemetry
         self.database: Database

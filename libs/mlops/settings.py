@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -152,3 +152,31 @@ class GrpcServerSettings(BaseSettings):
     """Largest request or response accepted."""
     shutdown_grace_s: float = Field(5.0, ge=0)
     """How long in-flight calls may finish when the server stops."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every service's settings have; each service subclasses it with its own prefix and defaults."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    grpc_host: str = "127.0.0.1"
+    """Address of the service's gRPC server (its API, or the health service only)."""
+    grpc_port: int
+    metrics_port: int | None = None
+    """Prometheus endpoint; unset to disable."""
+    consumer_group: str
+    """The Kafka consumer group every replica of the service joins."""
+
+    def grpc_server(self) -> GrpcServerSettings:
+        return GrpcServerSettings(host=self.grpc_host, port=self.grpc_port)
+
+
+class RegistryPeerSettings(ServiceSettings):
+    """Settings of a service that calls the registry."""
+
+    registry_addr: str = Field(
+        "127.0.0.1:50051", validation_alias=AliasChoices("MLOPS_REGISTRY_ADDR", "registry_addr")
+    )
+    """The registry's gRPC address (`MLOPS_REGISTRY_ADDR`, shared by every peer of the registry)."""
+    registry_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of one registry call."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from mlops.events.v1 import training_pb2
 from mlops.grpc import open_channel
 from mlops.service import ServiceRuntime, run
-from mlops.settings import ArtifactSettings, GrpcServerSettings
+from mlops.settings import ArtifactSettings
 from mlops.store import open_store
 from services.evaluator.clients import RegistryClient
 from services.evaluator.core import EvaluatorCore
@@ -21,14 +21,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def main() -> None:
     settings = EvaluatorSettings()
-    runtime = ServiceRuntime(
-        "evaluator",
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        grpc=GrpcServerSettings(host=settings.grpc_host, port=settings.grpc_port),
-        metrics_port=settings.metrics_port,
-        consumer_group=settings.consumer_group,
-    )
+    runtime = ServiceRuntime("evaluator", settings, schema=SCHEMA, migrations=MIGRATIONS)
     await runtime.start()
     channel = open_channel(settings.registry_addr)
     core = EvaluatorCore(

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mlops.settings import RegistryPeerSettings
 
 
-class EvaluatorSettings(BaseSettings):
+class EvaluatorSettings(RegistryPeerSettings):
     model_config = SettingsConfigDict(
         env_prefix="MLOPS_EVALUATOR_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    grpc_host: str = "127.0.0.1"
-    """Address of the gRPC health service (the evaluator has no API of its own)."""
+    # The gRPC server carries only the health service: the evaluator has no API of its own.
     grpc_port: int = 50055
     metrics_port: int | None = 9105
-    """Prometheus endpoint; unset to disable."""
     consumer_group: str = "mlops-evaluator"
-    registry_addr: str = Field(
-        "127.0.0.1:50051", validation_alias=AliasChoices("MLOPS_REGISTRY_ADDR", "registry_addr")
-    )
-    """The registry's gRPC address (`MLOPS_REGISTRY_ADDR`, shared by every peer of the registry)."""
-    registry_timeout_s: float = Field(30.0, gt=0)
-    """Deadline of one registry call."""
     champion_alias: str = "production"
     """The alias whose version is the champion a challenger is compared with."""
     latency_sample_size: int = Field(200, ge=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 from mlops.events.v1 import data_pb2, monitoring_pb2
 from mlops.registry.v1 import registry_pb2, registry_pb2_grpc
 from mlops.service import ServiceRuntime, run
-from mlops.settings import ArtifactSettings, GrpcServerSettings
+from mlops.settings import ArtifactSettings
 from mlops.store import open_store
 from services.registry.core import RegistryCore
 from services.registry.handlers import RegistryHandlers
@@ -20,14 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def main() -> None:
     settings = RegistrySettings()
-    runtime = ServiceRuntime(
-        "registry",
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        grpc=GrpcServerSettings(host=settings.grpc_host, port=settings.grpc_port),
-        metrics_port=settings.metrics_port,
-        consumer_group=settings.consumer_group,
-    )
+    runtime = ServiceRuntime("registry", settings, schema=SCHEMA, migrations=MIGRATIONS)
     await runtime.start()
     core = RegistryCore(runtime.database, runtime.outbox, settings)
     handlers = RegistryHandlers(core, open_store(ArtifactSettings()), verify=settings.verify_data_commits)

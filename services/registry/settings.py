@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from mlops.settings import ServiceSettings
 
 
-class RegistrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MLOPS_REGISTRY_", extra="ignore", frozen=True)
+class RegistrySettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_REGISTRY_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
-    grpc_host: str = "127.0.0.1"
-    """Address the gRPC API listens on."""
     grpc_port: int = 50051
     metrics_port: int | None = 9101
-    """Prometheus endpoint; unset to disable."""
     consumer_group: str = "mlops-registry"
     verify_data_commits: bool = True
     """Read every committed data set back and check its sha256 before recording it."""

@@ -11,7 +11,7 @@ from mlops.events.v1 import data_pb2, training_pb2
 from mlops.grpc import open_channel
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.service import ServiceRuntime, run
-from mlops.settings import ArtifactSettings, GrpcServerSettings
+from mlops.settings import ArtifactSettings
 from mlops.store import open_store
 from services.trainer.core import RegistryClient, TrainerCore
 from services.trainer.handlers import TrainerHandlers
@@ -45,15 +45,7 @@ async def stop_pool(pool: ProcessPoolExecutor) -> None:
 
 async def main() -> None:
     settings = TrainerSettings()
-    runtime = ServiceRuntime(
-        "trainer",
-        schema=SCHEMA,
-        migrations=MIGRATIONS,
-        # No API of its own: the gRPC server carries the standard health service for probes.
-        grpc=GrpcServerSettings(host=settings.grpc_host, port=settings.grpc_port),
-        metrics_port=settings.metrics_port,
-        consumer_group=settings.consumer_group,
-    )
+    runtime = ServiceRuntime("trainer", settings, schema=SCHEMA, migrations=MIGRATIONS)
     await runtime.start()
     channel = open_channel(settings.registry_addr)
     pool = training_pool(settings)

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mlops.settings import RegistryPeerSettings
 
 
-class TrainerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MLOPS_TRAINER_", extra="ignore", frozen=True)
+class TrainerSettings(RegistryPeerSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_TRAINER_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
-    grpc_host: str = "127.0.0.1"
-    """Address of the gRPC health service (the trainer has no API of its own)."""
+    # The gRPC server carries only the health service: the trainer has no API of its own.
     grpc_port: int = 50054
     metrics_port: int | None = 9104
-    """Prometheus endpoint; unset to disable."""
     consumer_group: str = "mlops-trainer"
-    registry_addr: str = Field(
-        "127.0.0.1:50051", validation_alias=AliasChoices("MLOPS_REGISTRY_ADDR", "MLOPS_TRAINER_REGISTRY_ADDR")
-    )
-    """The registry's gRPC address (`MLOPS_REGISTRY_ADDR`, like every peer address)."""
-    registry_timeout_s: float = Field(30.0, gt=0)
-    """Deadline of one registry call."""
     max_parallel_jobs: int = Field(1, ge=1)
     """Training jobs run at once, each in its own worker process."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
