@@ -133,6 +133,15 @@ class Where:
         return " AND ".join(self.parts)
 
 
+def _check_expected(request: pb.SetAliasRequest | pb.DeleteAliasRequest, previous: int) -> None:
+    """Compare-and-set: refuse the move when the alias no longer points where the caller saw it."""
+    if request.HasField("expected_version") and request.expected_version != previous:
+        raise FailedPrecondition(
+            f"alias {request.model}@{request.alias} points to version {previous}, not "
+            f"{request.expected_version} as expected; re-read it and try again"
+        )
+
+
 def _need(condition: bool, message: str) -> None:
     if not condition:
         raise InvalidArgument(message)
@@ -864,11 +873,7 @@ class RegistryCore:
                 )
             ).scalar_one_or_none()
             previous = current or 0
-            if request.HasField("expected_version") and request.expected_version != previous:
-                raise FailedPrecondition(
-                    f"alias {request.model}@{request.alias} points to version {previous}, not "
-                    f"{request.expected_version} as expected; re-read it and try again"
-                )
+            _check_expected(request, previous)
             changed_at = now()
             if previous == request.version:
                 alias = await self._alias(tx, request.model, request.alias)
@@ -919,11 +924,7 @@ class RegistryCore:
                 )
             ).scalar_one_or_none()
             previous = current or 0
-            if request.HasField("expected_version") and request.expected_version != previous:
-                raise FailedPrecondition(
-                    f"alias {request.model}@{request.alias} points to version {previous}, not "
-                    f"{request.expected_version} as expected; re-read it and try again"
-                )
+            _check_expected(request, previous)
             if current is None:
                 return pb.DeleteAliasResponse(previous_version=0, deleted=False)
             change_id = await self._ledger(
