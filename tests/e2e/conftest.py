@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import eventually, kafka, stack, unique  # noqa: F401 - shared fixtures
+from tests.integration.conftest import eventually, jaeger_url, kafka, stack, unique  # noqa: F401 - shared fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,8 @@ def mlops(*args: str) -> dict | list:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=os.environ.copy(),
+        # As a user runs it: the CLI names itself mlops-cli in traces.
+        env={k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"},
         timeout=300,
     )
     assert result.returncode == 0, f"mlops {' '.join(args)} exited {result.returncode}: {result.stderr}"

@@ -14,6 +14,7 @@ from mlops.events.v1 import common_pb2, evaluation_pb2, training_pb2
 from mlops.settings import BusSettings, KafkaSettings
 from tests.e2e.conftest import mlops
 from tests.integration.bus_helpers import raw_reader
+from tests.integration.conftest import eventually, jaeger_trace
 
 SPEC = """apiVersion: mlops/v1
 kind: ModelSpec
@@ -40,7 +41,7 @@ def write_frame(tmp: Path, frame: pd.DataFrame, name: str) -> Path:
 
 
 @pytest.mark.timeout(420)
-async def test_wine_and_diabetes_go_from_commit_to_gated_version(kafka, unique, tmp_path):
+async def test_wine_and_diabetes_go_from_commit_to_gated_version(kafka, unique, tmp_path, jaeger_url):
     wine, diabetes = f"wine-{unique}", f"diabetes-{unique}"
     mlops(
         "apply",
@@ -80,7 +81,7 @@ async def test_wine_and_diabetes_go_from_commit_to_gated_version(kafka, unique, 
         raw_reader(kafka, "mlops.model.trained") as trained,
         raw_reader(kafka, "mlops.model.evaluated") as evaluations,
     ):
-        mlops("data", "commit", str(write_frame(tmp_path, wine_frame, wine)), "--dataset", wine)
+        committed = mlops("data", "commit", str(write_frame(tmp_path, wine_frame, wine)), "--dataset", wine)
         mlops("data", "commit", str(write_frame(tmp_path, diabetes_frame, diabetes)), "--dataset", diabetes)
         trained_events = await collect(trained, {wine, diabetes}, training_pb2.ModelTrained)
         evaluated_events = await collect(evaluations, {wine, diabetes}, evaluation_pb2.ModelEvaluated)
@@ -103,6 +104,21 @@ async def test_wine_and_diabetes_go_from_commit_to_gated_version(kafka, unique, 
     assert shown["signature"]["featureNames"][0] == "alcohol"
     lineage = mlops("models", "lineage", f"{wine}@1")
     assert lineage["evaluations"][0]["passed"] is True
+
+    # One trace from the data commit to the verdict: every service's spans, and no span whose
+    # parent is missing (an orphan would mean a hop lost the context).
+    def whole_trace():
+        spans = jaeger_trace(jaeger_url, committed["traceId"])
+        services = {span.service for span in spans}
+        wanted = {"mlops-cli", "mlops-registry", "mlops-trainer", "mlops-evaluator"}
+        published = any(span.name == "publish mlops.model.evaluated" for span in spans)
+        return spans if wanted <= services and published else None
+
+    spans = await eventually(whole_trace, timeout_s=60, what="the commit's trace across every service")
+    ids = {span.span_id for span in spans}
+    orphans = [span.name for span in spans if span.parent_id and span.parent_id not in ids]
+    assert orphans == [], f"spans whose parent is not in the trace: {orphans}"
+    assert [span.name for span in spans if not span.parent_id] == ["mlops data commit"]
 
 
 async def collect(reader, models: set[str], cls, timeout_s: float = 300.0) -> dict:
