@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The platform's services as background processes beside the local stack.
 #
-# Usage: infra/local/services.sh up|down|status|logs [service]
-#   up      start every service that is not running; return when each answers gRPC health SERVING
-#   down    SIGTERM (graceful: finish in-flight work, commit offsets), SIGKILL after a deadline
-#   status  one line per service; exit 0 only when all are ready
+# Usage: infra/local/services.sh up|down|restart|status [service ...] | logs service
+#   up       start every (named) service that is not running; return when each answers gRPC health SERVING
+#   down     SIGTERM (graceful: finish in-flight work, commit offsets), SIGKILL after a deadline
+#   restart  down, then up
+#   status   one line per service; exit 0 only when all are ready
 #
 # Services read the addresses `stack.sh up` writes to <stack>/env. Logs and pid files live in
 # ${MLOPS_STACK_DIR:-<repo>/.stack}/{logs,run}. A service is started when its package has a
@@ -23,6 +24,9 @@ SERVICES=(
   "registry ${MLOPS_REGISTRY_GRPC_PORT:-50051}"
   "trainer ${MLOPS_TRAINER_GRPC_PORT:-50054}"
   "evaluator ${MLOPS_EVALUATOR_GRPC_PORT:-50055}"
+  "deployer ${MLOPS_DEPLOYER_GRPC_PORT:-50052}"
+  "monitor ${MLOPS_MONITOR_GRPC_PORT:-50053}"
+  "inference ${MLOPS_INFERENCE_GRPC_PORT:-8001}"
 )
 
 mkdir -p "$STACK/logs" "$STACK/run"
@@ -109,10 +113,25 @@ status() {
   return $rc
 }
 
-case "${1:-}" in
+command="${1:-}"
+[ $# -gt 0 ] && shift
+if [ "$command" != logs ] && [ $# -gt 0 ]; then   # only the named services
+  chosen=()
+  for wanted in "$@"; do
+    found=""
+    for entry in "${SERVICES[@]}"; do
+      [ "${entry%% *}" = "$wanted" ] && { chosen+=("$entry"); found=1; }
+    done
+    [ -n "$found" ] || { echo "services: no service named '$wanted'" >&2; exit 2; }
+  done
+  SERVICES=("${chosen[@]}")
+fi
+
+case "$command" in
   up) up ;;
   down) down ;;
+  restart) down; up ;;
   status) status ;;
-  logs) tail -n "${LINES:-50}" "$STACK/logs/${2:?which service}.log" ;;
-  *) echo "usage: $0 up|down|status|logs SERVICE" >&2; exit 2 ;;
+  logs) tail -n "${LINES:-50}" "$STACK/logs/${1:?which service}.log" ;;
+  *) echo "usage: $0 up|down|restart|status [SERVICE ...] | logs SERVICE" >&2; exit 2 ;;
 esac
