@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import httpx
 
 SPAN_KINDS = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+TRACE_TAG = "trace.id"
+"""The model-version tag holding the id of the trace the version was made in."""
+SQL_VERBS = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", ""})
 
 
 @dataclass
@@ -21,7 +25,14 @@ class SpanView:
     end_ns: int
     error: bool
     attributes: dict[str, object]
+    links: list[tuple[str, str]] = field(default_factory=list)
+    """(trace id, span id) of every span this one links to."""
     children: list[SpanView] = field(default_factory=list)
+
+    @property
+    def is_sql(self) -> bool:
+        """A database statement's client span: many per trace, left out of a tree by default."""
+        return self.kind == "client" and self.name.split(" ")[0].rstrip(";") in SQL_VERBS
 
     @property
     def duration_ms(self) -> float:
@@ -70,6 +81,7 @@ class JaegerClient:
                             end_ns=int(span["endTimeUnixNano"]),
                             error=span.get("status", {}).get("code") == 2,
                             attributes={a["key"]: _value(a["value"]) for a in span.get("attributes", [])},
+                            links=[(link["traceId"], link["spanId"]) for link in span.get("links", [])],
                         )
                     )
         return spans
@@ -88,21 +100,56 @@ def build_tree(spans: list[SpanView]) -> list[SpanView]:
     return roots
 
 
-def render_tree(spans: list[SpanView]) -> str:
-    """The trace as indented text: service, span name, kind, duration, errors marked."""
+def _repeat_key(span: SpanView) -> tuple[str, str]:
+    """Spans that differ only in numbers (`epoch 1`, `epoch 2`) repeat one another."""
+    return span.service, re.sub(r"\d+", "#", span.name)
+
+
+def _collapsed(children: list[SpanView], keep: int) -> list[SpanView | tuple[int, SpanView]]:
+    """Siblings with more than `keep` repeats of one service and name in a row show the first `keep`
+    and then one line that counts the rest; a repeat that failed is always shown."""
+    shown: list[SpanView | tuple[int, SpanView]] = []
+    index = 0
+    while index < len(children):
+        end = index
+        key = _repeat_key(children[index])
+        while end < len(children) and _repeat_key(children[end]) == key:
+            end += 1
+        run = children[index:end]
+        shown.extend(run[:keep])
+        hidden = [span for span in run[keep:] if not span.error]
+        shown.extend(span for span in run[keep:] if span.error)
+        if hidden:
+            shown.append((len(hidden), hidden[0]))
+        index = end
+    return shown
+
+
+def render_tree(spans: list[SpanView], *, repeats: int = 0) -> str:
+    """The trace as indented text: service, span name, kind, duration, errors and links marked.
+
+    With `repeats`, a run of more than that many siblings of the same name (a rollout's health
+    checks, say) is cut short to one line that counts the rest."""
     lines: list[str] = []
     start = min((span.start_ns for span in spans), default=0)
 
-    def walk(span: SpanView, prefix: str, last: bool) -> None:
+    def walk(item: SpanView | tuple[int, SpanView], prefix: str, last: bool) -> None:
         branch = "└─ " if last else "├─ "
+        if isinstance(item, tuple):
+            count, span = item
+            lines.append(f"{prefix}{branch}[{span.service}] … {count} more like {span.name}")
+            return
+        span = item
         offset = (span.start_ns - start) / 1e6
         mark = "  ✗ ERROR" if span.error else ""
+        link = "".join(f"  ↪ links to trace {trace_id} span {span_id}" for trace_id, span_id in span.links)
         lines.append(
             f"{prefix}{branch}[{span.service}] {span.name} ({span.kind}) "
-            f"+{offset:.1f} ms, {span.duration_ms:.2f} ms{mark}"
+            f"+{offset:.1f} ms, {span.duration_ms:.2f} ms{mark}{link}"
         )
-        for index, child in enumerate(span.children):
-            walk(child, prefix + ("   " if last else "│  "), index == len(span.children) - 1)
+        children = _collapsed(span.children, repeats) if repeats else span.children
+        for index, child in enumerate(children):
+            walk(child, prefix + ("   " if last else "│  "), index == len(children) - 1)
 
     roots = build_tree(spans)
     for index, root in enumerate(roots):

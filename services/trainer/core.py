@@ -29,6 +29,7 @@ from mlops.db import Database
 from mlops.errors import IntegrityError, MlopsError, NotFound
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
 from mlops.grpc import raise_typed
+from mlops.jaeger import TRACE_TAG
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
@@ -549,7 +550,12 @@ class TrainerCore:
                         profile_sha256=profile_ref.sha256,
                         signature=signature,
                         metrics={**outcome.metrics, **_parity_metrics(outcome)},
-                        tags={"trainer.device": outcome.device, "trainer.epochs": str(outcome.epochs_run)},
+                        tags={
+                            "trainer.device": outcome.device,
+                            "trainer.epochs": str(outcome.epochs_run),
+                            # The trace this version was made in: `mlops trace NAME@VERSION` draws it.
+                            TRACE_TAG: format(span.get_span_context().trace_id, "032x"),
+                        },
                     ),
                 )
             except MlopsError as error:

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from mlops.cli import alias, apply, data, models, runs
+from mlops.cli import alias, apply, data, models, runs, trace
 from mlops.cli.context import DEFAULT_REGISTRY_ADDR, CliContext
 from mlops.cli.output import Output
 from mlops.cli.refs import RefError
@@ -114,3 +114,4 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.add_typer(alias.app, name="alias")
 app.add_typer(runs.app, name="runs")
+app.command("trace", help=trace.HELP)(trace.trace)

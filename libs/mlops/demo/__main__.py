@@ -132,7 +132,7 @@ def main() -> int:
     services = sorted({s.service for s in spans})
     print(f"\nTrace {trace_id}: {len(spans)} spans across {', '.join(services)}")
     print(
-        render_tree([s for s in spans if not _is_sql(s)])
+        render_tree([s for s in spans if not s.is_sql], repeats=3)
         or "  (no spans: is OTEL_EXPORTER_OTLP_ENDPOINT set?)"
     )
     print("  (SQL statements left out of the tree; Jaeger shows them)")
@@ -144,19 +144,6 @@ def main() -> int:
     print("  make test                         make bench")
     jaeger.close()
     return 0
-
-
-def _is_sql(span) -> bool:
-    return span.kind == "client" and span.name.split(" ")[0].rstrip(";") in {
-        "BEGIN",
-        "COMMIT",
-        "ROLLBACK",
-        "SELECT",
-        "INSERT",
-        "UPDATE",
-        "DELETE",
-        "",
-    }
 
 
 if __name__ == "__main__":
