@@ -200,6 +200,8 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
     need(0 <= rollout.max_error_rate <= 1, "spec.rollout.max_error_rate", "must be a fraction from 0 to 1")
     need(rollout.max_p99_latency_ms > 0, "spec.rollout.max_p99_latency_ms", "must be above 0")
     need(rollout.min_requests >= 0, "spec.rollout.min_requests", "must not be negative")
+    if rollout.HasField("max_prediction_drift"):
+        need(rollout.max_prediction_drift > 0, "spec.rollout.max_prediction_drift", "must be above 0")
 
     monitor = body.monitor
     need(monitor.window_seconds >= 1, "spec.monitor.window_seconds", "must be at least 1")

@@ -48,7 +48,7 @@ def test_every_problem_is_named_by_its_field_path():
     document["spec"].update(
         label="",
         features=["a", "a"],
-        rollout={"steps": [50, 10]},
+        rollout={"steps": [50, 10], "max_prediction_drift": 0},
         training={
             "epochs": 0,
             "learning_rate": -1,
@@ -67,6 +67,7 @@ def test_every_problem_is_named_by_its_field_path():
         "spec.training.search.trials",
         "spec.training.search.params.lr.uniform",
         "spec.rollout.steps",
+        "spec.rollout.max_prediction_drift",
         "spec.monitor.threshold",
         "spec.monitor.on_drift",
     }, problems

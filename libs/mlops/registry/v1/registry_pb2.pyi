@@ -183,7 +183,7 @@ class GateSpec(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., max_regression: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., max_model_size_mb: _Optional[float] = ..., slice_min: _Optional[float] = ...) -> None: ...
 
 class RolloutSpec(_message.Message):
-    __slots__ = ("strategy", "steps", "step_seconds", "max_error_rate", "max_p99_latency_ms", "min_requests", "auto_promote")
+    __slots__ = ("strategy", "steps", "step_seconds", "max_error_rate", "max_p99_latency_ms", "min_requests", "auto_promote", "max_prediction_drift")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class RolloutSpec(_message.Message):
     MAX_P99_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     AUTO_PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_PREDICTION_DRIFT_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     steps: _containers.RepeatedScalarFieldContainer[int]
     step_seconds: int
@@ -198,7 +199,8 @@ class RolloutSpec(_message.Message):
     max_p99_latency_ms: float
     min_requests: int
     auto_promote: bool
-    def __init__(self, strategy: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step_seconds: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., min_requests: _Optional[int] = ..., auto_promote: _Optional[bool] = ...) -> None: ...
+    max_prediction_drift: float
+    def __init__(self, strategy: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step_seconds: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., min_requests: _Optional[int] = ..., auto_promote: _Optional[bool] = ..., max_prediction_drift: _Optional[float] = ...) -> None: ...
 
 class MonitorSpec(_message.Message):
     __slots__ = ("window_seconds", "method", "threshold", "consecutive_windows", "on_drift", "on_degradation", "sampling_rate", "min_samples")
