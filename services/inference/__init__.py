@@ -1,0 +1,1 @@
+"""The inference server: the platform's data plane (Open Inference Protocol on onnxruntime)."""

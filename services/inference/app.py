@@ -1,0 +1,137 @@
+"""The inference server assembled from its parts, once: what `__main__` runs and the tests start in-process.
+
+app = InferenceApp(InferenceSettings(), kafka=KafkaSettings(), bus=BusSettings(), store=open_store(...))
+await app.start()        # desired state read to its end and loaded, then gRPC health SERVING
+...
+await app.stop()         # API first, then the reader, shadows, the logger (flushed), the pools
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+
+from mlops.bus import EventPublisher
+from mlops.grpc import GrpcServer, open_channel
+from mlops.lifecycle import stop_in_order
+from mlops.settings import BusSettings, KafkaSettings
+from mlops.store import ArtifactStore
+from services.inference.codec import Limits
+from services.inference.core import InferenceCore
+from services.inference.desired import DesiredStateReader
+from services.inference.inference_log import InferenceLogger
+from services.inference.runtime import OnnxRuntime
+from services.inference.servicer import SERVICE_NAME, InferenceServicer
+from services.inference.settings import InferenceSettings
+from services.inference.signatures import RegistrySignatures
+
+log = logging.getLogger(__name__)
+SOURCE = "mlops-inference"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("mlops-platform")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class InferenceApp:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        *,
+        kafka: KafkaSettings,
+        bus: BusSettings,
+        store: ArtifactStore,
+        log_kafka: KafkaSettings | None = None,
+    ) -> None:
+        """`log_kafka` sends the inference log elsewhere than the desired state (default: the same cluster)."""
+        self.settings = settings
+        self.kafka = kafka
+        self.bus = bus
+        self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+        self.logger: InferenceLogger | None = None
+        if settings.log_enabled:
+            self.logger = InferenceLogger(
+                log_kafka or kafka,
+                bus,
+                source=SOURCE,
+                server_id=settings.server_id,
+                sampling_rate=settings.log_sampling_rate,
+                batch_records=settings.log_batch_records,
+                flush_interval_ms=settings.log_flush_interval_ms,
+                queue_size=settings.log_queue_size,
+                publish_timeout_s=settings.log_publish_timeout_s,
+            )
+        self.registry_channel = (
+            open_channel(settings.registry_addr) if settings.signatures_from_registry else None
+        )
+        signatures = (
+            RegistrySignatures(self.registry_channel, timeout_s=settings.registry_timeout_s)
+            if self.registry_channel is not None
+            else None
+        )
+        runtime = OnnxRuntime(
+            provider=settings.execution_provider,
+            threads=settings.onnx_threads,
+            warmup_runs=settings.warmup_runs,
+        )
+        core_options = {"read_categories": signatures.categories} if signatures is not None else {}
+        self.core = InferenceCore(
+            runtime=runtime,
+            read_artifact=store.get_bytes,
+            executor=self.executor,
+            prediction_log=self.logger,
+            retry_s=settings.desired_state_retry_s,
+            **core_options,
+        )
+        self.servicer = InferenceServicer(
+            self.core,
+            Limits(max_rows=settings.max_request_rows, max_bytes=settings.max_request_bytes),
+            server_name=SOURCE,
+            server_version=_version(),
+        )
+        self.server = GrpcServer(settings.grpc_server())
+        self.server.add(self.servicer.register, SERVICE_NAME)
+        self.publisher = EventPublisher(kafka, bus, source=SOURCE)
+        self.reader = DesiredStateReader(
+            kafka, bus, self.core, publisher=self.publisher, client_id=f"{SOURCE}-{settings.server_id}"
+        )
+        self.tasks: list[asyncio.Task] = []
+        self.port: int | None = None
+
+    async def start(self, *, ready_timeout_s: float | None = None) -> int:
+        """Listen, read the desired state to its end (loading what it names), then report SERVING."""
+        await self.publisher.start()
+        await self.reader.start()
+        self.port = await self.server.start()
+        self.tasks.append(asyncio.create_task(self.reader.run(), name="desired state"))
+        if self.logger is not None:
+            self.tasks.append(asyncio.create_task(self.logger.run(), name="inference log"))
+        await self.reader.wait_caught_up(ready_timeout_s)
+        self.servicer.ready = True
+        await self.server.set_serving()
+        log.info("inference ready: gRPC on %s:%d", self.settings.grpc_host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        steps = [
+            ("gRPC server", self.server.stop),
+            ("desired state reader", self.reader.stop),
+            ("shadow calls", self.core.drain),
+        ]
+        if self.logger is not None:
+            steps.append(("inference log", self.logger.stop))
+        steps += [
+            ("background tasks", lambda: asyncio.gather(*self.tasks, return_exceptions=True)),
+            ("dead-letter publisher", self.publisher.stop),
+        ]
+        if self.logger is not None:
+            steps.append(("inference log producer", self.logger.close))
+        if self.registry_channel is not None:
+            steps.append(("registry channel", self.registry_channel.close))
+        steps.append(("inference threads", lambda: asyncio.to_thread(self.executor.shutdown)))
+        await stop_in_order(steps)

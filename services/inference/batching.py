@@ -1,0 +1,116 @@
+"""Dynamic batching: concurrent requests to one model version coalesce into one runtime call.
+
+A worker per version takes the first waiting request, adds whatever else waits (up to
+`max_batch_size` rows), and, if the batch is not full, waits at most `max_wait_us` for more. The
+call runs on a thread pool, never on the event loop; while it runs, new requests queue up and form
+the next batch, so under load batches grow by themselves even with no wait at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+Outputs = dict[str, np.ndarray]
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], Outputs],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_us: int,
+        observe_batch: Callable[[int], None],
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max(max_wait_us, 0) / 1_000_000
+        self._observe = observe_batch
+        self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self._closed = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 1
+
+    def submit(self, rows: np.ndarray) -> asyncio.Future[Outputs]:
+        """Queue `rows` (synchronously: no await between routing and queueing) and return the answer's future."""
+        loop = asyncio.get_running_loop()
+        if self._closed or not self.enabled or rows.shape[0] >= self.max_batch_size:
+            return loop.run_in_executor(self._executor, self._run_observed, rows)
+        future = loop.create_future()
+        self._queue.append((rows, future))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="batcher")
+        self._arrived.set()
+        return future
+
+    def close(self) -> None:
+        """Stop taking requests; those already queued are still answered."""
+        self._closed = True
+        self._arrived.set()
+
+    def _run_observed(self, rows: np.ndarray) -> Outputs:
+        self._observe(rows.shape[0])
+        return self._run(rows)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch = [queue.popleft()]
+            count = batch[0][0].shape[0]
+            deadline = time.monotonic() + self.max_wait_s
+            while count < self.max_batch_size:
+                while queue and count + queue[0][0].shape[0] <= self.max_batch_size:
+                    item = queue.popleft()
+                    batch.append(item)
+                    count += item[0].shape[0]
+                if count >= self.max_batch_size or queue or self._closed:
+                    break  # full, or the next one does not fit: it leads the next batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    pass
+            await self._run_batch(loop, batch, count)
+
+    async def _run_batch(self, loop, batch: list[tuple[np.ndarray, asyncio.Future]], count: int) -> None:
+        rows = batch[0][0] if len(batch) == 1 else np.concatenate([item[0] for item in batch])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_observed, rows)
+        except Exception as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        if len(batch) == 1:
+            future = batch[0][1]
+            if not future.done():
+                future.set_result(outputs)
+            return
+        start = 0
+        for part, future in batch:
+            end = start + part.shape[0]
+            if not future.done():
+                future.set_result({name: value[start:end] for name, value in outputs.items()})
+            start = end

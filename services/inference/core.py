@@ -1,0 +1,411 @@
+"""The inference server's core: what serves, how a request is routed, batched, answered and logged.
+
+Transport-neutral: the gRPC servicer and the desired-state reader convert their messages into the
+types below and call this class; it knows nothing of gRPC or Kafka.
+
+Hot swap. The routing table is a dict `model -> ModelRoutes` that is never changed in place: a new
+desired state builds the new routes beside the old ones (loading and warming up only what is new)
+and replaces the whole table in one assignment. A request routes and queues its rows without an
+await in between, so it always runs on the routes it saw; versions that left the table keep their
+session and finish what they were given, and nothing is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+from opentelemetry import trace
+
+from mlops.errors import MlopsError, NotFound, Unavailable
+from mlops.outages import is_outage
+from services.inference import prometheus
+from services.inference.batching import Batcher, Outputs
+from services.inference.runtime import LoadedModel, ServingRuntime
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("services.inference")
+
+PRODUCTION, CANARY, SHADOW = "production", "canary", "shadow"
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """One version of a desired state."""
+
+    version: int
+    artifact_uri: str
+    artifact_sha256: str
+    traffic_percent: int
+    role: str
+    """production, canary or shadow."""
+    task: str
+    feature_names: tuple[str, ...]
+    class_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What should serve for one model (a DesiredState record)."""
+
+    model: str
+    generation: int
+    versions: tuple[VersionSpec, ...]
+    max_batch_size: int = 0
+    max_wait_us: int = 0
+
+
+@dataclass
+class Serving:
+    """One version as it serves: its loaded model, its place in the desired state, its batcher."""
+
+    model: str
+    spec: VersionSpec
+    loaded: LoadedModel
+    categories: dict[str, tuple[str, ...]]
+    batcher: Batcher
+    version_text: str = field(init=False)
+    feature_index: dict[str, int] = field(init=False)
+    label_values: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.version_text = str(self.spec.version)
+        self.feature_index = {name: i for i, name in enumerate(self.spec.feature_names)}
+        self.label_values = self.spec.class_labels
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.spec.version, self.spec.artifact_sha256
+
+
+class ModelRoutes:
+    """The versions of one model and how requests without a version are split between them."""
+
+    def __init__(self, state: ModelState, versions: list[Serving]) -> None:
+        self.state = state
+        self.by_version = {serving.version_text: serving for serving in versions}
+        answering = [s for s in versions if s.spec.role != SHADOW and s.spec.traffic_percent > 0]
+        self._answering = answering
+        self._bounds: list[float] = []
+        total = 0.0
+        for serving in answering:
+            total += serving.spec.traffic_percent
+            self._bounds.append(total)
+        self._total = total
+        self.shadows = [s for s in versions if s.spec.role == SHADOW]
+        production = [s for s in answering if s.spec.role == PRODUCTION]
+        self.default = (production or answering or versions or [None])[0]
+
+    def pick(self) -> Serving | None:
+        """A version by traffic share (production and canaries), or None when none answers traffic."""
+        if not self._answering:
+            return None
+        if len(self._answering) == 1:
+            return self._answering[0]
+        return self._answering[bisect.bisect_right(self._bounds, random.random() * self._total)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one request goes: the version that answers and the shadows that get a copy."""
+
+    serving: Serving
+    shadows: tuple[Serving, ...]
+
+
+class PredictionLog:
+    """Where answered and failed requests are recorded (see `inference_log.InferenceLogger`)."""
+
+    def sampled(self) -> bool:
+        return False
+
+    def record(
+        self,
+        serving: Serving,
+        role: str,
+        request_id: str,
+        arrived_ns: int,
+        rows: np.ndarray | None,
+        outputs: Outputs | None,
+        latency_us: int,
+        error: str = "",
+    ) -> None:
+        return None
+
+
+ArtifactReader = Callable[[str, str], Awaitable[bytes]]
+"""(uri, sha256) → verified bytes; raises IntegrityError on a mismatch."""
+CategoriesReader = Callable[[str, int], Awaitable[dict[str, tuple[str, ...]]]]
+"""(model, version) → vocabularies of its text features."""
+
+
+async def _no_categories(model: str, version: int) -> dict[str, tuple[str, ...]]:
+    return {}
+
+
+class InferenceCore:
+    def __init__(
+        self,
+        *,
+        runtime: ServingRuntime,
+        read_artifact: ArtifactReader,
+        executor: Executor,
+        prediction_log: PredictionLog | None = None,
+        read_categories: CategoriesReader = _no_categories,
+        retry_s: float = 2.0,
+    ) -> None:
+        self.runtime = runtime
+        self.read_artifact = read_artifact
+        self.executor = executor
+        self.log = prediction_log or PredictionLog()
+        self.read_categories = read_categories
+        self.retry_s = retry_s
+        self._table: dict[str, ModelRoutes] = {}
+        self._generations: dict[str, int] = {}
+        self._not_ready: dict[str, str] = {}
+        """Models named by a desired state that serve nothing yet, and why."""
+        self._background: set[asyncio.Task] = set()
+        self._batch_metrics: dict[tuple[str, str], object] = {}
+
+    # --- what serves ------------------------------------------------------------------------
+
+    @property
+    def models(self) -> dict[str, ModelRoutes]:
+        return self._table
+
+    def generation(self, model: str) -> int | None:
+        return self._generations.get(model)
+
+    async def apply(self, state: ModelState) -> str:
+        """Serve `state` if its generation is newer: "applied", "stale" or "refused" (the old routes stay)."""
+        model = state.model
+        current = self._generations.get(model)
+        if current is not None and state.generation <= current:
+            log.info("%s: generation %d ignored, generation %d serves", model, state.generation, current)
+            return "stale"
+        if model not in self._table:
+            self._not_ready[model] = f"model {model!r} is loading (generation {state.generation})"
+        old = self._table.get(model)
+        try:
+            versions = [await self._serving_for(state, spec, old) for spec in state.versions]
+        except MlopsError as error:
+            prometheus.LOAD_FAILURES.labels(model, type(error).__name__).inc()
+            log.error(
+                "%s: desired state generation %d refused, the previous serving set stays: %s",
+                model,
+                state.generation,
+                error.message,
+            )
+            if model not in self._table:
+                self._not_ready[model] = f"model {model!r} cannot be loaded: {error.message}"
+            span = trace.get_current_span()
+            span.record_exception(error)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
+            return "refused"
+        routes = ModelRoutes(state, versions)
+        self._swap(model, routes)
+        self._generations[model] = state.generation
+        if not routes.by_version:
+            self._not_ready[model] = f"model {model!r} serves no version (generation {state.generation})"
+        elif routes.pick() is None:
+            self._not_ready[model] = f"model {model!r} has no version answering traffic, only shadows"
+        else:
+            self._not_ready.pop(model, None)
+        log.info(
+            "%s: generation %d serves %s",
+            model,
+            state.generation,
+            ", ".join(f"v{s.spec.version} {s.spec.role} {s.spec.traffic_percent}%" for s in versions)
+            or "nothing",
+        )
+        return "applied"
+
+    def remove(self, model: str) -> None:
+        """A tombstone: the model no longer serves."""
+        if model in self._table:
+            self._swap(model, None)
+        self._generations.pop(model, None)
+        self._not_ready.pop(model, None)
+        log.info("%s: no longer served", model)
+
+    async def _serving_for(self, state: ModelState, spec: VersionSpec, old: ModelRoutes | None) -> Serving:
+        existing = old.by_version.get(str(spec.version)) if old is not None else None
+        if existing is not None and existing.spec.artifact_sha256 == spec.artifact_sha256:
+            same_batching = (existing.batcher.max_batch_size, existing.batcher.max_wait_s) == (
+                state.max_batch_size,
+                max(state.max_wait_us, 0) / 1_000_000,
+            )
+            if same_batching and existing.spec == spec:
+                return existing
+            loaded, categories = existing.loaded, existing.categories
+        else:
+            loaded, categories = await self._load(state.model, spec)
+        return Serving(
+            model=state.model,
+            spec=spec,
+            loaded=loaded,
+            categories=categories,
+            batcher=Batcher(
+                loaded.run,
+                self.executor,
+                max_batch_size=state.max_batch_size,
+                max_wait_us=state.max_wait_us,
+                observe_batch=self._batch_observer(state.model, str(spec.version)),
+            ),
+        )
+
+    async def _load(self, model: str, spec: VersionSpec) -> tuple[LoadedModel, dict[str, tuple[str, ...]]]:
+        """Verified bytes → a warmed-up model, under a span of its own (a child of the desired state's)."""
+        with tracer.start_as_current_span(
+            f"load {model} v{spec.version}",
+            attributes={
+                "mlops.model.name": model,
+                "mlops.model.version": spec.version,
+                "mlops.artifact.uri": spec.artifact_uri,
+                "mlops.artifact.sha256": spec.artifact_sha256,
+            },
+        ) as span:
+            started = time.perf_counter()
+            while True:
+                try:
+                    data = await self.read_artifact(spec.artifact_uri, spec.artifact_sha256)
+                    break
+                except Exception as error:
+                    if not is_outage(error):
+                        raise
+                    log.warning(
+                        "%s v%d: artifact store unavailable (%s); retrying", model, spec.version, error
+                    )
+                    await asyncio.sleep(self.retry_s)
+            loaded = await asyncio.to_thread(
+                self.runtime.load,
+                data,
+                name=f"{model} v{spec.version}",
+                task=spec.task,
+                feature_count=len(spec.feature_names),
+                class_count=len(spec.class_labels),
+            )
+            categories = await self.read_categories(model, spec.version)
+            span.set_attribute("mlops.inference.provider", loaded.provider)
+            log.info(
+                "%s v%d loaded on %s in %.0f ms (%d bytes)",
+                model,
+                spec.version,
+                loaded.provider,
+                (time.perf_counter() - started) * 1000,
+                len(data),
+            )
+            return loaded, categories
+
+    def _swap(self, model: str, routes: ModelRoutes | None) -> None:
+        old = self._table.get(model)
+        table = dict(self._table)
+        if routes is None:
+            table.pop(model, None)
+        else:
+            table[model] = routes
+        self._table = table  # the one assignment every request sees either side of
+        prometheus.SWAPS.labels(model).inc()
+        kept = set(map(id, routes.by_version.values())) if routes is not None else set()
+        if old is not None:
+            for serving in old.by_version.values():
+                if id(serving) not in kept:
+                    serving.batcher.close()
+                    with contextlib.suppress(KeyError):
+                        prometheus.TRAFFIC_PERCENT.remove(model, serving.version_text, serving.spec.role)
+        if routes is not None:
+            for serving in routes.by_version.values():
+                percent = 0 if serving.spec.role == SHADOW else serving.spec.traffic_percent
+                prometheus.TRAFFIC_PERCENT.labels(model, serving.version_text, serving.spec.role).set(percent)
+        prometheus.LOADED_MODELS.set(sum(len(r.by_version) for r in table.values()))
+
+    def _batch_observer(self, model: str, version: str) -> Callable[[int], None]:
+        return prometheus.BATCH_SIZE.labels(model, version).observe
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def is_ready(self, model: str, version: str = "") -> bool:
+        routes = self._table.get(model)
+        if routes is None:
+            return False
+        if version:
+            return version in routes.by_version
+        return routes.pick() is not None
+
+    def route(self, model: str, version: str = "") -> Target:
+        """The version that answers (named, or by traffic share) and the shadows; raises NotFound or
+        Unavailable naming the problem."""
+        routes = self._table.get(model)
+        if routes is None:
+            reason = self._not_ready.get(model)
+            if reason is not None:
+                raise Unavailable(reason)
+            served = ", ".join(sorted(self._table)) or "none"
+            raise NotFound(f"model {model!r} is not served here (served: {served})")
+        if version:
+            serving = routes.by_version.get(version)
+            if serving is None:
+                loaded = ", ".join(sorted(routes.by_version, key=_version_order)) or "none"
+                raise NotFound(f"model {model!r} has no version {version!r} loaded (loaded: {loaded})")
+        else:
+            serving = routes.pick()
+            if serving is None:
+                raise Unavailable(self._not_ready.get(model) or f"model {model!r} answers no traffic")
+        return Target(serving, tuple(s for s in routes.shadows if s is not serving))
+
+    async def predict(self, target: Target, rows: np.ndarray, *, request_id: str, arrived_ns: int) -> Outputs:
+        """Answer with the target's version; shadows get a copy off the critical path."""
+        serving = target.serving
+        future = serving.batcher.submit(rows)
+        sampled = self.log.sampled()
+        for shadow in target.shadows:
+            self._in_background(self._shadow(shadow, rows, request_id, arrived_ns, sampled))
+        outputs = await future
+        if sampled:
+            latency_us = (time.perf_counter_ns() - arrived_ns) // 1000
+            self.log.record(serving, serving.spec.role, request_id, arrived_ns, rows, outputs, latency_us)
+        return outputs
+
+    def failed(self, target: Target, *, request_id: str, arrived_ns: int, error: str) -> None:
+        """A request to a resolved version failed: logged, so that error rates reach the monitor."""
+        if self.log.sampled():
+            latency_us = (time.perf_counter_ns() - arrived_ns) // 1000
+            serving = target.serving
+            self.log.record(serving, serving.spec.role, request_id, arrived_ns, None, None, latency_us, error)
+
+    async def _shadow(
+        self, shadow: Serving, rows: np.ndarray, request_id: str, arrived_ns: int, sampled: bool
+    ) -> None:
+        try:
+            outputs = await shadow.batcher.submit(rows)
+            error = ""
+        except Exception as failure:
+            outputs, error = None, f"{type(failure).__name__}: {failure}"
+            log.warning("%s v%d (shadow) failed: %s", shadow.model, shadow.spec.version, error)
+        if sampled:
+            latency_us = (time.perf_counter_ns() - arrived_ns) // 1000
+            self.log.record(
+                shadow, SHADOW, request_id, arrived_ns, rows if outputs else None, outputs, latency_us, error
+            )
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for shadow calls still running (shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _version_order(text: str) -> tuple[int, str]:
+    return (int(text), text) if text.isdigit() else (1 << 62, text)

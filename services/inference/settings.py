@@ -1,0 +1,59 @@
+"""Settings of the inference server (`MLOPS_INFERENCE_*`); shared concerns use their own classes."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mlops.settings import RegistryPeerSettings
+
+
+class InferenceSettings(RegistryPeerSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_INFERENCE_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    grpc_port: int = 8001
+    """Open Inference Protocol and gRPC health, on one port (Triton's)."""
+    metrics_port: int | None = 8002
+    consumer_group: str = "mlops-inference"
+    """Only a client id: every replica reads the whole desired-state topic, with no group offsets."""
+    server_id: str = Field(default_factory=socket.gethostname)
+    """This replica's name in `InferenceLogged.server_id` (host name or pod name)."""
+
+    execution_provider: Literal["auto", "cpu", "cuda"] = "auto"
+    """onnxruntime provider: `auto` puts CUDA first when a GPU can be used, then the CPU."""
+    onnx_threads: int = Field(1, ge=0)
+    """Intra-op threads per session; 0 lets onnxruntime choose."""
+    inference_threads: int = Field(2, ge=1)
+    """Threads that run `session.run` off the event loop, shared by every loaded version."""
+    warmup_runs: int = Field(3, ge=0)
+    """Calls on a loaded session before it takes traffic, so that lazy initialisation misses requests."""
+
+    max_request_rows: int = Field(10_000, ge=1)
+    """Rows one request may carry; more is RESOURCE_EXHAUSTED."""
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    """Tensor bytes one request may carry; more is RESOURCE_EXHAUSTED (the gRPC limit is `MLOPS_GRPC_MAX_MESSAGE_MB`)."""
+
+    log_enabled: bool = True
+    """Publish sampled predictions as `InferenceLogged`."""
+    log_sampling_rate: float = Field(1.0, gt=0.0, le=1.0)
+    """Fraction of requests logged, in (0, 1]."""
+    log_batch_records: int = Field(500, ge=1)
+    """Records per `InferenceLogged` message; a full batch is published at once."""
+    log_flush_interval_ms: int = Field(1_000, ge=1)
+    """Oldest a buffered record gets before its batch is published anyway."""
+    log_queue_size: int = Field(20_000, ge=1)
+    """Records waiting for the logger; beyond it records are dropped and counted, never waited for."""
+    log_publish_timeout_s: float = Field(10.0, gt=0)
+    """How long one batch may take to reach Kafka before its records count as dropped."""
+
+    signatures_from_registry: bool = True
+    """Ask the registry for each loaded version's text-feature vocabularies (`ModelSignature.categories`);
+    without them a text feature is sent as its code. An unreachable registry or unknown version only
+    leaves the vocabularies out."""
+    desired_state_retry_s: float = Field(2.0, gt=0)
+    """Wait before loading a desired state again after the artifact store was unreachable."""
