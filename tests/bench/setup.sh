@@ -5,6 +5,9 @@
 #   - wrk (HTTP load generator) from Debian's packages when missing
 #   - MLflow's tracking server in its own virtualenv, $MLOPS_CACHE/bench-venv, so that MLflow's
 #     dependencies never touch the project's .venv (which runs protobuf 7)
+#   - MLServer with onnxruntime in its own virtualenv, $MLOPS_CACHE/mlserver-venv (inference benchmark)
+#   - tritonclient[grpc] in its own virtualenv, $MLOPS_CACHE/tritonclient-venv (the inference tests'
+#     off-the-shelf client: it pins protobuf < 7 and registers the same `inference` descriptors as ours)
 # Both load generators are native: on a small machine a Python client would starve the server it
 # measures.
 set -euo pipefail
@@ -12,6 +15,8 @@ set -euo pipefail
 GHZ_VERSION="${GHZ_VERSION:-v0.121.0}"
 MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
 PSYCOPG2_VERSION="${PSYCOPG2_VERSION:-2.9.13}"
+MLSERVER_VERSION="${MLSERVER_VERSION:-1.7.1}"
+TRITONCLIENT_VERSION="${TRITONCLIENT_VERSION:-2.73.0}"
 
 CACHE="${MLOPS_CACHE:-$HOME/.cache/mlops}"
 BIN="$CACHE/bin"
@@ -58,4 +63,32 @@ else
   touch "$stamp"
 fi
 
-log "ready: $BIN/ghz ($GHZ_VERSION), $(command -v wrk), $VENV/bin/mlflow ($MLFLOW_VERSION)"
+# MLServer, with the onnxruntime its custom runtime (tests/bench/mlserver_onnx/) imports
+MLSERVER_VENV="$CACHE/mlserver-venv"
+stamp="$MLSERVER_VENV/.installed-mlserver-$MLSERVER_VERSION"
+if [ -x "$MLSERVER_VENV/bin/mlserver" ] && [ -f "$stamp" ]; then
+  log "MLServer $MLSERVER_VERSION present in $MLSERVER_VENV"
+else
+  log "installing MLServer $MLSERVER_VERSION into $MLSERVER_VENV"
+  [ -x "$MLSERVER_VENV/bin/python" ] || "$PYTHON" -m venv "$MLSERVER_VENV"
+  "$MLSERVER_VENV/bin/python" -m pip install -q --upgrade pip
+  "$MLSERVER_VENV/bin/python" -m pip install -q "mlserver==$MLSERVER_VERSION" onnxruntime numpy
+  rm -f "$MLSERVER_VENV"/.installed-mlserver-*
+  touch "$stamp"
+fi
+
+# tritonclient[grpc]
+TRITON_VENV="$CACHE/tritonclient-venv"
+stamp="$TRITON_VENV/.installed-tritonclient-$TRITONCLIENT_VERSION"
+if [ -x "$TRITON_VENV/bin/python" ] && [ -f "$stamp" ]; then
+  log "tritonclient $TRITONCLIENT_VERSION present in $TRITON_VENV"
+else
+  log "installing tritonclient[grpc] $TRITONCLIENT_VERSION into $TRITON_VENV"
+  [ -x "$TRITON_VENV/bin/python" ] || "$PYTHON" -m venv "$TRITON_VENV"
+  "$TRITON_VENV/bin/python" -m pip install -q --upgrade pip
+  "$TRITON_VENV/bin/python" -m pip install -q "tritonclient[grpc]==$TRITONCLIENT_VERSION"
+  rm -f "$TRITON_VENV"/.installed-tritonclient-*
+  touch "$stamp"
+fi
+
+log "ready: $BIN/ghz ($GHZ_VERSION), $(command -v wrk), $VENV/bin/mlflow ($MLFLOW_VERSION), $MLSERVER_VENV/bin/mlserver ($MLSERVER_VERSION), $TRITON_VENV (tritonclient $TRITONCLIENT_VERSION)"

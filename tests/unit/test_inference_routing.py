@@ -1,0 +1,83 @@
+"""Routing by traffic share, named versions, and dynamic batching, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from mlops.errors import NotFound, Unavailable
+from services.inference.batching import Batcher
+from services.inference.core import InferenceCore, ModelRoutes, ModelState, Serving, VersionSpec
+from tests.unit.test_inference_codec import SumModel
+
+
+def spec(version: int, percent: int, role: str) -> VersionSpec:
+    return VersionSpec(
+        version, "s3://b/k", f"{version:064d}", percent, role, "classification", ("a", "b", "c"), ("x", "y")
+    )
+
+
+def routes(*specs: VersionSpec) -> ModelRoutes:
+    executor = ThreadPoolExecutor(1)
+    servings = [
+        Serving(
+            "wine",
+            s,
+            SumModel(),
+            {},
+            Batcher(SumModel().run, executor, max_batch_size=0, max_wait_us=0, observe_batch=lambda n: None),
+        )
+        for s in specs
+    ]
+    return ModelRoutes(ModelState("wine", 1, tuple(specs)), servings)
+
+
+def test_requests_without_a_version_follow_the_traffic_shares():
+    table = routes(spec(1, 90, "production"), spec(2, 10, "canary"), spec(3, 0, "shadow"))
+    counts = Counter(table.pick().spec.version for _ in range(20_000))
+    assert set(counts) == {1, 2}, "a shadow never answers"
+    assert abs(counts[2] / 20_000 - 0.10) < 0.015
+    assert [s.spec.version for s in table.shadows] == [3]
+    assert table.default.spec.version == 1
+
+
+def test_only_shadows_answer_no_traffic():
+    assert routes(spec(3, 0, "shadow")).pick() is None
+
+
+def test_route_names_versions_and_tells_unknown_from_not_ready():
+    core = InferenceCore(runtime=None, read_artifact=None, executor=ThreadPoolExecutor(1))  # type: ignore[arg-type]
+    core._table = {"wine": routes(spec(1, 100, "production"), spec(2, 0, "shadow"))}
+    core._not_ready = {"beer": "model 'beer' is loading (generation 3)"}
+    assert core.route("wine", "2").serving.spec.version == 2
+    target = core.route("wine")
+    assert target.serving.spec.version == 1 and [s.spec.version for s in target.shadows] == [2]
+    with pytest.raises(NotFound, match="no version '9'"):
+        core.route("wine", "9")
+    with pytest.raises(NotFound, match="not served"):
+        core.route("cider")
+    with pytest.raises(Unavailable, match="loading"):
+        core.route("beer")
+
+
+async def test_batcher_coalesces_queued_requests_and_splits_answers():
+    sizes: list[int] = []
+    batcher = Batcher(
+        SumModel().run,
+        ThreadPoolExecutor(1),
+        max_batch_size=8,
+        max_wait_us=50_000,
+        observe_batch=sizes.append,
+    )
+    rows = [np.full((1, 3), i, np.float32) for i in range(6)] + [np.ones((3, 3), np.float32)]
+    answers = await asyncio.gather(*(batcher.submit(r) for r in rows))
+    assert sum(sizes) == 9 and len(sizes) < len(rows), sizes
+    for part, answer in zip(rows, answers, strict=True):
+        np.testing.assert_allclose(answer["probabilities"], SumModel().run(part)["probabilities"])
+    batcher.close()
+    late = await batcher.submit(np.zeros((1, 3), np.float32))  # a closed batcher still answers
+    assert late["label"].tolist() == [0]
