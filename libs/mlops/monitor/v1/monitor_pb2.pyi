@@ -62,23 +62,27 @@ class GetDriftStatusRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., window_limit: _Optional[int] = ...) -> None: ...
 
 class DriftWindow(_message.Message):
-    __slots__ = ("window", "sample_count", "features", "prediction_drift_score", "drifted", "judged")
+    __slots__ = ("window", "sample_count", "features", "prediction_drift_score", "drifted", "judged", "statistics", "late_count")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_DRIFT_SCORE_FIELD_NUMBER: _ClassVar[int]
     DRIFTED_FIELD_NUMBER: _ClassVar[int]
     JUDGED_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    LATE_COUNT_FIELD_NUMBER: _ClassVar[int]
     window: _common_pb2.TimeWindow
     sample_count: int
     features: _containers.RepeatedCompositeFieldContainer[_monitoring_pb2.FeatureDrift]
     prediction_drift_score: float
     drifted: bool
     judged: bool
-    def __init__(self, window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., sample_count: _Optional[int] = ..., features: _Optional[_Iterable[_Union[_monitoring_pb2.FeatureDrift, _Mapping]]] = ..., prediction_drift_score: _Optional[float] = ..., drifted: _Optional[bool] = ..., judged: _Optional[bool] = ...) -> None: ...
+    statistics: _containers.RepeatedCompositeFieldContainer[_monitoring_pb2.FeatureDrift]
+    late_count: int
+    def __init__(self, window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., sample_count: _Optional[int] = ..., features: _Optional[_Iterable[_Union[_monitoring_pb2.FeatureDrift, _Mapping]]] = ..., prediction_drift_score: _Optional[float] = ..., drifted: _Optional[bool] = ..., judged: _Optional[bool] = ..., statistics: _Optional[_Iterable[_Union[_monitoring_pb2.FeatureDrift, _Mapping]]] = ..., late_count: _Optional[int] = ...) -> None: ...
 
 class VersionDrift(_message.Message):
-    __slots__ = ("version", "method", "threshold", "consecutive_windows", "windows", "last_alarm_at", "live_metrics")
+    __slots__ = ("version", "method", "threshold", "consecutive_windows", "windows", "last_alarm_at", "live_metrics", "degraded_windows", "last_degradation_at", "profile_sha256")
     class LiveMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +97,9 @@ class VersionDrift(_message.Message):
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     LAST_ALARM_AT_FIELD_NUMBER: _ClassVar[int]
     LIVE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    LAST_DEGRADATION_AT_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_SHA256_FIELD_NUMBER: _ClassVar[int]
     version: int
     method: str
     threshold: float
@@ -100,7 +107,10 @@ class VersionDrift(_message.Message):
     windows: _containers.RepeatedCompositeFieldContainer[DriftWindow]
     last_alarm_at: _timestamp_pb2.Timestamp
     live_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, version: _Optional[int] = ..., method: _Optional[str] = ..., threshold: _Optional[float] = ..., consecutive_windows: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[DriftWindow, _Mapping]]] = ..., last_alarm_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    degraded_windows: int
+    last_degradation_at: _timestamp_pb2.Timestamp
+    profile_sha256: str
+    def __init__(self, version: _Optional[int] = ..., method: _Optional[str] = ..., threshold: _Optional[float] = ..., consecutive_windows: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[DriftWindow, _Mapping]]] = ..., last_alarm_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., degraded_windows: _Optional[int] = ..., last_degradation_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_sha256: _Optional[str] = ...) -> None: ...
 
 class GetDriftStatusResponse(_message.Message):
     __slots__ = ("model", "versions")

@@ -1,0 +1,119 @@
+"""The registry as the monitor uses it, and the cache that keeps it off the hot paths.
+
+Specs are re-read after `spec_cache_s` (a newly applied spec takes effect within that); a version's
+profile never changes, so it is read once, from the artifact store with its sha256 verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from mlops.errors import NotFound
+from mlops.grpc import raise_typed
+from mlops.profile import ReferenceProfile
+from mlops.registry.v1 import registry_pb2 as pb
+from mlops.registry.v1 import registry_pb2_grpc
+from mlops.store import ArtifactStore
+from services.monitor.reference import Reference
+
+
+class RegistryClient:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 30.0) -> None:
+        self.stub = registry_pb2_grpc.RegistryStub(channel)
+        self.timeout_s = timeout_s
+
+    async def model_spec(self, model: str) -> pb.ModelSpecVersion:
+        with raise_typed():
+            return await self.stub.GetModelSpec(pb.GetModelSpecRequest(model=model), timeout=self.timeout_s)
+
+    async def model_version(self, model: str, version: int) -> pb.ModelVersion:
+        with raise_typed():
+            return await self.stub.GetModelVersion(
+                pb.GetModelVersionRequest(model=model, version=version), timeout=self.timeout_s
+            )
+
+    async def dataset_version(self, dataset: str, version: int = 0) -> pb.DatasetVersion:
+        with raise_typed():
+            return await self.stub.GetDatasetVersion(
+                pb.GetDatasetVersionRequest(dataset=dataset, version=version), timeout=self.timeout_s
+            )
+
+    async def record_dataset_version(self, request: pb.RecordDatasetVersionRequest) -> pb.DatasetVersion:
+        with raise_typed():
+            reply = await self.stub.RecordDatasetVersion(request, timeout=self.timeout_s)
+        return reply.dataset_version
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: pb.ModelVersion
+    reference: Reference | None
+    """None when the version was registered without a profile: health only, no drift."""
+
+
+class ModelCatalog:
+    def __init__(
+        self, registry: RegistryClient, store: ArtifactStore, *, spec_ttl_s: float, unknown_ttl_s: float
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.spec_ttl_s = spec_ttl_s
+        self.unknown_ttl_s = unknown_ttl_s
+        self._specs: dict[str, tuple[float, pb.ModelSpecVersion | None]] = {}
+        self._versions: dict[tuple[str, int], VersionInfo] = {}
+        self._locks: dict[object, asyncio.Lock] = {}
+
+    def cached_spec(self, model: str) -> pb.ModelSpecVersion | None:
+        entry = self._specs.get(model)
+        return entry[1] if entry else None
+
+    def cached_version(self, model: str, version: int) -> VersionInfo | None:
+        return self._versions.get((model, version))
+
+    async def spec(self, model: str) -> pb.ModelSpecVersion:
+        """The model's latest spec; NotFound if the registry has none (remembered for a few seconds)."""
+        entry = self._specs.get(model)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < (self.spec_ttl_s if entry[1] else self.unknown_ttl_s):
+            if entry[1] is None:
+                raise NotFound(f"model {model!r} has no spec in the registry")
+            return entry[1]
+        async with self._lock(model):
+            entry = self._specs.get(model)
+            if entry is None or time.monotonic() - entry[0] >= self.spec_ttl_s or entry[1] is None:
+                try:
+                    spec = await self.registry.model_spec(model)
+                except NotFound:
+                    self._specs[model] = (time.monotonic(), None)
+                    raise NotFound(f"model {model!r} has no spec in the registry") from None
+                self._specs[model] = (time.monotonic(), spec)
+            spec = self._specs[model][1]
+        assert spec is not None
+        return spec
+
+    async def version(self, model: str, version: int) -> VersionInfo:
+        """The version and its compiled training profile (read once, sha256 verified)."""
+        info = self._versions.get((model, version))
+        if info is not None:
+            return info
+        async with self._lock((model, version)):
+            info = self._versions.get((model, version))
+            if info is None:
+                registered = await self.registry.model_version(model, version)
+                reference = None
+                if registered.profile_uri:
+                    text = await self.store.get_bytes(registered.profile_uri, registered.profile_sha256)
+                    profile = ReferenceProfile.from_json(text)
+                    reference = Reference.of(profile, registered.profile_sha256)
+                info = self._versions[(model, version)] = VersionInfo(registered, reference)
+        return info
+
+    def _lock(self, key: object) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock

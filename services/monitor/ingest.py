@@ -1,0 +1,297 @@
+"""Consuming `InferenceLogged` at volume: offsets kept with the window state, not an inbox row a message.
+
+Each poll's records are decoded and checked on the event loop (registry look-ups are cached), counted
+in a worker thread (numpy over whole batches), and merged into the open windows. Every
+`flush_interval_ms`, and whenever a window is due, the core commits the state with the next offset
+of every partition in one PostgreSQL transaction. On (re)assignment a partition resumes at its
+stored offset, so a record is counted exactly once however the process stops. A record that cannot
+be counted goes to `<topic>.dlq` with the reason (as the shared consumer does) before its offset
+is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from mlops.bus import DLQ_SUFFIX, EventPublisher, envelope, spec_for
+from mlops.bus.admin import ensure_topics, with_dead_letters
+from mlops.bus.envelope import rfc3339
+from mlops.bus.tracing import extract, parse_traceparent, start_span
+from mlops.errors import MlopsError
+from mlops.events.v1 import monitoring_pb2
+from mlops.outages import is_outage
+from mlops.settings import BusSettings, KafkaSettings
+from services.monitor.batch import decode_batch
+from services.monitor.core import CountedBatch, MonitorCore, Prepared, count_batch
+from services.monitor.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
+
+
+def inference_group(settings: MonitorSettings) -> str:
+    return f"{settings.consumer_group}.inference"
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, ingest: InferenceLogIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.ingest.revoke([tp.partition for tp in revoked if tp.topic == self.ingest.topic])
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.ingest.assign([tp.partition for tp in assigned if tp.topic == self.ingest.topic])
+
+
+class InferenceLogIngest:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        bus: BusSettings,
+        *,
+        core: MonitorCore,
+        publisher: EventPublisher,
+        settings: MonitorSettings,
+    ) -> None:
+        self.kafka = kafka
+        self.bus = bus
+        self.core = core
+        self.publisher = publisher
+        self.settings = settings
+        self.topic = bus.topic_prefix + spec_for(monitoring_pb2.InferenceLogged).topic
+        self.group = inference_group(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._last_commit = time.monotonic()
+        self.ready = asyncio.Event()
+        """Set once partitions are assigned and positioned."""
+
+    async def start(self) -> None:
+        await ensure_topics(self.kafka, self.bus, with_dead_letters([self.topic]))
+        self._consumer = AIOKafkaConsumer(
+            **self.kafka.client_options(),
+            group_id=self.group,
+            client_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset=self.settings.start_from,
+            max_poll_records=self.bus.max_poll_records,
+            isolation_level="read_committed",
+        )
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await self._consumer.start()
+
+    async def wait_assigned(self, timeout_s: float = 30.0) -> None:
+        await asyncio.wait_for(self.ready.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._consumer is not None:
+            await self._stopped.wait()
+
+    # --- partitions -------------------------------------------------------------------------------
+
+    async def assign(self, partitions: list[int]) -> None:
+        assert self._consumer is not None
+        async with self._lock:
+            resume = await self.core.load(self.topic, partitions)
+            for partition in partitions:
+                tp = TopicPartition(self.topic, partition)
+                if partition in resume:
+                    self._consumer.seek(tp, resume[partition])
+                elif self.settings.start_from == "latest":
+                    await self._consumer.seek_to_end(tp)
+                else:
+                    await self._consumer.seek_to_beginning(tp)
+                position = await self._consumer.position(tp)
+                self.core.offsets[(self.topic, partition)] = position
+        log.info("inference logs: partitions %s assigned, resuming at %s", partitions, resume)
+        self.ready.set()
+
+    async def revoke(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        async with self._lock:
+            try:
+                await self._commit_with_retries()
+            finally:
+                self.core.release(self.topic, partitions)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        tick = self.settings.tick_interval_ms
+        flush_s = self.settings.flush_interval_ms / 1000
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=tick)
+                async with self._lock:
+                    if batch:
+                        await self._handle(batch)
+                    if time.monotonic() - self._last_commit >= flush_s or self.core.due(time.time()):
+                        await self._commit_with_retries()
+                self.core.publish_gauges()
+        finally:
+            try:
+                async with self._lock:
+                    await self._commit_with_retries(deadline_s=10)
+            except Exception as error:
+                log.warning("inference logs: final commit failed (records will be read again): %s", error)
+            finally:
+                await consumer.stop()
+                self._stopped.set()
+
+    async def _commit_with_retries(self, deadline_s: float | None = None) -> None:
+        delay = self.bus.retry_backoff_ms / 1000
+        started = time.monotonic()
+        while True:
+            try:
+                await self.core.commit()
+                break
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                if deadline_s is not None and time.monotonic() - started > deadline_s:
+                    raise
+                log.warning("inference logs: committing window state waits for an outage to end: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
+        self._last_commit = time.monotonic()
+        if self._consumer is not None and self.core.offsets:
+            # Kafka's copy of the offsets is only for lag tools; PostgreSQL's is the one resumed from.
+            try:
+                await self._consumer.commit(
+                    {
+                        TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
+                        for (topic, partition), offset in self.core.offsets.items()
+                        if TopicPartition(topic, partition) in self._consumer.assignment()
+                    }
+                )
+            except KafkaError as error:
+                log.debug("inference logs: Kafka offset commit skipped: %s", error)
+
+    async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        prepared: list[tuple[ConsumerRecord, Prepared]] = []
+        last: dict[int, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                item = await self._prepare(record)
+                if item is not None:
+                    prepared.append((record, item))
+                last[tp.partition] = record.offset
+        store = self.settings.store_predictions
+        counted = await asyncio.to_thread(_count_all, [p for _, p in prepared], store)
+        for (record, _), result in zip(prepared, counted, strict=True):
+            if isinstance(result, CountedBatch):
+                self.core.merge(result)
+            else:
+                await self._dead_letter(record, result)
+        for partition, offset in last.items():
+            self.core.offsets[(self.topic, partition)] = offset + 1
+
+    async def _prepare(self, record: ConsumerRecord) -> Prepared | None:
+        """Decode, check and look up one record; None when it was dead-lettered."""
+        traceparent = None
+        for name, value in record.headers:
+            if name == "traceparent" and value:
+                traceparent = value.decode("ascii", "replace")
+        parent = parse_traceparent(traceparent)
+        span = None
+        if parent is not None and parent.trace_flags.sampled:
+            span = start_span(f"process {record.topic}", extract(record.headers), SpanKind.CONSUMER)
+            span.set_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": record.topic,
+                    "messaging.consumer.group.name": self.group,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                }
+            )
+        delay = self.bus.retry_backoff_ms / 1000
+        try:
+            with trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext():
+                while True:
+                    try:
+                        _, event = envelope.decode(
+                            topic=record.topic.removeprefix(self.bus.topic_prefix),
+                            partition=record.partition,
+                            offset=record.offset,
+                            timestamp_ms=record.timestamp,
+                            headers=record.headers,
+                            value=record.value,
+                        )
+                        rows = decode_batch(event)
+                        if span is not None:
+                            span.set_attributes(
+                                {"mlops.model.name": rows.model, "mlops.monitor.rows": len(rows)}
+                            )
+                        return await self.core.prepare(
+                            rows, partition=record.partition, traceparent=traceparent
+                        )
+                    except MlopsError as error:
+                        if error.retryable or is_outage(error):
+                            if self._stopping.is_set():
+                                raise
+                            log.warning(
+                                "inference logs: offset %d waits for an outage: %s", record.offset, error
+                            )
+                            await asyncio.sleep(delay)
+                            delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
+                            continue
+                        if span is not None:
+                            span.set_status(Status(StatusCode.ERROR, error.message))
+                        await self._dead_letter(record, error)
+                        return None
+                    except Exception as error:
+                        if not is_outage(error) or self._stopping.is_set():
+                            raise
+                        log.warning("inference logs: offset %d waits for an outage: %s", record.offset, error)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _dead_letter(self, record: ConsumerRecord, error: Exception) -> None:
+        reason = error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
+        headers = [
+            (name, value or b"") for name, value in record.headers if not name.startswith("mlops_dlq_")
+        ]
+        headers += [
+            ("mlops_dlq_reason", reason.encode()),
+            ("mlops_dlq_error_type", type(error).__name__.encode()),
+            ("mlops_dlq_attempts", b"1"),
+            ("mlops_dlq_topic", record.topic.encode()),
+            ("mlops_dlq_partition", str(record.partition).encode()),
+            ("mlops_dlq_offset", str(record.offset).encode()),
+            ("mlops_dlq_consumer", self.group.encode()),
+            ("mlops_dlq_time", rfc3339().encode()),
+        ]
+        log.error("dead-lettering %s offset %d: %s", record.topic, record.offset, reason)
+        await self.publisher.publish_encoded(
+            record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers
+        )
+
+
+def _count_all(prepared: list[Prepared], store_predictions: bool) -> list[CountedBatch | Exception]:
+    results: list[CountedBatch | Exception] = []
+    for item in prepared:
+        try:
+            results.append(count_batch(item, store_predictions=store_predictions))
+        except MlopsError as error:
+            results.append(error)
+    return results

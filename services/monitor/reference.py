@@ -1,0 +1,203 @@
+"""A version's training profile compiled for counting, and the judgement of one window against it.
+
+A window of one model version is a single flat vector of counts: for each numeric feature its
+reference bins then one slot for missing values; for each categorical feature its categories, then
+unseen, then missing; then the prediction's slots (predicted classes, or the profile's bins of the
+regression output). A batch of rows becomes slot indices with one `searchsorted` per feature and a
+single `bincount` over the whole matrix, so a window is summarised as it fills and raw rows are
+never kept or re-read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlops.events.v1 import monitoring_pb2
+from mlops.profile import ReferenceProfile
+from services.monitor import stats
+
+
+@dataclass(frozen=True)
+class FeatureSlots:
+    name: str
+    kind: str
+    """"numeric" or "categorical"."""
+    column: int
+    """Position in the profile's feature_names (the model's input order)."""
+    offset: int
+    size: int
+    """Bins (numeric) or categories (categorical), without the unseen / missing slots."""
+    edges: np.ndarray
+    reference: np.ndarray
+    """The profile's counts on the same slots (missing and unseen included)."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the spec asks of a window."""
+
+    method: str
+    threshold: float
+    min_samples: int
+    p_value_correction: str = "bonferroni"
+    prediction_threshold: float = 0.2
+
+
+@dataclass
+class WindowResult:
+    sample_count: int
+    judged: bool
+    drifted: bool
+    features: list[monitoring_pb2.FeatureDrift]
+    statistics: list[monitoring_pb2.FeatureDrift]
+    prediction_drift: float
+
+
+@dataclass(frozen=True)
+class Reference:
+    sha256: str
+    task: str
+    feature_names: list[str]
+    features: list[FeatureSlots]
+    class_labels: list[str]
+    prediction_offset: int
+    prediction_edges: np.ndarray
+    """Bin edges of the regression output; empty for classification."""
+    prediction_reference: np.ndarray
+    size: int
+    _class_index: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, profile: ReferenceProfile, sha256: str) -> Reference:
+        features: list[FeatureSlots] = []
+        offset = 0
+        for item in sorted([*profile.numeric, *profile.categorical], key=lambda f: f.index):
+            if hasattr(item, "bin_edges"):
+                edges = np.asarray(item.bin_edges, dtype=np.float64)
+                size = max(len(edges) - 1, 1)
+                reference = np.asarray([*item.counts, item.missing], dtype=np.int64)
+                features.append(
+                    FeatureSlots(item.name, "numeric", item.index, offset, size, edges, reference)
+                )
+                offset += size + 1
+            else:
+                size = len(item.categories)
+                reference = np.asarray([*item.counts, item.unseen, item.missing], dtype=np.int64)
+                features.append(
+                    FeatureSlots(item.name, "categorical", item.index, offset, size, np.empty(0), reference)
+                )
+                offset += size + 2
+        prediction = profile.prediction
+        if prediction.kind == "class":
+            prediction_reference = np.asarray(prediction.class_counts, dtype=np.int64)
+            prediction_edges = np.empty(0)
+        else:
+            prediction_reference = np.asarray(prediction.counts, dtype=np.int64)
+            prediction_edges = np.asarray(prediction.bin_edges, dtype=np.float64)
+        return cls(
+            sha256=sha256,
+            task=profile.task,
+            feature_names=list(profile.feature_names),
+            features=features,
+            class_labels=list(prediction.class_labels),
+            prediction_offset=offset,
+            prediction_edges=prediction_edges,
+            prediction_reference=prediction_reference,
+            size=offset + len(prediction_reference),
+            _class_index={label: i for i, label in enumerate(prediction.class_labels)},
+        )
+
+    def empty(self) -> np.ndarray:
+        return np.zeros(self.size, dtype=np.int64)
+
+    def count(self, matrix: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Counts on this reference's slots of rows `matrix` [n, F] (columns in profile order, NaN
+        for missing) and `predicted` [n]: class indices (-1 unknown) or regression outputs."""
+        n = matrix.shape[0]
+        slots = np.empty((n, len(self.features) + 1), dtype=np.int64)
+        for j, feature in enumerate(self.features):
+            values = matrix[:, feature.column]
+            if feature.kind == "numeric":
+                index = stats.bin_index(values, feature.edges)
+                index[index < 0] = feature.size  # missing
+            else:
+                missing = np.isnan(values)
+                codes = np.where(missing, -1.0, values)
+                known = (codes >= 0) & (codes < feature.size) & (codes == np.floor(codes))
+                index = np.where(known, codes, feature.size).astype(np.int64)  # unseen
+                index[missing] = feature.size + 1
+            slots[:, j] = feature.offset + index
+        if self.task == "classification":
+            classes = np.asarray(predicted, dtype=np.int64)
+            slots[:, -1] = np.where(classes >= 0, self.prediction_offset + classes, -1)
+        else:
+            values = np.asarray(predicted, dtype=np.float64)
+            index = stats.bin_index(values, self.prediction_edges)
+            slots[:, -1] = np.where(index >= 0, self.prediction_offset + index, -1)
+        flat = slots.ravel()
+        return np.bincount(flat[flat >= 0], minlength=self.size).astype(np.int64)
+
+    def class_index(self, label: str) -> int:
+        return self._class_index.get(label, -1)
+
+    def judge(self, counts: np.ndarray, sample_count: int, rule: Judgement) -> WindowResult:
+        """Every statistic of a window, the one the spec's method judges each feature by, and whether
+        the window drifted: any judged feature crossed the threshold, or the predictions' PSI did."""
+        judged = sample_count >= rule.min_samples and sample_count > 0
+        by_p_value = rule.method in ("ks", "chi2")
+        p_threshold = rule.threshold
+        if by_p_value and rule.p_value_correction == "bonferroni" and self.features:
+            p_threshold = rule.threshold / len(self.features)
+        statistics: list[monitoring_pb2.FeatureDrift] = []
+        chosen: list[monitoring_pb2.FeatureDrift] = []
+        for feature in self.features:
+            live = counts[feature.offset : feature.offset + feature.reference.size]
+            psi_score = stats.psi(feature.reference, live)
+            psi_item = monitoring_pb2.FeatureDrift(
+                feature=feature.name,
+                method="psi",
+                score=psi_score,
+                drifted=judged and rule.method == "psi" and psi_score > rule.threshold,
+            )
+            if feature.kind == "numeric":
+                # Missing values are not part of the ordered scale the KS test compares.
+                d, p = stats.ks_binned(feature.reference[:-1], live[:-1])
+                test = monitoring_pb2.FeatureDrift(feature=feature.name, method="ks", score=d, p_value=p)
+            else:
+                chi, p = stats.chi_squared(feature.reference, live)
+                test = monitoring_pb2.FeatureDrift(feature=feature.name, method="chi2", score=chi, p_value=p)
+            test.drifted = judged and by_p_value and p < p_threshold
+            statistics.extend([psi_item, test])
+            chosen.append(test if by_p_value else psi_item)
+        live_prediction = counts[self.prediction_offset :]
+        prediction_drift = stats.psi(self.prediction_reference, live_prediction)
+        drifted = judged and (
+            any(item.drifted for item in chosen) or prediction_drift > rule.prediction_threshold
+        )
+        return WindowResult(sample_count, judged, drifted, chosen, statistics, prediction_drift)
+
+
+def advance_run(
+    consecutive: int,
+    *,
+    judged: bool,
+    crossed: bool,
+    needed: int,
+    last_alarm_at: float | None,
+    now: float,
+    cooldown_s: float,
+    action: str,
+) -> tuple[int, bool]:
+    """(windows in a row that crossed the bound, whether to raise the alarm now).
+
+    A window too small to judge leaves the run as it is; a judged window that did not cross ends it.
+    The alarm goes off once the run is `needed` long, unless the policy is "none" or the version
+    raised it less than `cooldown_s` ago (a lasting drift does not ask for a retrain every window).
+    """
+    if judged:
+        consecutive = consecutive + 1 if crossed else 0
+    cooled = last_alarm_at is None or now - last_alarm_at >= cooldown_s
+    alarm = judged and crossed and consecutive >= max(needed, 1) and cooled and action != "none"
+    return consecutive, alarm
