@@ -94,7 +94,8 @@ class InferenceApp:
             server_name=SOURCE,
             server_version=_version(),
         )
-        self.server = GrpcServer(settings.grpc_server())
+        # No generic interceptors: the servicer traces its calls and maps its errors itself (hot path).
+        self.server = GrpcServer(settings.grpc_server(), instrumented=False)
         self.server.add(self.servicer.register, SERVICE_NAME)
         self.publisher = EventPublisher(kafka, bus, source=SOURCE)
         self.reader = DesiredStateReader(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from opentelemetry import trace
 
+from mlops.bus.envelope import new_event_id
 from mlops.errors import MlopsError, NotFound, Unavailable
 from mlops.outages import is_outage
 from services.inference import prometheus
@@ -362,10 +363,13 @@ class InferenceCore:
         return Target(serving, tuple(s for s in routes.shadows if s is not serving))
 
     async def predict(self, target: Target, rows: np.ndarray, *, request_id: str, arrived_ns: int) -> Outputs:
-        """Answer with the target's version; shadows get a copy off the critical path."""
+        """Answer with the target's version; shadows get a copy off the critical path. A logged request
+        without an id gets one."""
         serving = target.serving
         future = serving.batcher.submit(rows)
         sampled = self.log.sampled()
+        if sampled and not request_id:
+            request_id = new_event_id()
         for shadow in target.shadows:
             self._in_background(self._shadow(shadow, rows, request_id, arrived_ns, sampled))
         outputs = await future
@@ -377,6 +381,7 @@ class InferenceCore:
     def failed(self, target: Target, *, request_id: str, arrived_ns: int, error: str) -> None:
         """A request to a resolved version failed: logged, so that error rates reach the monitor."""
         if self.log.sampled():
+            request_id = request_id or new_event_id()
             latency_us = (time.perf_counter_ns() - arrived_ns) // 1000
             serving = target.serving
             self.log.record(serving, serving.spec.role, request_id, arrived_ns, None, None, latency_us, error)

@@ -26,12 +26,19 @@ class GrpcServer:
     """
 
     def __init__(
-        self, settings: GrpcServerSettings, *, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()
+        self,
+        settings: GrpcServerSettings,
+        *,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        instrumented: bool = True,
     ) -> None:
+        """`instrumented=False` leaves out the OpenTelemetry and error-mapping interceptors, for a server
+        whose API traces its calls and maps its errors itself on a hot path (the inference server)."""
         self.settings = settings
         size = settings.max_message_mb * 1024 * 1024
+        standard = [aio_server_interceptor(), ErrorInterceptor()] if instrumented else []
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), ErrorInterceptor(), *interceptors],
+            interceptors=[*standard, *interceptors],
             options=[
                 ("grpc.max_receive_message_length", size),
                 ("grpc.max_send_message_length", size),
