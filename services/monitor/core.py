@@ -310,9 +310,10 @@ class MonitorCore:
                     text(
                         f"SELECT model, version, extract(epoch FROM window_start)::bigint, "
                         f"extract(epoch FROM window_end)::bigint, partition, sample_count, counts, links, "
-                        f"profile_sha256 FROM {SCHEMA}.windows WHERE NOT closed AND partition = ANY(:p)"
+                        f"profile_sha256 FROM {SCHEMA}.windows WHERE consumer_group = :g AND NOT closed "
+                        "AND partition = ANY(:p)"
                     ),
-                    params={"p": partitions},
+                    params={"g": self.consumer_group, "p": partitions},
                 )
             ).all()
             for model, version, start, end, partition, samples, counts, links, sha in rows:
@@ -324,9 +325,10 @@ class MonitorCore:
                 await session.exec(
                     text(
                         f"SELECT model, version, extract(epoch FROM max(window_start))::bigint "
-                        f"FROM {SCHEMA}.windows WHERE closed AND partition = ANY(:p) GROUP BY model, version"
+                        f"FROM {SCHEMA}.windows WHERE consumer_group = :g AND closed AND partition = ANY(:p) "
+                        "GROUP BY model, version"
                     ),
-                    params={"p": partitions},
+                    params={"g": self.consumer_group, "p": partitions},
                 )
             ).all()
             self.closed.update({(m, v): s for m, v, s in closed})
@@ -570,16 +572,17 @@ class MonitorCore:
         if not rows:
             return
         statement = text(
-            f"INSERT INTO {SCHEMA}.windows (model, version, window_start, window_end, partition, sample_count, "
-            "late_count, counts, links, profile_sha256, closed, drifted) VALUES (:model, :version, :start, :end, "
+            f"INSERT INTO {SCHEMA}.windows (consumer_group, model, version, window_start, window_end, partition, sample_count, "
+            "late_count, counts, links, profile_sha256, closed, drifted) VALUES (:g, :model, :version, :start, :end, "
             ":partition, :samples, 0, :counts, CAST(:links AS jsonb), :sha, false, false) "
-            "ON CONFLICT (model, version, window_start) DO UPDATE SET sample_count = excluded.sample_count, "
+            "ON CONFLICT (consumer_group, model, version, window_start) DO UPDATE SET sample_count = excluded.sample_count, "
             f"counts = excluded.counts, links = excluded.links WHERE NOT {SCHEMA}.windows.closed"
         )
         await session.exec(
             statement,
             params=[
                 {
+                    "g": self.consumer_group,
                     "model": w.model,
                     "version": w.version,
                     "start": _dt(w.start),
@@ -626,12 +629,14 @@ class MonitorCore:
         await session.exec(
             text(
                 f"UPDATE {SCHEMA}.windows SET closed = true, drifted = :drifted, body = :body, "
-                "sample_count = :samples WHERE model = :model AND version = :version AND window_start = :start"
+                "sample_count = :samples WHERE consumer_group = :g AND model = :model AND version = :version "
+                "AND window_start = :start"
             ),
             params={
                 "drifted": closing.drifted,
                 "body": closing.body.SerializeToString(),
                 "samples": window.samples,
+                "g": self.consumer_group,
                 "model": window.model,
                 "version": window.version,
                 "start": _dt(window.start),

@@ -24,6 +24,8 @@ class WindowRow(SQLModel, table=True):
     __tablename__ = "windows"
     __table_args__ = (sa.Index("windows_model_closed", "model", "closed"), {"schema": SCHEMA})
 
+    consumer_group: str = Field(primary_key=True)
+    """The inference-log consumer group whose offsets these counts agree with."""
     model: str = Field(primary_key=True)
     version: int = Field(primary_key=True, sa_type=sa.BigInteger)
     window_start: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), primary_key=True))

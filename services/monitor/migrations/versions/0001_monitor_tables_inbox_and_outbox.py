@@ -108,6 +108,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "windows",
+        sa.Column("consumer_group", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("model", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("version", sa.BigInteger(), nullable=False),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
@@ -121,7 +122,7 @@ def upgrade() -> None:
         sa.Column("closed", sa.Boolean(), nullable=False),
         sa.Column("drifted", sa.Boolean(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=True),
-        sa.PrimaryKeyConstraint("model", "version", "window_start"),
+        sa.PrimaryKeyConstraint("consumer_group", "model", "version", "window_start"),
         schema=SCHEMA,
     )
     op.create_index("windows_model_closed", "windows", ["model", "closed"], unique=False, schema=SCHEMA)
