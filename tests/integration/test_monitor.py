@@ -221,6 +221,7 @@ class Monitor:
     ingest: InferenceLogIngest
     stub: monitor_pb2_grpc.MonitorStub
     group: str
+    address: str
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +321,7 @@ async def running_monitor(
     await ingest.wait_assigned()
     client = open_channel(f"127.0.0.1:{port}")
     try:
-        yield Monitor(core, ingest, monitor_pb2_grpc.MonitorStub(client), group)
+        yield Monitor(core, ingest, monitor_pb2_grpc.MonitorStub(client), group, f"127.0.0.1:{port}")
     finally:
         await client.close()
         await server.stop()
