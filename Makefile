@@ -52,6 +52,7 @@ bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ a
 	bash tests/bench/setup.sh
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_bus
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_registry
+	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_inference --skip-setup
 
 demo: up ## Run the platform's main job on the embedded stack and print where to look
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo

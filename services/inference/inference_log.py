@@ -176,7 +176,7 @@ class InferenceLogger(PredictionLog):
             ):
                 return
             entries = [queue.popleft() for _ in range(count)]
-            for model, message in _messages(entries, self.sampling_rate, self.server_id):
+            for model, message in await _messages(entries, self.sampling_rate, self.server_id):
                 await self._publish(model, message)
             if not flush:
                 return
@@ -204,10 +204,17 @@ def _timestamp(wall_ns: int) -> Timestamp:
     return Timestamp(seconds=wall_ns // 1_000_000_000, nanos=wall_ns % 1_000_000_000)
 
 
-def _messages(entries: list[_Entry], sampling_rate: float, server_id: str):
+BUILD_SLICE = 32
+"""Entries turned into records between two yields to the event loop: building a full batch at once
+held requests up for milliseconds, which showed in the p99."""
+
+
+async def _messages(entries: list[_Entry], sampling_rate: float, server_id: str):
     """One InferenceLogged per model and per (feature names, class labels), in arrival order."""
     messages: dict[tuple, monitoring_pb2.InferenceLogged] = {}
-    for entry in entries:
+    for position, entry in enumerate(entries, 1):
+        if position % BUILD_SLICE == 0:
+            await asyncio.sleep(0)
         spec = entry.serving.spec
         key = (entry.serving.model, spec.feature_names, spec.class_labels)
         message = messages.get(key)

@@ -10,6 +10,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -55,13 +56,19 @@ class ServingRuntime(ABC):
         `ModelRejected` with the reason when it cannot serve."""
 
 
+def _gpu_present() -> bool:
+    """An NVIDIA device node: onnxruntime-gpu lists CUDA as available on machines without any GPU."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def _providers(choice: str, available: Sequence[str], cuda_usable: bool | None) -> list[str]:
-    """Explicit providers: CUDA first only when asked for, or when `auto` and a GPU is really there."""
+    """Explicit providers: CUDA first only when asked for, or when `auto` and a GPU is really there
+    (the first session tells; the answer is kept for the process)."""
     if choice == "cpu":
         return [CPU]
     if choice == "cuda":
         return [CUDA, CPU]
-    if cuda_usable is False or CUDA not in available:
+    if cuda_usable is False or CUDA not in available or not _gpu_present():
         return [CPU]
     return [CUDA, CPU]
 

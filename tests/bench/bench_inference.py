@@ -1,0 +1,515 @@
+"""Model serving: the platform's inference server against MLServer, same model, same client, same load.
+
+One ONNX model, trained by the trainer's own code on scikit-learn's wine data (13 features,
+64→32 hidden units, 3 classes, as the demo's spec), served by:
+
+- the platform's inference server (`python -m services.inference`), with the inference log on
+  (every request sampled and published to Kafka) and with it off; the model named by a
+  DesiredState record on the benchmark's own topics, dynamic batching on (64 rows, no added wait);
+- MLServer (PyPI `mlserver`, in its own virtualenv) with a minimal onnxruntime runtime
+  (`tests/bench/mlserver_onnx/runtime.py`) answering the same outputs;
+- and, as a ceiling, onnxruntime called in a Python loop in this process (no server, no network).
+
+ghz drives `inference.GRPCInferenceService/ModelInfer` (both servers speak the same KServe V2
+gRPC, so the proto and the payload are the same: one row, FP32 typed contents) closed-loop at
+each concurrency for the same duration after a warm-up. Each server is started by this script,
+measured, and stopped before the next, so no two servers share the cores. Tracing of the
+platform's server samples 1% of requests (`parentbased_traceidratio`), its default for a busy path
+in production; MLServer exports no traces.
+
+    python -m tests.bench.bench_inference [--concurrency 1 16 64] [--duration 10] [--warmup 3] [--rounds 1]
+                                          [--only platform-log platform-nolog mlserver onnxruntime]
+
+Figures go to bench-results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pandas as pd
+
+from inference import grpc_service_pb2 as oip
+from inference import grpc_service_pb2_grpc
+from tests.bench.bench_registry import BenchError, Figures, free_port, running, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("MLOPS_CACHE", Path.home() / ".cache" / "mlops"))
+MLSERVER_VENV = CACHE / "mlserver-venv"
+GHZ = CACHE / "bin" / "ghz"
+PROTO_ROOT = REPO / "protos"
+PROTO = "inference/grpc_service.proto"
+METHOD = "inference.GRPCInferenceService.ModelInfer"
+MODEL = "bench-wine"
+TOPIC_PREFIX = "bench.inference."
+RESULTS = REPO / "bench-results" / "inference.json"
+SAMPLED_1PCT = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+CONTENDERS = ("platform-log", "platform-nolog", "mlserver", "onnxruntime")
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+def train_model(folder: Path) -> dict:
+    """The demo's spec on wine, by the trainer's code: ONNX bytes, features, classes, a payload row."""
+    from sklearn.datasets import load_wine
+
+    from services.trainer.training import TrainingParams, TrainRequest, train
+
+    frame = load_wine(as_frame=True).frame
+    frame["target"] = frame["target"].map({0: "barolo", 1: "grignolino", 2: "barbera"})
+    data = folder / "wine.csv"
+    frame.to_csv(data, index=False)
+    outcome = train(
+        TrainRequest(
+            model=MODEL,
+            task="classification",
+            label="target",
+            features=[],
+            data_path=str(data),
+            data_format="csv",
+            params=TrainingParams(hidden_layers=(64, 32), epochs=30, seed=7),
+            device="cpu",
+        )
+    )
+    if not outcome.ok:
+        raise BenchError(f"training the benchmark model failed at {outcome.stage}: {outcome.reason}")
+    (folder / "model.onnx").write_bytes(outcome.onnx)
+    row = pd.DataFrame(frame[outcome.feature_names].iloc[[0]]).to_numpy(dtype=np.float32)[0]
+    return {
+        "onnx": outcome.onnx,
+        "path": folder / "model.onnx",
+        "features": list(outcome.feature_names),
+        "classes": list(outcome.class_labels),
+        "row": [float(v) for v in row],
+    }
+
+
+def payload(model: dict) -> dict:
+    """One row, FP32 typed contents: what ghz sends to every server (protobuf JSON mapping)."""
+    return {
+        "model_name": MODEL,
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": [1, len(model["features"])],
+                "contents": {"fp32_contents": model["row"]},
+            }
+        ],
+    }
+
+
+# --- load ---------------------------------------------------------------------------------------------
+
+
+def run_ghz(addr: str, data: dict, concurrency: int, duration_s: float) -> Figures:
+    out = subprocess.run(
+        [
+            str(GHZ),
+            "--insecure",
+            "--import-paths",
+            str(PROTO_ROOT),
+            "--proto",
+            str(PROTO_ROOT / PROTO),
+            "--call",
+            METHOD,
+            "--data",
+            json.dumps(data),
+            "--concurrency",
+            str(concurrency),
+            "--connections",
+            "1",
+            "--duration",
+            f"{duration_s:g}s",
+            "--duration-stop",
+            "ignore",
+            "--timeout",
+            "10s",
+            "--format",
+            "json",
+            addr,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    report = json.loads(out)
+    latencies = {int(row["percentage"]): row["latency"] for row in report.get("latencyDistribution") or []}
+    if 50 not in latencies or 99 not in latencies:
+        raise BenchError(f"ghz reported no latency distribution: {out[:2000]}")
+    codes = report.get("statusCodeDistribution") or {}
+    ok = codes.get("OK", 0)
+    if ok != int(report["count"]):
+        print(f"ghz status codes: {codes}; errors: {report.get('errorDistribution')}", file=sys.stderr)
+    return Figures(
+        requests=int(report["count"]),
+        errors=int(report["count"]) - ok,
+        rps=float(report["rps"]),
+        p50_ms=latencies[50] / 1e6,
+        p99_ms=latencies[99] / 1e6,
+    )
+
+
+def model_ready(addr: str, name: str = MODEL) -> bool:
+    with grpc.insecure_channel(addr) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            return stub.ModelReady(oip.ModelReadyRequest(name=name), timeout=2).ready
+        except grpc.RpcError:
+            return False
+
+
+def check_answer(addr: str, data: dict, classes: list[str]) -> None:
+    """Both servers must give a real answer to the payload before they are measured."""
+    request = oip.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=data["inputs"][0]["shape"])
+    tensor.contents.fp32_contents.extend(data["inputs"][0]["contents"]["fp32_contents"])
+    with grpc.insecure_channel(addr) as channel:
+        reply = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    names = [o.name for o in reply.outputs]
+    if "probabilities" not in names or "label" not in names:
+        raise BenchError(f"{addr} answered outputs {names}")
+
+
+def measure(name: str, addr: str, data: dict, args: argparse.Namespace) -> dict[int, Figures]:
+    run_ghz(addr, data, max(args.concurrency), args.warmup)  # warm-up, thrown away
+    figures = {}
+    for concurrency in args.concurrency:
+        load = os.getloadavg()[0]
+        result = run_ghz(addr, data, concurrency, args.duration)
+        figures[concurrency] = result
+        print(
+            f"  {name:15s} c={concurrency:<3d} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  (load {load:.2f})",
+            flush=True,
+        )
+    return figures
+
+
+# --- contenders ---------------------------------------------------------------------------------------
+
+
+def publish_desired_state(model: dict, uri: str, sha256: str, batch: int, wait_us: int) -> None:
+    from mlops.bus import EventPublisher, ensure_topics, spec_for
+    from mlops.events.v1 import common_pb2, deployment_pb2
+    from mlops.settings import BusSettings, KafkaSettings
+
+    state = deployment_pb2.DesiredState(
+        model=MODEL,
+        generation=time.time_ns(),
+        versions=[
+            deployment_pb2.ServingVersion(
+                version=1,
+                artifact_uri=uri,
+                artifact_sha256=sha256,
+                traffic_percent=100,
+                role=common_pb2.SERVING_ROLE_PRODUCTION,
+                task="classification",
+                feature_names=model["features"],
+                class_labels=model["classes"],
+            )
+        ],
+        batching=deployment_pb2.BatchingConfig(max_batch_size=batch, max_wait_us=wait_us),
+    )
+
+    async def publish() -> None:
+        bus = BusSettings(topic_prefix=TOPIC_PREFIX)
+        await ensure_topics(
+            KafkaSettings(), bus, [TOPIC_PREFIX + spec_for(deployment_pb2.DesiredState).topic]
+        )
+        publisher = EventPublisher(
+            KafkaSettings(), BusSettings(topic_prefix=TOPIC_PREFIX), source="mlops-bench"
+        )
+        await publisher.start()
+        try:
+            await publisher.publish(state)
+        finally:
+            await publisher.stop()
+
+    asyncio.run(publish())
+
+
+def store_model(model: dict) -> tuple[str, str]:
+    from mlops.settings import ArtifactSettings
+    from mlops.store import open_store
+
+    ref = asyncio.run(
+        open_store(ArtifactSettings()).put_bytes(f"models/{MODEL}", "model.onnx", model["onnx"])
+    )
+    return ref.uri, ref.sha256
+
+
+def bench_platform(model: dict, data: dict, args, log_dir: Path, *, logging_on: bool) -> tuple[dict, dict]:
+    port, metrics = free_port(), free_port()
+    env = (
+        os.environ
+        | SAMPLED_1PCT
+        | {
+            "MLOPS_INFERENCE_GRPC_PORT": str(port),
+            "MLOPS_INFERENCE_METRICS_PORT": str(metrics),
+            "MLOPS_INFERENCE_LOG_ENABLED": "true" if logging_on else "false",
+            "MLOPS_INFERENCE_SIGNATURES_FROM_REGISTRY": "false",
+            "MLOPS_INFERENCE_SERVER_ID": "bench",
+            "MLOPS_BUS_TOPIC_PREFIX": TOPIC_PREFIX,
+        }
+    )
+    name = "platform-log" if logging_on else "platform-nolog"
+    addr = f"127.0.0.1:{port}"
+    with running(name, [sys.executable, "-m", "services.inference"], env=env, log_dir=log_dir) as proc:
+        wait_until(name, lambda: model_ready(addr), deadline_s=120, proc=proc, log=log_dir / f"{name}.log")
+        check_answer(addr, data, model["classes"])
+        figures = measure(name, addr, data, args)
+        logged = _metric_sum(metrics, "mlops_inference_log_records_total")
+        dropped = _metric_sum(metrics, "mlops_inference_log_dropped_total")
+        batches = _metric_sum(metrics, "mlops_inference_batch_size_count")
+        rows = _metric_sum(metrics, "mlops_inference_batch_size_sum")
+    detail = {
+        "server": "python -m services.inference (grpc.aio, onnxruntime CPU, 1 intra-op thread)",
+        "inference_log": "on: every request sampled, batched to Kafka" if logging_on else "off",
+        "batching": f"max_batch_size {args.max_batch_size}, max_wait_us {args.max_wait_us}",
+        "tracing": "1% of requests (parentbased_traceidratio 0.01)",
+        "log_records_published": logged,
+        "log_records_dropped": dropped,
+        "mean_rows_per_onnxruntime_call": round(rows / batches, 2) if batches else None,
+    }
+    return figures, detail
+
+
+def _metric_sum(port: int, name: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def mlserver_version() -> str:
+    return subprocess.run(
+        [str(MLSERVER_VENV / "bin/python"), "-c", "import mlserver; print(mlserver.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def bench_mlserver(model: dict, data: dict, args, log_dir: Path) -> tuple[dict, dict]:
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    folder = Path(tempfile.mkdtemp(prefix="mlserver-bench-"))
+    try:
+        shutil.copy(REPO / "tests/bench/mlserver_onnx/runtime.py", folder / "runtime.py")
+        (folder / "settings.json").write_text(
+            json.dumps(
+                {
+                    "grpc_port": grpc_port,
+                    "http_port": http_port,
+                    "metrics_port": metrics_port,
+                    "host": "127.0.0.1",
+                    "parallel_workers": args.mlserver_workers,
+                    "debug": False,
+                }
+            )
+        )
+        (folder / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": MODEL,
+                    "implementation": "runtime.OnnxRuntime",
+                    "parameters": {
+                        "uri": str(model["path"]),
+                        "version": "1",
+                        "extra": {"class_labels": model["classes"]},
+                    },
+                }
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MLOPS_"))}
+        argv = [str(MLSERVER_VENV / "bin/mlserver"), "start", str(folder)]
+        addr = f"127.0.0.1:{grpc_port}"
+        with running("mlserver", argv, env=env, log_dir=log_dir) as proc:
+            wait_until(
+                "mlserver", lambda: model_ready(addr), deadline_s=120, proc=proc, log=log_dir / "mlserver.log"
+            )
+            check_answer(addr, data, model["classes"])
+            figures = measure("mlserver", addr, data, args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    detail = {
+        "server": f"MLServer {mlserver_version()} (PyPI), minimal onnxruntime runtime tests/bench/mlserver_onnx/runtime.py, "
+        f"parallel_workers {args.mlserver_workers}, adaptive batching off (its default)",
+    }
+    return figures, detail
+
+
+def bench_onnxruntime(model: dict, args) -> tuple[dict, dict]:
+    """onnxruntime in a Python loop, one row per call: what no server can beat (no network, no protocol)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model["onnx"], options, providers=["CPUExecutionProvider"])
+    row = np.array([model["row"]], dtype=np.float32)
+    for _ in range(200):
+        session.run(None, {"input": row})
+    latencies = []
+    end = time.perf_counter() + args.duration
+    started = time.perf_counter()
+    while (now := time.perf_counter()) < end:
+        session.run(None, {"input": row})
+        latencies.append(time.perf_counter() - now)
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    result = Figures(
+        requests=len(latencies),
+        errors=0,
+        rps=len(latencies) / elapsed,
+        p50_ms=ordered[len(ordered) // 2] * 1000,
+        p99_ms=ordered[int(len(ordered) * 0.99)] * 1000,
+    )
+    print(
+        f"  {'onnxruntime':15s} loop  {result.rps:9.0f} calls/s  p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms"
+    )
+    return {1: result}, {"server": "none: session.run in a Python loop, one row per call, 1 intra-op thread"}
+
+
+# --- summary ------------------------------------------------------------------------------------------
+
+
+def median_figures(rounds: list[Figures]) -> Figures:
+    return Figures(
+        requests=int(statistics.median(r.requests for r in rounds)),
+        errors=max(r.errors for r in rounds),
+        rps=statistics.median(r.rps for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+    )
+
+
+def summarise(results: dict[str, list[dict[int, Figures]]], details: dict, args, model: dict) -> dict:
+    medians = {
+        name: {c: median_figures([r[c] for r in rounds]) for c in rounds[0]}
+        for name, rounds in results.items()
+    }
+    ratios: dict = {}
+    if "mlserver" in medians:
+        for name in ("platform-log", "platform-nolog"):
+            if name not in medians:
+                continue
+            ratios[name] = {
+                str(c): {
+                    "throughput_x_mlserver": round(f.rps / medians["mlserver"][c].rps, 2),
+                    "p99_fraction_of_mlserver": round(f.p99_ms / medians["mlserver"][c].p99_ms, 2),
+                }
+                for c, f in medians[name].items()
+                if c in medians["mlserver"]
+            }
+    if "platform-log" in medians and "platform-nolog" in medians:
+        ratios["logging_cost_p99"] = {
+            str(c): round(medians["platform-log"][c].p99_ms / medians["platform-nolog"][c].p99_ms - 1, 3)
+            for c in medians["platform-log"]
+        }
+    return {
+        "benchmark": "inference",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "method": {
+            "model": f"wine MLP 13 -> 64 -> 32 -> 3 by the trainer's code ({len(model['onnx'])} bytes ONNX)",
+            "request": "ModelInfer, 1 row, FP32 typed contents, same JSON payload for every server",
+            "load_generator": "ghz, 1 connection, closed loop",
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+        },
+        "contenders": details,
+        "results": {name: {str(c): asdict(f) for c, f in per.items()} for name, per in medians.items()},
+        "ratios": ratios,
+    }
+
+
+def print_table(summary: dict) -> None:
+    results = summary["results"]
+    print("\n| contender | concurrency | req/s | p50 ms | p99 ms | × MLServer req/s | p99 ÷ MLServer |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = results.get("mlserver", {})
+    for name, per in results.items():
+        for c, f in per.items():
+            ref = base.get(c)
+            x = f"{f['rps'] / ref['rps']:.2f}" if ref else ""
+            p = f"{f['p99_ms'] / ref['p99_ms']:.2f}" if ref else ""
+            print(f"| {name} | {c} | {f['rps']:,.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {x} | {p} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--mlserver-workers", type=int, default=0)
+    parser.add_argument("--max-batch-size", type=int, default=64, help="the platform's dynamic batching")
+    parser.add_argument("--max-wait-us", type=int, default=0)
+    parser.add_argument("--only", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--skip-setup", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_setup:
+        subprocess.run(["bash", str(REPO / "tests/bench/setup.sh")], check=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    with tempfile.TemporaryDirectory() as folder:
+        model = train_model(Path(folder))
+        data = payload(model)
+        uri, sha256 = store_model(model)
+        if {"platform-log", "platform-nolog"} & set(args.only):
+            publish_desired_state(model, uri, sha256, args.max_batch_size, args.max_wait_us)
+        results: dict[str, list] = {}
+        details: dict = {}
+        for round_index in range(args.rounds):
+            order = [c for c in CONTENDERS if c in args.only]
+            if round_index % 2:
+                order.reverse()
+            print(f"round {round_index + 1}/{args.rounds}: {', '.join(order)}", flush=True)
+            for name in order:
+                if name == "onnxruntime":
+                    figures, detail = bench_onnxruntime(model, args)
+                elif name == "mlserver":
+                    figures, detail = bench_mlserver(model, data, args, log_dir)
+                else:
+                    figures, detail = bench_platform(
+                        model, data, args, log_dir, logging_on=name == "platform-log"
+                    )
+                results.setdefault(name, []).append(figures)
+                details[name] = detail
+        summary = summarise(results, details, args, model)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print_table(summary)
+    print(f"\nratios: {json.dumps(summary['ratios'])}\nresults in {RESULTS}; server logs in {log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
