@@ -185,7 +185,7 @@ async def _train(store, frame: pd.DataFrame, task: str, *, seed: int, hidden: tu
         sha256=ref.sha256,
         feature_names=features,
         class_labels=list(outcome.class_labels),
-        rows=frame[features].to_numpy(dtype=np.float32)[:64],
+        rows=frame[features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)[:64],
     )
 
 
@@ -885,3 +885,75 @@ async def test_desired_state_and_requests_continue_their_traces(harness, models,
     infer = next(s for s in served if "ModelInfer" in s.name)
     assert infer.attributes.get("mlops.model.name") == model
     assert str(infer.attributes.get("mlops.model.version")) == "1"
+
+
+# --- text features: vocabularies from the registry --------------------------------------------------
+
+
+async def test_text_features_are_encoded_with_the_registered_vocabulary(
+    kafka, topics_bus, artifact_settings, harness, models
+):
+    from mlops.grpc import open_channel
+    from mlops.registry.v1 import registry_pb2 as pb
+    from mlops.registry.v1 import registry_pb2_grpc
+
+    store = open_store(artifact_settings)
+    frame = load_wine(as_frame=True).frame[["alcohol", "hue", "target"]]
+    frame.insert(
+        1, "colour", np.where(frame["target"] == 0, "red", np.where(frame["target"] == 1, "white", "rose"))
+    )
+    trained = await _train(store, frame, "classification", seed=4, hidden=(8,))
+    categories = {"colour": ["red", "rose", "white"]}
+    assert trained.feature_names == ["alcohol", "colour", "hue"]
+    model = name()
+    settings = InferenceSettings()
+    channel = open_channel(settings.registry_addr)
+    try:
+        registered = await registry_pb2_grpc.RegistryStub(channel).RegisterModelVersion(
+            pb.RegisterModelVersionRequest(
+                model=model,
+                run_id=uuid.uuid4().hex,
+                artifact_uri=trained.uri,
+                artifact_sha256=trained.sha256,
+                signature=pb.ModelSignature(
+                    feature_names=trained.feature_names,
+                    class_labels=trained.class_labels,
+                    task="classification",
+                    categories={k: pb.Vocabulary(values=v) for k, v in categories.items()},
+                ),
+            ),
+            timeout=10,
+        )
+    finally:
+        await channel.close()
+    number = registered.model_version.version
+    app = InferenceApp(
+        server_settings(signatures_from_registry=True, log_enabled=False),
+        kafka=kafka,
+        bus=topics_bus,
+        store=open_store(artifact_settings),
+    )
+    await harness.publish(state(model, 1, version(trained, number)))
+    port = await app.start(ready_timeout_s=60)
+    try:
+        await eventually(lambda: app.core.generation(model) == 1, what="served")
+        colours = ["white", "red", "violet"]  # violet: never seen, the trainer's unseen code
+        codes = np.array([[13.0, 2, 1.0], [13.0, 0, 1.0], [13.0, -1, 1.0]], np.float32)
+        request_ = oip.ModelInferRequest(model_name=model)
+        request_.inputs.add(name="alcohol", datatype="FP32", shape=[3]).contents.fp32_contents.extend(
+            [13.0] * 3
+        )
+        request_.inputs.add(name="colour", datatype="BYTES", shape=[3]).contents.bytes_contents.extend(
+            [c.encode() for c in colours]
+        )
+        request_.inputs.add(name="hue", datatype="FP32", shape=[3]).contents.fp32_contents.extend([1.0] * 3)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            answer = await stub.ModelInfer(request_, timeout=10)
+            metadata = await stub.ModelMetadata(oip.ModelMetadataRequest(name=model), timeout=10)
+        np.testing.assert_allclose(
+            probabilities(answer), trained.expected(codes)["probabilities"], rtol=1e-5, atol=1e-6
+        )
+        assert json.loads(metadata.parameters["categories"].string_param) == categories
+    finally:
+        await app.stop()
