@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -90,6 +91,12 @@ class DesiredStateReader:
     async def start(self) -> None:
         await ensure_topics(self.kafka, self.bus, [self.topic, self.topic + DLQ_SUFFIX])
         partitions = await partitions_of(self.kafka, self.topic)
+        deadline = time.monotonic() + self.kafka.request_timeout_ms / 1000
+        while not partitions:  # a topic created a moment ago may not be described yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {self.topic} has no partitions")
+            await asyncio.sleep(0.2)
+            partitions = await partitions_of(self.kafka, self.topic)
         consumer = AIOKafkaConsumer(
             **self.kafka.client_options(),
             group_id=None,

@@ -130,6 +130,10 @@ class InferenceLogger(PredictionLog):
         while not self._stopping:
             await self._wait_for_batch()
             await self._publish_ready(flush=False)
+        if self._publisher is None:  # stopped before Kafka was ever reached
+            while self._queue:
+                self._drop(self._queue.popleft().serving.model, "publish_failed", 1)
+            return
         await self._publish_ready(flush=True)
 
     async def stop(self) -> None:
