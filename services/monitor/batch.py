@@ -53,29 +53,55 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
     records = event.records
     n, width = len(records), len(names)
     outputs_width = len(classes) if classes else 1
-    feature_lengths = [len(r.features) for r in records]
-    output_lengths = [len(r.outputs) for r in records]
-    failed = np.fromiter((bool(r.error) for r in records), dtype=bool, count=n)
-    for i, (flen, olen) in enumerate(zip(feature_lengths, output_lengths, strict=True)):
-        if flen != width and not (failed[i] and flen == 0):
-            raise InvalidBatch(
-                f"record {i} ({records[i].request_id!r}) has {flen} features; feature_names lists {width}"
-            )
-        if olen != outputs_width and not (failed[i] and olen == 0):
-            raise InvalidBatch(
-                f"record {i} ({records[i].request_id!r}) has {olen} outputs; expected {outputs_width} "
-                + ("(one per class label)" if classes else "(one prediction)")
-            )
-    if all(length == width for length in feature_lengths):
+    # One pass over the records for every scalar field (each access crosses into the protobuf runtime).
+    meta = [
+        (
+            r.version,
+            r.timestamp,
+            r.latency_us,
+            r.role,
+            len(r.features),
+            len(r.outputs),
+            r.error,
+            r.request_id,
+            r.label,
+        )
+        for r in records
+    ]
+    if n:
+        versions_, stamps, latencies, roles, flens, olens, errors, request_ids, labels = map(
+            list, zip(*meta, strict=True)
+        )
+    else:
+        versions_, stamps, latencies, roles, flens, olens, errors, request_ids, labels = (
+            [] for _ in range(9)
+        )
+    failed = np.fromiter((bool(e) for e in errors), dtype=bool, count=n)
+    feature_lengths = np.asarray(flens, dtype=np.int64)
+    output_lengths = np.asarray(olens, dtype=np.int64)
+    bad_features = (feature_lengths != width) & ~(failed & (feature_lengths == 0))
+    if bad_features.any():
+        i = int(np.argmax(bad_features))
+        raise InvalidBatch(
+            f"record {i} ({request_ids[i]!r}) has {flens[i]} features; feature_names lists {width}"
+        )
+    bad_outputs = (output_lengths != outputs_width) & ~(failed & (output_lengths == 0))
+    if bad_outputs.any():
+        i = int(np.argmax(bad_outputs))
+        raise InvalidBatch(
+            f"record {i} ({request_ids[i]!r}) has {olens[i]} outputs; expected {outputs_width} "
+            + ("(one per class label)" if classes else "(one prediction)")
+        )
+    if n and (feature_lengths == width).all():
         features = np.fromiter(
             itertools.chain.from_iterable(r.features for r in records), dtype=np.float64, count=n * width
         ).reshape(n, width)
     else:
         features = np.full((n, width), np.nan)
         for i, r in enumerate(records):
-            if feature_lengths[i]:
+            if flens[i]:
                 features[i] = r.features
-    if all(length == outputs_width for length in output_lengths):
+    if n and (output_lengths == outputs_width).all():
         outputs = np.fromiter(
             itertools.chain.from_iterable(r.outputs for r in records),
             dtype=np.float64,
@@ -84,32 +110,30 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
     else:
         outputs = np.full((n, outputs_width), np.nan)
         for i, r in enumerate(records):
-            if output_lengths[i]:
+            if olens[i]:
                 outputs[i] = r.outputs
-    versions = np.fromiter((r.version for r in records), dtype=np.int64, count=n)
+    versions = np.asarray(versions_, dtype=np.int64)
     if n and versions.min() < 1:
         bad = int(np.argmin(versions))
-        raise InvalidBatch(f"record {bad} ({records[bad].request_id!r}) has no model version")
-    timestamps = np.fromiter(
-        (r.timestamp.seconds + r.timestamp.nanos * 1e-9 for r in records), dtype=np.float64, count=n
-    )
+        raise InvalidBatch(f"record {bad} ({request_ids[bad]!r}) has no model version")
+    timestamps = np.fromiter((t.seconds + t.nanos * 1e-9 for t in stamps), dtype=np.float64, count=n)
     if n and timestamps.min() <= 0:
         bad = int(np.argmin(timestamps))
-        raise InvalidBatch(f"record {bad} ({records[bad].request_id!r}) has no timestamp")
+        raise InvalidBatch(f"record {bad} ({request_ids[bad]!r}) has no timestamp")
     return BatchRows(
         model=event.model,
         feature_names=names,
         class_labels=classes,
         sampling_rate=rate,
-        request_ids=[r.request_id for r in records],
+        request_ids=request_ids,
         versions=versions,
         timestamps=timestamps,
-        latency_us=np.fromiter((r.latency_us for r in records), dtype=np.int64, count=n),
+        latency_us=np.asarray(latencies, dtype=np.int64),
         failed=failed,
         features=features,
         outputs=outputs,
-        labels=[r.label for r in records],
-        roles=np.fromiter((r.role for r in records), dtype=np.int64, count=n),
+        labels=labels,
+        roles=np.asarray(roles, dtype=np.int64),
     )
 
 

@@ -182,20 +182,27 @@ def count_batch(prepared: Prepared, *, store_predictions: bool) -> CountedBatch:
                 predicted = classes[in_window] if classes is not None else values[in_window]
                 counts = reference.count(matrix[in_window], predicted)
             out.windows.append(WindowDelta(rows.model, version, int(start), counts, int(in_window.sum())))
-        if store_predictions:
+        if store_predictions and ok.any():
             stored = matrix if matrix is not None else sub_rows.features
-            ids = [sub_rows.request_ids[i] for i in np.flatnonzero(ok)]
+            index = np.flatnonzero(ok)
             times = sub_rows.timestamps[ok]
-            features = stored[ok].tolist()
+            labels = values_ = None
             if classification:
-                labels = [class_labels[c] if 0 <= c < len(class_labels) else None for c in classes[ok]]
-                predictions = zip(labels, [None] * len(ids), strict=True)
+                names = np.asarray([*class_labels, ""], dtype=object)
+                labels = names[np.where(classes[ok] >= 0, classes[ok], len(class_labels))].tolist()
             else:
-                predictions = zip([None] * len(ids), values[ok].tolist(), strict=True)
-            out.predictions.extend(
-                (rows.model, rid, version, _dt(t), label, value, feats)
-                for rid, t, (label, value), feats in zip(
-                    ids, times.tolist(), predictions, features, strict=True
+                values_ = values[ok].tolist()
+            out.predictions.append(
+                (
+                    rows.model,
+                    version,
+                    _dt(float(times.min())),
+                    [sub_rows.request_ids[i] for i in index],
+                    times.tolist(),
+                    labels,
+                    values_,
+                    stored.shape[1],
+                    np.ascontiguousarray(stored[ok], dtype=np.float64).tobytes(),
                 )
             )
     return out
@@ -603,9 +610,19 @@ class MonitorCore:
         connection = await session.connection()
         raw = await connection.get_raw_connection()
         await raw.driver_connection.copy_records_to_table(
-            "predictions",
+            "prediction_batches",
             schema_name=SCHEMA,
-            columns=["model", "request_id", "version", "logged_at", "label", "value", "features"],
+            columns=[
+                "model",
+                "version",
+                "logged_at",
+                "request_ids",
+                "timestamps",
+                "labels",
+                "predictions",
+                "width",
+                "features",
+            ],
             records=self.pending_predictions,
         )
 
@@ -742,32 +759,48 @@ class MonitorCore:
         )
         regression = body.task != "classification"
         async with self.database.session() as session:
-            rows = (
+            batches = (
                 await session.exec(
                     text(
-                        f"SELECT p.request_id, p.features, l.label, l.value FROM {SCHEMA}.predictions p "
-                        f"JOIN {SCHEMA}.labels l ON l.model = p.model AND l.request_id = p.request_id "
-                        "WHERE p.model = :model AND p.version = :version AND p.logged_at >= :start "
-                        "AND p.logged_at < :end ORDER BY p.request_id, p.id"
+                        f"SELECT request_ids, timestamps, width, features FROM {SCHEMA}.prediction_batches "
+                        "WHERE model = :model AND version = :version AND logged_at >= :earliest "
+                        "AND logged_at < :end ORDER BY id"
                     ),
                     params={
                         "model": window.model,
                         "version": window.version,
-                        "start": _dt(start),
+                        # A batch is filed under its earliest row; rows of the run may sit in a
+                        # batch that began one window earlier.
+                        "earliest": _dt(start - window.width),
                         "end": _dt(end),
                     },
                 )
             ).all()
-        seen: set[str] = set()
+            rows: dict[str, list[float]] = {}
+            for request_ids, timestamps, width, features in batches:
+                if width != len(names):
+                    continue
+                matrix = np.frombuffer(features, dtype=np.float64).reshape(-1, width)
+                for k, (request_id, stamp) in enumerate(zip(request_ids, timestamps, strict=True)):
+                    if start <= stamp < end and request_id not in rows:
+                        rows[request_id] = matrix[k].tolist()
+            truths = (
+                await session.exec(
+                    text(
+                        f"SELECT request_id, label, value FROM {SCHEMA}.labels "
+                        "WHERE model = :model AND request_id = ANY(:ids) ORDER BY id"
+                    ),
+                    params={"model": window.model, "ids": list(rows)},
+                )
+            ).all()
         labelled = []
-        for request_id, features, label, value in rows:
-            if request_id in seen:
-                continue
+        seen: set[str] = set()
+        for request_id, label, value in truths:
             truth = value if regression else label
-            if truth is None or len(features) != len(names):
+            if truth is None or request_id in seen:
                 continue
             seen.add(request_id)
-            labelled.append((features, truth))
+            labelled.append((rows[request_id], truth))
         span = trace.get_current_span()
         span.set_attribute("mlops.retrain.labelled_rows", len(labelled))
         if len(labelled) < self.settings.retrain_min_labelled_rows:

@@ -30,7 +30,7 @@ from mlops.errors import MlopsError
 from mlops.events.v1 import monitoring_pb2
 from mlops.outages import is_outage
 from mlops.settings import BusSettings, KafkaSettings
-from services.monitor.batch import decode_batch
+from services.monitor.batch import BatchRows, decode_batch
 from services.monitor.core import CountedBatch, MonitorCore, Prepared, count_batch
 from services.monitor.settings import MonitorSettings
 
@@ -86,6 +86,9 @@ class InferenceLogIngest:
             enable_auto_commit=False,
             auto_offset_reset=self.settings.start_from,
             max_poll_records=self.bus.max_poll_records,
+            # A logged batch is tens of kilobytes: fetch many per partition per round trip.
+            max_partition_fetch_bytes=self.settings.fetch_partition_mb * 1024 * 1024,
+            fetch_max_bytes=4 * self.settings.fetch_partition_mb * 1024 * 1024,
             isolation_level="read_committed",
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
@@ -183,14 +186,26 @@ class InferenceLogIngest:
                 log.debug("inference logs: Kafka offset commit skipped: %s", error)
 
     async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        prepared: list[tuple[ConsumerRecord, Prepared]] = []
+        """Decode (worker thread), look up (event loop, cached), count (worker thread), merge. While a
+        thread works, the event loop keeps fetching the next records and answering GetHealth."""
+        fresh: list[ConsumerRecord] = []
         last: dict[int, int] = {}
         for tp, records in batch.items():
-            for record in records:
-                item = await self._prepare(record)
-                if item is not None:
-                    prepared.append((record, item))
-                last[tp.partition] = record.offset
+            expected = self.core.offsets.get((self.topic, tp.partition))
+            if tp.partition not in self.core.partitions or expected is None:
+                continue  # fetched before a rebalance took the partition away
+            # Fetched before a rebalance that resumed this partition at its committed offset: what
+            # is older than the in-memory position has been counted already (or is re-read next).
+            records = [r for r in records if r.offset >= expected]
+            if records:
+                fresh.extend(records)
+                last[tp.partition] = records[-1].offset
+        decoded = await asyncio.to_thread(_decode_all, fresh, self.bus.topic_prefix)
+        prepared: list[tuple[ConsumerRecord, Prepared]] = []
+        for record, rows in zip(fresh, decoded, strict=True):
+            item = await self._prepare(record, rows)
+            if item is not None:
+                prepared.append((record, item))
         store = self.settings.store_predictions
         counted = await asyncio.to_thread(_count_all, [p for _, p in prepared], store)
         for (record, _), result in zip(prepared, counted, strict=True):
@@ -201,8 +216,9 @@ class InferenceLogIngest:
         for partition, offset in last.items():
             self.core.offsets[(self.topic, partition)] = offset + 1
 
-    async def _prepare(self, record: ConsumerRecord) -> Prepared | None:
-        """Decode, check and look up one record; None when it was dead-lettered."""
+    async def _prepare(self, record: ConsumerRecord, rows: BatchRows | MlopsError) -> Prepared | None:
+        """Registry look-ups for one decoded record; None when it was dead-lettered. A record whose
+        trace is sampled gets its CONSUMER span `process <topic>`, a child of the producer's."""
         traceparent = None
         for name, value in record.headers:
             if name == "traceparent" and value:
@@ -224,21 +240,15 @@ class InferenceLogIngest:
         delay = self.bus.retry_backoff_ms / 1000
         try:
             with trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext():
+                if isinstance(rows, MlopsError):
+                    if span is not None:
+                        span.set_status(Status(StatusCode.ERROR, rows.message))
+                    await self._dead_letter(record, rows)
+                    return None
+                if span is not None:
+                    span.set_attributes({"mlops.model.name": rows.model, "mlops.monitor.rows": len(rows)})
                 while True:
                     try:
-                        _, event = envelope.decode(
-                            topic=record.topic.removeprefix(self.bus.topic_prefix),
-                            partition=record.partition,
-                            offset=record.offset,
-                            timestamp_ms=record.timestamp,
-                            headers=record.headers,
-                            value=record.value,
-                        )
-                        rows = decode_batch(event)
-                        if span is not None:
-                            span.set_attributes(
-                                {"mlops.model.name": rows.model, "mlops.monitor.rows": len(rows)}
-                            )
                         return await self.core.prepare(
                             rows, partition=record.partition, traceparent=traceparent
                         )
@@ -285,6 +295,25 @@ class InferenceLogIngest:
         await self.publisher.publish_encoded(
             record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers
         )
+
+
+def _decode_all(records: list[ConsumerRecord], prefix: str) -> list[BatchRows | MlopsError]:
+    """Envelope and payload of every record, or why it cannot be counted."""
+    results: list[BatchRows | MlopsError] = []
+    for record in records:
+        try:
+            _, event = envelope.decode(
+                topic=record.topic.removeprefix(prefix),
+                partition=record.partition,
+                offset=record.offset,
+                timestamp_ms=record.timestamp,
+                headers=record.headers,
+                value=record.value,
+            )
+            results.append(decode_batch(event))
+        except MlopsError as error:
+            results.append(error)
+    return results
 
 
 def _count_all(prepared: list[Prepared], store_predictions: bool) -> list[CountedBatch | Exception]:

@@ -157,9 +157,10 @@ class PerformanceTracker:
             rows = (
                 await session.exec(
                     text(
-                        "SELECT l.id, l.model, l.label, l.value, p.version, p.label, p.value "
-                        f"FROM {SCHEMA}.labels l JOIN {SCHEMA}.predictions p "
-                        "ON p.model = l.model AND p.request_id = l.request_id "
+                        "SELECT l.id, l.model, l.label, l.value, b.version, b.labels[k], b.predictions[k] "
+                        f"FROM {SCHEMA}.labels l JOIN {SCHEMA}.prediction_batches b "
+                        "ON b.request_ids @> ARRAY[l.request_id::text] AND b.model = l.model "
+                        "CROSS JOIN LATERAL array_position(b.request_ids, l.request_id::text) AS k "
                         "WHERE NOT l.matched ORDER BY l.id LIMIT :n FOR UPDATE OF l SKIP LOCKED"
                     ),
                     params={"n": JOIN_BATCH},
@@ -356,7 +357,7 @@ class PerformanceTracker:
         cutoff = _dt(now - self.settings.prediction_retention_hours * 3600)
         async with self.database.transaction() as session:
             await session.exec(
-                text(f"DELETE FROM {SCHEMA}.predictions WHERE logged_at < :c"), params={"c": cutoff}
+                text(f"DELETE FROM {SCHEMA}.prediction_batches WHERE logged_at < :c"), params={"c": cutoff}
             )
             await session.exec(
                 text(f"DELETE FROM {SCHEMA}.labels WHERE received_at < :c"), params={"c": cutoff}

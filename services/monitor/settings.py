@@ -28,6 +28,8 @@ class MonitorSettings(RegistryPeerSettings):
     """How often windows are checked for closing and ground truth is joined."""
     window_grace_ms: int = Field(500, ge=0)
     """A window closes this long after its end, so that records still in flight count in it."""
+    fetch_partition_mb: int = Field(8, ge=1)
+    """Most inference-log data fetched per partition in one round trip to the broker."""
     max_links_per_window: int = Field(32, ge=0)
     """Trace contexts of inference-log batches a window's span links to (the first ones)."""
 

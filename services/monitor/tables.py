@@ -77,27 +77,39 @@ class OffsetRow(SQLModel, table=True):
     next_offset: int = Field(sa_type=sa.BigInteger)
 
 
-class PredictionRow(SQLModel, table=True):
-    """A logged prediction, kept for `prediction_retention_hours` for the ground-truth join."""
+class PredictionBatchRow(SQLModel, table=True):
+    """The predictions of one version from one logged batch, kept for `prediction_retention_hours`
+    for the ground-truth join and for retraining sets. One row per batch, not per prediction: the
+    request ids are found through a GIN index on the array, and per-row columns are arrays."""
 
-    __tablename__ = "predictions"
+    __tablename__ = "prediction_batches"
     __table_args__ = (
-        sa.Index("predictions_request", "model", "request_id"),
-        sa.Index("predictions_logged_at", "logged_at", postgresql_using="brin"),
+        sa.Index("prediction_batches_request_ids", "request_ids", postgresql_using="gin"),
+        sa.Index("prediction_batches_logged_at", "logged_at", postgresql_using="brin"),
+        sa.Index("prediction_batches_model_version", "model", "version", "logged_at"),
         {"schema": SCHEMA},
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
     model: str
-    request_id: str
     version: int = Field(sa_type=sa.BigInteger)
     logged_at: datetime = time_column()
-    label: str | None = None
-    """The predicted class (classification)."""
-    value: float | None = None
-    """The prediction (regression)."""
-    features: list[float] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Float()), nullable=False))
-    """The input row in the profile's feature order."""
+    """The earliest request time in the batch."""
+    request_ids: list[str] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Text()), nullable=False))
+    timestamps: list[float] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Float()), nullable=False))
+    """Request times, seconds since the epoch."""
+    labels: list[str] | None = Field(
+        default=None, sa_column=sa.Column(postgresql.ARRAY(sa.Text()), nullable=True)
+    )
+    """Predicted classes (classification)."""
+    predictions: list[float] | None = Field(
+        default=None, sa_column=sa.Column(postgresql.ARRAY(sa.Float()), nullable=True)
+    )
+    """Predicted values (regression)."""
+    width: int
+    """Features per row."""
+    features: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    """The input rows in the profile's feature order, float64, row-major."""
 
 
 class LabelRow(SQLModel, table=True):

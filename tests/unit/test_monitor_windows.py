@@ -167,7 +167,11 @@ def test_count_batch_maps_columns_by_name_splits_windows_and_skips_failures(refe
     counted = count_batch(prepared, store_predictions=True)
     assert sorted(w.start for w in counted.windows) == [1000, 1002]
     assert sum(w.samples for w in counted.windows) == 270
-    assert len(counted.predictions) == 270
+    ((model, version, _, request_ids, _, labels, _, width, features),) = counted.predictions
+    assert (model, version, width) == ("m", 1, 3) and len(request_ids) == len(labels) == 270
+    assert (
+        np.frombuffer(features).reshape(-1, 3).tolist() == rows.features[~rows.failed][:, [1, 2, 0]].tolist()
+    )
     whole = sum(w.counts for w in counted.windows)
     ok = ~rows.failed
     matrix = rows.features[ok][:, [1, 2, 0]]  # profile order a, b, colour
