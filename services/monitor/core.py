@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -251,6 +251,17 @@ class OpenWindow:
 
 
 @dataclass
+class CommitPlan:
+    now: float
+    windows: list[OpenWindow]
+    """Copies of the open windows changed since the last snapshot."""
+    closing: list[OpenWindow]
+    """Due windows, no longer in memory."""
+    predictions: list[tuple]
+    offsets: dict[tuple[str, int], int]
+
+
+@dataclass
 class VersionState:
     consecutive: int = 0
     last_alarm_at: float | None = None
@@ -454,24 +465,54 @@ class MonitorCore:
 
     # --- commit ---------------------------------------------------------------------------------
 
-    async def commit(self, *, now: float | None = None) -> int:
-        """Write open windows, predictions and offsets, and close every due window, in one transaction.
-        Returns the number of windows closed."""
+    def snapshot(self, now: float | None = None) -> CommitPlan:
+        """What the next commit writes, taken at once on the event loop so that the counts, the
+        predictions and the offsets agree: the dirty open windows (copied), the due windows (taken
+        out of memory), the pending predictions and the offsets. Rows merged afterwards go to the
+        next commit."""
         now = time.time() if now is None else now
-        closings = [await self._judge(window, now) for window in self.due(now)]
+        due = self.due(now)
+        for window in due:
+            del self.windows[(window.model, window.version, window.start)]
+            key = (window.model, window.version)
+            self.closed[key] = max(window.start, self.closed.get(key, window.start))
+        dirty = [
+            replace(w, counts=w.counts.copy() if w.counts is not None else None, links=list(w.links))
+            for w in self.windows.values()
+            if w.dirty
+        ]
+        for window in self.windows.values():
+            window.dirty = False
+        plan = CommitPlan(now, dirty, due, self.pending_predictions, dict(self.offsets))
+        self.pending_predictions = []
+        return plan
+
+    async def commit(self, *, now: float | None = None) -> int:
+        """Snapshot and write at once (see `write`); returns the number of windows closed."""
+        return await self.write(self.snapshot(now))
+
+    async def write(self, plan: CommitPlan) -> int:
+        """Write a snapshot's open windows, predictions and offsets, and close its due windows, in one
+        transaction. May be retried with the same plan after a failure. Returns the windows closed."""
+        now = plan.now
+        closings = [await self._judge(window, now) for window in plan.closing]
         assembling = [c for c in closings if c.alarm and self._policy(c, "on_drift") == "retrain"]
-        if assembling and self.settings.retrain_dataset != "latest":
+        if assembling and self.settings.retrain_dataset != "latest" and plan.predictions:
             # The drifted windows' predictions must be in the table the data set is assembled from;
             # open windows, predictions and offsets make a consistent state on their own.
-            await self._commit_open_state()
+            async with self.database.transaction() as session:
+                await self._write_open_windows(session, [*plan.windows, *plan.closing])
+                await self._write_predictions(session, plan.predictions)
+                await self._write_offsets(session, plan.offsets)
+            plan.predictions = []
         for closing in assembling:
             with trace.use_span(closing.span, end_on_exit=False):
                 await self._choose_dataset(closing)
         try:
             async with self.database.transaction() as session:
-                await self._write_open_windows(session, closed={id(c.window) for c in closings})
-                await self._write_predictions(session)
-                await self._write_offsets(session)
+                await self._write_open_windows(session, [*plan.windows, *plan.closing])
+                await self._write_predictions(session, plan.predictions)
+                await self._write_offsets(session, plan.offsets)
                 for closing in closings:
                     with trace.use_span(closing.span, end_on_exit=False):
                         await self._record_closing(session, closing, now)
@@ -479,30 +520,14 @@ class MonitorCore:
             for closing in closings:
                 closing.span.end()
             raise
-        self.pending_predictions = []
         for closing in closings:
             window = closing.window
-            self.windows.pop((window.model, window.version, window.start), None)
-            self.closed[(window.model, window.version)] = max(
-                window.start, self.closed.get((window.model, window.version), window.start)
-            )
             state = self.states.setdefault((window.model, window.version), VersionState())
             state.consecutive = closing.consecutive
             if closing.alarm:
                 state.last_alarm_at = now
             closing.span.end()
-        for window in self.windows.values():
-            window.dirty = False
         return len(closings)
-
-    async def _commit_open_state(self) -> None:
-        async with self.database.transaction() as session:
-            await self._write_open_windows(session, closed=set())
-            await self._write_predictions(session)
-            await self._write_offsets(session)
-        self.pending_predictions = []
-        for window in self.windows.values():
-            window.dirty = False
 
     async def _judge(self, window: OpenWindow, now: float) -> Closing:
         spec: pb.ModelSpecVersion | None = None
@@ -574,8 +599,7 @@ class MonitorCore:
             return "none"
         return getattr(closing.spec.spec.spec.monitor, field_name)
 
-    async def _write_open_windows(self, session: AsyncSession, *, closed: set[int]) -> None:
-        rows = [w for w in self.windows.values() if (w.dirty or id(w) in closed)]
+    async def _write_open_windows(self, session: AsyncSession, rows: list[OpenWindow]) -> None:
         if not rows:
             return
         statement = text(
@@ -604,8 +628,8 @@ class MonitorCore:
             ],
         )
 
-    async def _write_predictions(self, session: AsyncSession) -> None:
-        if not self.pending_predictions:
+    async def _write_predictions(self, session: AsyncSession, predictions: list[tuple]) -> None:
+        if not predictions:
             return
         connection = await session.connection()
         raw = await connection.get_raw_connection()
@@ -623,11 +647,11 @@ class MonitorCore:
                 "width",
                 "features",
             ],
-            records=self.pending_predictions,
+            records=predictions,
         )
 
-    async def _write_offsets(self, session: AsyncSession) -> None:
-        if not self.offsets:
+    async def _write_offsets(self, session: AsyncSession, offsets: dict[tuple[str, int], int]) -> None:
+        if not offsets:
             return
         await session.exec(
             text(
@@ -637,7 +661,7 @@ class MonitorCore:
             ),
             params=[
                 {"g": self.consumer_group, "t": topic, "p": partition, "o": offset}
-                for (topic, partition), offset in self.offsets.items()
+                for (topic, partition), offset in offsets.items()
             ],
         )
 

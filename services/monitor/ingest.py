@@ -31,7 +31,7 @@ from mlops.events.v1 import monitoring_pb2
 from mlops.outages import is_outage
 from mlops.settings import BusSettings, KafkaSettings
 from services.monitor.batch import BatchRows, decode_batch
-from services.monitor.core import CountedBatch, MonitorCore, Prepared, count_batch
+from services.monitor.core import CommitPlan, CountedBatch, MonitorCore, Prepared, count_batch
 from services.monitor.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class InferenceLogIngest:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._last_commit = time.monotonic()
+        self._committing: asyncio.Task | None = None
         self.ready = asyncio.Event()
         """Set once partitions are assigned and positioned."""
 
@@ -124,15 +125,29 @@ class InferenceLogIngest:
     async def revoke(self, partitions: list[int]) -> None:
         if not partitions:
             return
+        try:
+            await self.flush()
+        finally:
+            self.core.release(self.topic, partitions)
+
+    async def flush(self, now: float | None = None, *, deadline_s: float | None = None) -> int:
+        """Commit everything counted so far (after the commit in flight, if any); returns the
+        windows closed."""
         async with self._lock:
-            try:
-                await self._commit_with_retries()
-            finally:
-                self.core.release(self.topic, partitions)
+            await self._settle()
+            return await self._write_with_retries(self.core.snapshot(now), deadline_s=deadline_s)
+
+    async def _settle(self) -> None:
+        if self._committing is not None:
+            committing, self._committing = self._committing, None
+            await committing
 
     # --- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Fetch, count and merge; every `flush_interval_ms` (or when a window is due) snapshot the
+        state and write it in the background while the next records are counted. One write is in
+        flight at most, and writes happen in snapshot order."""
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
         tick = self.settings.tick_interval_ms
@@ -143,25 +158,29 @@ class InferenceLogIngest:
                 async with self._lock:
                     if batch:
                         await self._handle(batch)
-                    if time.monotonic() - self._last_commit >= flush_s or self.core.due(time.time()):
-                        await self._commit_with_retries()
+                    if self._committing is not None and self._committing.done():
+                        await self._settle()  # raises what the write raised
+                    if self._committing is None and (
+                        time.monotonic() - self._last_commit >= flush_s or self.core.due(time.time())
+                    ):
+                        plan = self.core.snapshot()
+                        self._committing = asyncio.create_task(self._write_with_retries(plan))
                 self.core.publish_gauges()
         finally:
             try:
-                async with self._lock:
-                    await self._commit_with_retries(deadline_s=10)
+                await self.flush(deadline_s=10)
             except Exception as error:
                 log.warning("inference logs: final commit failed (records will be read again): %s", error)
             finally:
                 await consumer.stop()
                 self._stopped.set()
 
-    async def _commit_with_retries(self, deadline_s: float | None = None) -> None:
+    async def _write_with_retries(self, plan: CommitPlan, *, deadline_s: float | None = None) -> int:
         delay = self.bus.retry_backoff_ms / 1000
         started = time.monotonic()
         while True:
             try:
-                await self.core.commit()
+                closed = await self.core.write(plan)
                 break
             except Exception as error:
                 if not is_outage(error):
@@ -172,18 +191,20 @@ class InferenceLogIngest:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
         self._last_commit = time.monotonic()
-        if self._consumer is not None and self.core.offsets:
+        if self._consumer is not None and plan.offsets:
             # Kafka's copy of the offsets is only for lag tools; PostgreSQL's is the one resumed from.
+            assigned = self._consumer.assignment()
+            offsets = {
+                TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
+                for (topic, partition), offset in plan.offsets.items()
+                if TopicPartition(topic, partition) in assigned
+            }
             try:
-                await self._consumer.commit(
-                    {
-                        TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
-                        for (topic, partition), offset in self.core.offsets.items()
-                        if TopicPartition(topic, partition) in self._consumer.assignment()
-                    }
-                )
+                if offsets:
+                    await self._consumer.commit(offsets)
             except KafkaError as error:
                 log.debug("inference logs: Kafka offset commit skipped: %s", error)
+        return closed
 
     async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Decode (worker thread), look up (event loop, cached), count (worker thread), merge. While a

@@ -700,7 +700,7 @@ async def test_a_restart_mid_window_keeps_its_counts_without_counting_twice(
             lambda: sum(w.samples for w in second.core.windows.values()) == 200, what="second batch"
         )
         # A crash: what is in memory is lost, nothing more is committed.
-        second.core.commit = _refuse_commit  # type: ignore[method-assign]
+        second.core.write = _refuse_commit  # type: ignore[method-assign]
         second.ingest._stopping.set()
     rows = await _window_row(database, second.group, model.name)
     assert [(r[0], r[1]) for r in rows] == [(120, False)]
@@ -717,8 +717,7 @@ async def test_a_restart_mid_window_keeps_its_counts_without_counting_twice(
             lambda: sum(w.samples for w in third.core.windows.values()) == 250, what="third batch"
         )
         third.core.settings = monitor_settings(consumer_group=settings.consumer_group, window_grace_ms=0)
-        async with third.ingest._lock:
-            closed = await third.core.commit(now=start + 21)
+        closed = await third.ingest.flush(start + 21)
         assert closed == 1
     rows = await _window_row(database, third.group, model.name)
     ((samples, is_closed, body),) = rows
@@ -727,5 +726,5 @@ async def test_a_restart_mid_window_keeps_its_counts_without_counting_twice(
     assert window.sample_count == 250 and window.judged and not window.drifted
 
 
-async def _refuse_commit(**_):
+async def _refuse_commit(*_, **__):
     raise RuntimeError("the process is gone")
