@@ -53,6 +53,7 @@ bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ a
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_bus
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_registry
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_inference --skip-setup
+	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_drift
 
 demo: up ## Run the platform's main job on the embedded stack and print where to look
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo

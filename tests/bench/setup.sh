@@ -8,6 +8,8 @@
 #   - MLServer with onnxruntime in its own virtualenv, $MLOPS_CACHE/mlserver-venv (inference benchmark)
 #   - tritonclient[grpc] in its own virtualenv, $MLOPS_CACHE/tritonclient-venv (the inference tests'
 #     off-the-shelf client: it pins protobuf < 7 and registers the same `inference` descriptors as ours)
+#   - Evidently in its own virtualenv, $MLOPS_CACHE/evidently-venv (the drift benchmark's contender;
+#     it needs pandas < 3)
 # Both load generators are native: on a small machine a Python client would starve the server it
 # measures.
 set -euo pipefail
@@ -17,6 +19,7 @@ MLFLOW_VERSION="${MLFLOW_VERSION:-3.17.2}"
 PSYCOPG2_VERSION="${PSYCOPG2_VERSION:-2.9.13}"
 MLSERVER_VERSION="${MLSERVER_VERSION:-1.7.1}"
 TRITONCLIENT_VERSION="${TRITONCLIENT_VERSION:-2.73.0}"
+EVIDENTLY_VERSION="${EVIDENTLY_VERSION:-0.7.23}"
 
 CACHE="${MLOPS_CACHE:-$HOME/.cache/mlops}"
 BIN="$CACHE/bin"
@@ -91,4 +94,18 @@ else
   touch "$stamp"
 fi
 
-log "ready: $BIN/ghz ($GHZ_VERSION), $(command -v wrk), $VENV/bin/mlflow ($MLFLOW_VERSION), $MLSERVER_VENV/bin/mlserver ($MLSERVER_VERSION), $TRITON_VENV (tritonclient $TRITONCLIENT_VERSION)"
+# Evidently, pinned, with the pandas it supports
+EVIDENTLY_VENV="$CACHE/evidently-venv"
+stamp="$EVIDENTLY_VENV/.installed-evidently-$EVIDENTLY_VERSION"
+if [ -x "$EVIDENTLY_VENV/bin/python" ] && [ -f "$stamp" ]; then
+  log "Evidently $EVIDENTLY_VERSION present in $EVIDENTLY_VENV"
+else
+  log "installing Evidently $EVIDENTLY_VERSION into $EVIDENTLY_VENV"
+  [ -x "$EVIDENTLY_VENV/bin/python" ] || "$PYTHON" -m venv "$EVIDENTLY_VENV"
+  "$EVIDENTLY_VENV/bin/python" -m pip install -q --upgrade pip
+  "$EVIDENTLY_VENV/bin/python" -m pip install -q "evidently==$EVIDENTLY_VERSION" "pandas<3"
+  rm -f "$EVIDENTLY_VENV"/.installed-evidently-*
+  touch "$stamp"
+fi
+
+log "ready: $BIN/ghz ($GHZ_VERSION), $(command -v wrk), $VENV/bin/mlflow ($MLFLOW_VERSION), $MLSERVER_VENV/bin/mlserver ($MLSERVER_VERSION), $TRITON_VENV (tritonclient $TRITONCLIENT_VERSION), $EVIDENTLY_VENV (Evidently $EVIDENTLY_VERSION)"
