@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from mlops.cli import alias, apply, data, models, runs, trace
+from mlops.cli import alias, apply, data, models, rollout, runs, trace
 from mlops.cli import monitor as monitor_cli
 from mlops.cli.context import DEFAULT_REGISTRY_ADDR, CliContext
 from mlops.cli.output import Output
@@ -115,6 +115,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.add_typer(alias.app, name="alias")
 app.add_typer(runs.app, name="runs")
+app.add_typer(rollout.app, name="rollout")
 app.command("trace", help=trace.HELP)(trace.trace)
 app.add_typer(monitor_cli.drift_app, name="drift")
 app.add_typer(monitor_cli.monitor_app, name="monitor")

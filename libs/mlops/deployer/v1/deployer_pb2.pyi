@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Rollout(_message.Message):
-    __slots__ = ("rollout_id", "model", "candidate_version", "baseline_version", "strategy", "state", "steps", "step_index", "traffic_percent", "step_seconds", "step_started_at", "candidate_health", "baseline_health", "reason", "generation", "started_at", "updated_at", "finished_at", "history")
+    __slots__ = ("rollout_id", "model", "candidate_version", "baseline_version", "strategy", "state", "steps", "step_index", "traffic_percent", "step_seconds", "step_started_at", "candidate_health", "baseline_health", "reason", "generation", "started_at", "updated_at", "finished_at", "history", "max_error_rate", "max_p99_latency_ms", "min_requests", "max_prediction_drift", "auto_promote", "prediction_drift", "actor", "evaluation_id")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,14 @@ class Rollout(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_P99_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PREDICTION_DRIFT_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_DRIFT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: str
     candidate_version: int
@@ -51,7 +59,15 @@ class Rollout(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
     history: _containers.RepeatedCompositeFieldContainer[_deployment_pb2.RolloutProgressed]
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., strategy: _Optional[str] = ..., state: _Optional[_Union[_deployment_pb2.RolloutState, str]] = ..., steps: _Optional[_Iterable[int]] = ..., step_index: _Optional[int] = ..., traffic_percent: _Optional[int] = ..., step_seconds: _Optional[int] = ..., step_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidate_health: _Optional[_Union[_common_pb2.HealthSnapshot, _Mapping]] = ..., baseline_health: _Optional[_Union[_common_pb2.HealthSnapshot, _Mapping]] = ..., reason: _Optional[str] = ..., generation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_deployment_pb2.RolloutProgressed, _Mapping]]] = ...) -> None: ...
+    max_error_rate: float
+    max_p99_latency_ms: float
+    min_requests: int
+    max_prediction_drift: float
+    auto_promote: bool
+    prediction_drift: float
+    actor: str
+    evaluation_id: str
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., candidate_version: _Optional[int] = ..., baseline_version: _Optional[int] = ..., strategy: _Optional[str] = ..., state: _Optional[_Union[_deployment_pb2.RolloutState, str]] = ..., steps: _Optional[_Iterable[int]] = ..., step_index: _Optional[int] = ..., traffic_percent: _Optional[int] = ..., step_seconds: _Optional[int] = ..., step_started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., candidate_health: _Optional[_Union[_common_pb2.HealthSnapshot, _Mapping]] = ..., baseline_health: _Optional[_Union[_common_pb2.HealthSnapshot, _Mapping]] = ..., reason: _Optional[str] = ..., generation: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_deployment_pb2.RolloutProgressed, _Mapping]]] = ..., max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., min_requests: _Optional[int] = ..., max_prediction_drift: _Optional[float] = ..., auto_promote: _Optional[bool] = ..., prediction_drift: _Optional[float] = ..., actor: _Optional[str] = ..., evaluation_id: _Optional[str] = ...) -> None: ...
 
 class GetRolloutRequest(_message.Message):
     __slots__ = ("model", "rollout_id")
