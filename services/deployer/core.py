@@ -35,7 +35,7 @@ from mlops.events.v1 import common_pb2, deployment_pb2, evaluation_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.deployer import policy, prometheus, storage
 from services.deployer.clients import MonitorClient, RegistryClient
-from services.deployer.policy import Action, Share, Verdict
+from services.deployer.policy import Action, Share
 from services.deployer.settings import DeployerSettings
 from services.deployer.storage import StoredRollout
 
@@ -314,14 +314,11 @@ class DeployerCore:
         for rollout_id, result in zip(running, results, strict=True):
             if isinstance(result, Exception) and not isinstance(result, Conflict):
                 log.warning("rollout %s: %s", rollout_id, result)
-        for rollout_id in unrecorded:
-            if rollout_id not in running:
-                async with self.database.session() as session:
-                    stored = await storage.get_rollout(
-                        session=session, scope=self.scope, rollout_id=rollout_id
-                    )
-                if stored is not None:
-                    await self._record(stored)
+        for rollout_id in unrecorded:  # moves whose registry record failed, or was left to the watch
+            async with self.database.session() as session:
+                stored = await storage.get_rollout(session=session, scope=self.scope, rollout_id=rollout_id)
+            if stored is not None and stored.recorded_moves < len(stored.rollout.history):
+                await self._record(stored)
 
     async def step(self, rollout_id: str) -> None:
         """Check one running rollout's candidate and apply what the policy decides."""
@@ -1009,8 +1006,5 @@ class DeployerCore:
             prometheus.STATE.labels(r.model, name).set(1 if name == current else 0)
         prometheus.STEP.labels(r.model).set(r.step_index)
         prometheus.TRAFFIC_PERCENT.labels(r.model, str(r.candidate_version)).set(
-            r.traffic_percent if r.state != S.ROLLOUT_STATE_ROLLED_BACK else 0
+            0 if r.state in (S.ROLLOUT_STATE_ROLLED_BACK, S.ROLLOUT_STATE_ABORTED) else r.traffic_percent
         )
-
-
-__all__ = ["DeployerCore", "Verdict", "check_evaluated"]

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 from opentelemetry import trace
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from mlops.bus import EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay, ensure_topics, partitions_of
@@ -523,6 +524,13 @@ async def test_a_passed_version_goes_canary_10_50_100_to_production(harness, uni
     records = await eventually(recorded, timeout_s=10, what="the registry's deployment record")
     assert records[0].rollout_id == rollout.rollout_id and records[0].generation == 5
 
+    metric = REGISTRY.get_sample_value
+    assert metric("mlops_rollout_state", {"model": model, "state": "PROMOTED"}) == 1
+    assert metric("mlops_rollout_state", {"model": model, "state": "PROGRESSING"}) == 0
+    assert metric("mlops_rollout_traffic_percent", {"model": model, "version": "2"}) == 100
+    assert metric("mlops_rollout_step", {"model": model}) == 2
+    assert metric("mlops_rollouts_finished_total", {"model": model, "outcome": "promoted"}) == 2
+
     calls = [c for c in h.monitor.calls if c.model == model and c.version == 2]
     assert calls and all(c.window_seconds == STEP_SECONDS and c.baseline_version == 1 for c in calls)
 
@@ -585,6 +593,8 @@ async def test_an_unhealthy_candidate_is_rolled_back_automatically(harness, uniq
     assert production.version == 1
     aliases = await h.registry.ListAliases(pb.ListAliasesRequest(model=model))
     assert {a.alias for a in aliases.aliases} == {"production"}
+    assert REGISTRY.get_sample_value("mlops_rollbacks_total", {"model": model, "automatic": "true"}) == 1
+    assert REGISTRY.get_sample_value("mlops_rollout_traffic_percent", {"model": model, "version": "2"}) == 0
 
 
 @pytest.mark.parametrize(
@@ -666,6 +676,15 @@ async def test_a_newer_candidate_supersedes_the_running_rollout(harness, unique)
     assert shares(desired[-1]) == [(1, "PRODUCTION", 90), (3, "CANARY", 10)]
     canary = await h.registry.GetModelVersion(pb.GetModelVersionRequest(model=model, alias="canary"))
     assert canary.version == 3
+
+    async def recorded():
+        listed = await h.registry.ListDeployments(pb.ListDeploymentsRequest(model=model))
+        return {(d.version, d.state) for d in listed.deployments} == {
+            (2, S.ROLLOUT_STATE_ABORTED),
+            (3, S.ROLLOUT_STATE_PROGRESSING),
+        }
+
+    await eventually(recorded, timeout_s=10, what="both rollouts recorded in the registry")
     # an older passed candidate arriving late changes nothing
     await h.publisher.publish(evaluated(v2))
     await asyncio.sleep(1.5)
