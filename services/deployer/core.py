@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -113,6 +114,8 @@ class DeployerCore:
         self.scope = scope
         """The bus topic prefix: this deployer acts only on rollouts started under it."""
         self._locks: dict[str, asyncio.Lock] = {}
+        self._held: dict[str, tuple[float, float]] = {}
+        """Held rollouts: when each is next checked, and the interval that led there."""
 
     def _lock(self, model: str) -> asyncio.Lock:
         return self._locks.setdefault(model, asyncio.Lock())
@@ -325,6 +328,10 @@ class DeployerCore:
         async with self.database.session() as session:
             stored = await storage.get_rollout(session=session, scope=self.scope, rollout_id=rollout_id)
         if stored is None or not stored.running:
+            self._held.pop(rollout_id, None)
+            return
+        due, interval = self._held.get(rollout_id, (0.0, 0.0))
+        if stored.hold and time.monotonic() < due:
             return
         moved = False
         async with self._lock(stored.model):
@@ -355,6 +362,15 @@ class DeployerCore:
                 async with self.database.transaction() as session:
                     moved = await self._apply(session, stored, decision, judgement)
             self._observe(stored)
+            if stored.hold and stored.running:
+                # A held step is checked at growing intervals: a long hold must not grow the
+                # rollout's trace by several spans a second.
+                interval = min(
+                    max(interval * 2, self.settings.tick_interval_s), self.settings.hold_check_interval_s
+                )
+                self._held[rollout_id] = (time.monotonic() + interval, interval)
+            else:
+                self._held.pop(rollout_id, None)
         if moved:
             await self._record(stored)
 
@@ -621,7 +637,8 @@ class DeployerCore:
                     f"{self._label(stored)}",
                     new=True,
                 )
-        log.info("%s: %s", model, stored.rollout.reason)
+        if chosen != policy.DIRECT:
+            log.info("%s: %s", model, stored.rollout.reason)
         return stored
 
     async def _promote(
@@ -927,6 +944,7 @@ class DeployerCore:
         """The running (or named) rollout, locked for one move by a person."""
         async with self.database.session() as session:
             found = await self._find(session, model, rollout_id, running_first=True)
+        self._held.pop(found.rollout.rollout_id, None)  # a person acted: look again at the next tick
         async with self._lock(found.model):
             async with self.database.transaction() as session:
                 stored = await storage.get_rollout(

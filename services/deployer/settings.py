@@ -25,6 +25,10 @@ class DeployerSettings(RegistryPeerSettings):
     """Deadline of one `Monitor.GetHealth` call; a call past it counts as no answer and holds the step."""
     tick_interval_s: float = Field(1.0, gt=0)
     """How often every running rollout is looked at: its candidate's health checked, its step judged."""
+    hold_check_interval_s: float = Field(10.0, gt=0)
+    """While a step is held (no answer from the monitor, too few requests), the candidate is checked
+    at intervals doubling from `tick_interval_s` up to this, so that a long hold does not add spans
+    to the rollout's trace every second."""
     max_prediction_drift: float = Field(0.2, ge=0)
     """Bound on the PSI of the candidate's predictions against the baseline's, used when the spec's
     monitor section judges drift by another method than psi; 0 turns the check off. When the spec's

@@ -763,6 +763,21 @@ async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
     assert shares(desired) == [(1, "PRODUCTION", 100)]
 
 
+async def test_a_paused_rollout_is_still_watched_and_rolled_back(harness, unique):
+    h = harness
+    model, (_v1, v2) = await new_model(h, unique, production=1)
+    await h.publisher.publish(evaluated(v2))
+    await eventually(lambda: rollout_of(h, model), what="v2's rollout")
+    await h.deployer.Pause(dpb.RolloutActionRequest(model=model, actor="erin"))
+    h.monitor.modes[(model, 2)] = "drifting"
+    rollout = await finished(h, model, 2)
+    assert rollout.state == S.ROLLOUT_STATE_ROLLED_BACK
+    assert rollout.reason.startswith("prediction drift (PSI against the baseline) 0.9 > 0.25 at step")
+    assert rollout.prediction_drift == pytest.approx(0.9)
+    (event,) = await published(h, S.ModelRolledBack, model, until=lambda f: len(f) >= 1)
+    assert event.automatic and event.to_version == 1
+
+
 async def test_a_restarted_deployer_goes_on_with_the_same_step_clock(harness, unique):
     h = harness
     step = 4
