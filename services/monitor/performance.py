@@ -161,9 +161,10 @@ class PerformanceTracker:
                         f"FROM {SCHEMA}.labels l JOIN {SCHEMA}.prediction_batches b "
                         "ON b.request_ids @> ARRAY[l.request_id::text] AND b.model = l.model "
                         "CROSS JOIN LATERAL array_position(b.request_ids, l.request_id::text) AS k "
-                        "WHERE NOT l.matched ORDER BY l.id LIMIT :n FOR UPDATE OF l SKIP LOCKED"
+                        "WHERE NOT l.matched AND l.received_at > :since "
+                        "ORDER BY l.id LIMIT :n FOR UPDATE OF l SKIP LOCKED"
                     ),
-                    params={"n": JOIN_BATCH},
+                    params={"n": JOIN_BATCH, "since": _dt(now - self.settings.label_match_window_s)},
                 )
             ).all()
             if not rows:
