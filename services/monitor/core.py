@@ -9,8 +9,9 @@ State lives in memory while a window is open and in PostgreSQL at every commit:
   state and the events it raises (through the outbox). After a crash the consumer resumes at the
   stored offsets with exactly the counts that those offsets produced: nothing is counted twice.
 - Each closed window gets a span linked to (some of) the traces of the batches counted in it;
-  DriftDetected and RetrainRequested are written to the outbox inside that span, so the retrain's
-  trace is the window's.
+  DriftDetected is written to the outbox inside that span. A retraining starts a trace of its own
+  (`request retrain <model>`, where the data set is assembled and RetrainRequested written) whose
+  root links to the window's span: the retrain's trace leads back to the drift that caused it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from sqlalchemy import text
@@ -283,6 +285,12 @@ class Closing:
     dataset_note: str = ""
     committed: data_pb2.DataCommitted | None = None
     """The assembled data set version's commit, published with the retrain request."""
+    retrain_span: trace.Span | None = None
+
+    def end_spans(self) -> None:
+        if self.retrain_span is not None:
+            self.retrain_span.end()
+        self.span.end()
 
 
 class MonitorCore:
@@ -506,7 +514,8 @@ class MonitorCore:
                 await self._write_offsets(session, plan.offsets)
             plan.predictions = []
         for closing in assembling:
-            with trace.use_span(closing.span, end_on_exit=False):
+            closing.retrain_span = self._retrain_span(closing)
+            with trace.use_span(closing.retrain_span, end_on_exit=False):
                 await self._choose_dataset(closing)
         try:
             async with self.database.transaction() as session:
@@ -518,7 +527,7 @@ class MonitorCore:
                         await self._record_closing(session, closing, now)
         except BaseException:
             for closing in closings:
-                closing.span.end()
+                closing.end_spans()
             raise
         for closing in closings:
             window = closing.window
@@ -526,8 +535,25 @@ class MonitorCore:
             state.consecutive = closing.consecutive
             if closing.alarm:
                 state.last_alarm_at = now
-            closing.span.end()
+            closing.end_spans()
         return len(closings)
+
+    def _retrain_span(self, closing: Closing) -> trace.Span:
+        """The root of the retraining's trace, linked to the window that caused it: what follows
+        (the data set, the request, the training, its evaluation and rollout) is a trace of its own
+        that leads back to the drift window."""
+        window = closing.window
+        return tracer.start_span(
+            f"request retrain {window.model}",
+            context=otel_context.Context(),
+            links=[Link(closing.span.get_span_context(), {"mlops.link.reason": "drift window"})],
+            attributes={
+                "mlops.model.name": window.model,
+                "mlops.model.version": window.version,
+                "mlops.window.start": _dt(window.start).isoformat(),
+                "mlops.window.end": _dt(window.end).isoformat(),
+            },
+        )
 
     async def _judge(self, window: OpenWindow, now: float) -> Closing:
         spec: pb.ModelSpecVersion | None = None
@@ -729,6 +755,19 @@ class MonitorCore:
         if closing.body.prediction_drift_score > self.settings.prediction_drift_threshold:
             what += f" and prediction drift {closing.body.prediction_drift_score:.3g}"
         run_start = window.start - (closing.consecutive - 1) * window.width
+        if closing.retrain_span is None:
+            closing.retrain_span = self._retrain_span(closing)
+        with trace.use_span(closing.retrain_span, end_on_exit=False):
+            retrain_id = await self._request_retrain(session, closing, cause, what, run_start, now)
+        span.set_attribute("mlops.retrain.event_id", retrain_id)
+        span.set_attribute("mlops.retrain.dataset_version", closing.dataset_version)
+
+    async def _request_retrain(
+        self, session: AsyncSession, closing: Closing, cause: str, what: str, run_start: float, now: float
+    ) -> str:
+        window = closing.window
+        span = trace.get_current_span()
+        span.set_attribute("mlops.drift.event_id", cause)
         if closing.committed is not None:
             await self.outbox.add(session, closing.committed)
         retrain = training_pb2.RetrainRequested(
@@ -743,8 +782,10 @@ class MonitorCore:
             requested_at=_ts(now),
         )
         retrain_id = await self.outbox.add(session, retrain)
-        span.set_attribute("mlops.retrain.event_id", retrain_id)
-        span.set_attribute("mlops.retrain.dataset_version", closing.dataset_version)
+        span.set_attributes(
+            {"mlops.retrain.event_id": retrain_id, "mlops.retrain.dataset_version": closing.dataset_version}
+        )
+        return retrain_id
 
     # --- retraining data ------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class MonitorSettings(RegistryPeerSettings):
     retrain_dataset: Literal["latest", "assembled", "auto"] = "auto"
     """What a drift retrain trains on: the spec's latest data set version; a new version assembled
     from the drifted windows' labelled traffic; or that when there is enough of it, else the latest."""
-    retrain_min_labelled_rows: int = Field(200, ge=1)
+    retrain_min_labelled_rows: int = Field(100, ge=1)
     """Labelled predictions in the drifted windows needed to assemble a data set version."""
     assembled_includes_parent: bool = True
     """An assembled data set version holds the version the model was trained on plus the new rows."""

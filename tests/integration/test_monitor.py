@@ -450,19 +450,28 @@ async def test_shifted_traffic_alarms_after_consecutive_windows_and_asks_for_a_r
     (version,) = status.versions
     assert version.consecutive_windows >= 2 and version.HasField("last_alarm_at")
 
-    # The retrain request is published in the drift window's trace, and that window's span links to
-    # the traces of the inference-log batches it counted.
-    trace_id = header(record, "traceparent").split("-")[1]
-    assert header(retrain_record, "traceparent").split("-")[1] == trace_id
+    # DriftDetected is published in the drift window's trace; that window's span links to the
+    # traces of the inference-log batches it counted, and the retrain's trace starts with a span
+    # that links to the window.
+    drift_trace = header(record, "traceparent").split("-")[1]
+    retrain_trace = header(retrain_record, "traceparent").split("-")[1]
+    assert retrain_trace != drift_trace
 
     def window_span():
-        spans = jaeger_trace(jaeger_url, trace_id)
+        spans = jaeger_trace(jaeger_url, drift_trace)
         return next((s for s in spans if s.name == f"drift window {model.name}"), None)
 
-    span = await eventually(window_span, timeout_s=30, what="the drift window's span in Jaeger")
-    assert int(span.attributes["mlops.model.version"]) == 1
-    assert float(span.attributes["mlops.drift.psi.beta"]) > 0.2
-    assert span.links, "the window span links to the batches it counted"
+    window = await eventually(window_span, timeout_s=30, what="the drift window's span in Jaeger")
+    assert int(window.attributes["mlops.model.version"]) == 1
+    assert float(window.attributes["mlops.drift.psi.beta"]) > 0.2
+    assert window.links, "the window span links to the batches it counted"
+
+    def retrain_root():
+        spans = jaeger_trace(jaeger_url, retrain_trace)
+        return next((s for s in spans if s.name == f"request retrain {model.name}"), None)
+
+    root = await eventually(retrain_root, timeout_s=30, what="the retrain's root span in Jaeger")
+    assert (drift_trace, window.span_id) in root.links
 
 
 async def test_assembled_dataset_policy_commits_a_new_version_from_labelled_drifted_traffic(
