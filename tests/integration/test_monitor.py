@@ -75,6 +75,11 @@ def probabilities_of(frame: pd.DataFrame) -> np.ndarray:
     return np.column_stack([1 - yes, yes])
 
 
+def regression_of(frame: pd.DataFrame) -> np.ndarray:
+    """The synthetic regression model."""
+    return 2 * frame["alpha"].to_numpy() + frame["beta"].to_numpy()
+
+
 @dataclass
 class Model:
     name: str
@@ -82,6 +87,7 @@ class Model:
     dataset_version: pb.DatasetVersion
     version: pb.ModelVersion
     rng: np.random.Generator
+    task: str = "classification"
 
 
 async def declare_model(
@@ -97,10 +103,15 @@ async def declare_model(
     on_drift: str = "retrain",
     on_degradation: str = "alert",
     gate_min: float = 0.8,
+    task: str = "classification",
+    gate: pb.GateSpec | None = None,
 ) -> Model:
     rng = np.random.default_rng(abs(hash(unique)) % 2**32)
     name = f"mon-{unique}"
     frame = training_frame(rng, 3000)
+    regression = task == "regression"
+    if regression:
+        frame["target"] = regression_of(frame) + rng.normal(0, 0.1, len(frame))
     data = frame.to_csv(index=False).encode()
     ref = await store.put_bytes(f"datasets/{name}", "data.csv", data)
     recorded = await registry.RecordDatasetVersion(
@@ -109,7 +120,7 @@ async def declare_model(
         )
     )
     body = pb.ModelSpecBody(
-        dataset=name, task="classification", label="target", gate=pb.GateSpec(metric="accuracy", min=gate_min)
+        dataset=name, task=task, label="target", gate=gate or pb.GateSpec(metric="accuracy", min=gate_min)
     )
     body.monitor.window_seconds = window_seconds
     body.monitor.method = method
@@ -123,12 +134,12 @@ async def declare_model(
     )
     applied = await registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
     profile = ReferenceProfile.compute(
-        task="classification",
+        task=task,
         features=frame[FEATURES].to_numpy(),
         feature_names=FEATURES,
         categorical={},
-        predictions=probabilities_of(frame),
-        class_labels=CLASSES,
+        predictions=regression_of(frame) if regression else probabilities_of(frame),
+        class_labels=[] if regression else CLASSES,
     )
     model_ref = await store.put_bytes(
         f"models/{name}", "model.onnx", b"not a real model: the monitor never runs it"
@@ -136,10 +147,14 @@ async def declare_model(
     profile_ref = await store.put_bytes(f"models/{name}", "profile.json", profile.to_json().encode())
     signature = pb.ModelSignature(
         inputs=[pb.TensorSpec(name="input", datatype="FP32", shape=[-1, len(FEATURES)])],
-        outputs=[pb.TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2])],
+        outputs=[
+            pb.TensorSpec(name="prediction", datatype="FP32", shape=[-1])
+            if regression
+            else pb.TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2])
+        ],
         feature_names=FEATURES,
-        class_labels=CLASSES,
-        task="classification",
+        class_labels=[] if regression else CLASSES,
+        task=task,
         onnx_opset=17,
     )
     versions = []
@@ -158,11 +173,11 @@ async def declare_model(
                 profile_uri=profile_ref.uri,
                 profile_sha256=profile_ref.sha256,
                 signature=signature,
-                metrics={"accuracy": 0.95},
+                metrics={"rmse": 0.1} if regression else {"accuracy": 0.95},
             )
         )
         versions.append(reply.model_version)
-    return Model(name, name, recorded.dataset_version, versions[0], rng)
+    return Model(name, name, recorded.dataset_version, versions[0], rng, task)
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -182,15 +197,21 @@ def batch_of(
     failed: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
     prefix: str = "",
+    predictions: np.ndarray | None = None,
 ) -> monitoring_pb2.InferenceLogged:
-    """One logged batch of `frame`'s rows, columns in an order of their own (the monitor maps by name)."""
+    """One logged batch of `frame`'s rows, columns in an order of their own (the monitor maps by name).
+    A regression model's outputs are `predictions` (its own by default)."""
     names = ["delta", "alpha", "gamma", "beta"]
     at = time.time() if at is None else at
-    probabilities = probabilities_of(frame) if probabilities is None else probabilities
+    regression = model.task == "regression"
+    if regression:
+        predictions = regression_of(frame) if predictions is None else predictions
+    else:
+        probabilities = probabilities_of(frame) if probabilities is None else probabilities
     batch = monitoring_pb2.InferenceLogged(
         model=model.name,
         feature_names=names,
-        class_labels=CLASSES,
+        class_labels=[] if regression else CLASSES,
         sampling_rate=sampling_rate,
         server_id="tests",
     )
@@ -203,8 +224,8 @@ def batch_of(
             version=version,
             timestamp=_timestamp(at),
             features=values[i].tolist(),
-            outputs=[] if bad else probabilities[i].tolist(),
-            label="" if bad else CLASSES[int(probabilities[i, 1] > 0.5)],
+            outputs=[] if bad else ([float(predictions[i])] if regression else probabilities[i].tolist()),
+            label="" if bad or regression else CLASSES[int(probabilities[i, 1] > 0.5)],
             latency_us=int(latency_us[i]) if latency_us is not None else 2_000,
             error="INTERNAL: failed" if bad else "",
             role=common_pb2.SERVING_ROLE_PRODUCTION,
@@ -737,3 +758,68 @@ async def test_a_restart_mid_window_keeps_its_counts_without_counting_twice(
 
 async def _refuse_commit(*_, **__):
     raise RuntimeError("the process is gone")
+
+
+async def test_regression_ground_truth_gives_live_rmse_and_health_compares_binned_outputs(
+    monitor, registry, store, publisher, kafka
+):
+    gate = pb.GateSpec(metric="rmse", max=1.0)
+    model = await declare_model(
+        registry, store, uuid.uuid4().hex[:10], task="regression", gate=gate, on_degradation="alert"
+    )
+    # Version 2 predicts higher than version 1 on the same rows: its outputs, binned on the
+    # baseline's profile bins, drift from the baseline's over the same interval.
+    frame = training_frame(model.rng, 400)
+    now = time.time()
+    await publisher.publish(batch_of(model, frame, version=1, at=now - 1))
+    await publisher.publish(
+        batch_of(model, frame, version=2, at=now - 1, predictions=regression_of(frame) + 3)
+    )
+
+    async def drift_of_outputs():
+        reply = await monitor.stub.GetHealth(
+            monitor_pb2.GetHealthRequest(model=model.name, version=2, window_seconds=30, baseline_version=1)
+        )
+        return reply if reply.HasField("prediction_drift") else None
+
+    reply = await eventually(drift_of_outputs, timeout_s=15, what="prediction drift of version 2")
+    assert reply.prediction_drift > 1.0 and reply.health.request_count == 400
+
+    async def traffic(*, error: float, seconds: float):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            frame = training_frame(model.rng, 40)
+            truth = regression_of(frame)
+            predicted = truth + error
+            prefix = uuid.uuid4().hex[:8]
+            await publisher.publish(batch_of(model, frame, prefix=prefix, predictions=predicted))
+            await asyncio.gather(
+                *(
+                    publisher.publish(
+                        monitoring_pb2.GroundTruthLogged(
+                            model=model.name, request_id=f"{prefix}-{i}", value=v
+                        )
+                    )
+                    for i, v in enumerate(truth.tolist())
+                )
+            )
+            await asyncio.sleep(0.1)
+
+    await traffic(error=0.5, seconds=2.0)
+
+    async def live_rmse():
+        status = await drift_status(monitor, model.name)
+        return status.versions and status.versions[0].live_metrics.get("rmse")
+
+    assert await eventually(live_rmse, timeout_s=15, what="live rmse") == pytest.approx(0.5, abs=1e-6)
+    status = await drift_status(monitor, model.name)
+    assert status.versions[0].live_metrics["mae"] == pytest.approx(0.5, abs=1e-6)
+
+    async with raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.performance.degraded") as degradations:
+        publishing = asyncio.create_task(traffic(error=3.0, seconds=5))
+        record = await read_until(degradations, records_for(model.name), timeout_s=30)
+        await publishing
+    degraded = monitoring_pb2.PerformanceDegraded.FromString(record.value)
+    assert degraded.metric == "rmse" and degraded.observed == pytest.approx(3.0, abs=1e-6)
+    assert degraded.comparison == common_pb2.COMPARISON_LESS_OR_EQUAL and degraded.bound == 1.0
+    assert degraded.baseline == pytest.approx(0.1)
