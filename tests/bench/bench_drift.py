@@ -11,9 +11,10 @@
    topics of a `bench-<id>.` prefix; then a fresh process runs the monitor's ingest (decode, count,
    predictions and window state committed with the offsets in PostgreSQL) from the first offset,
    and the time from assignment until PostgreSQL holds the last offset of every partition is
-   measured: with the predictions kept for the ground-truth join (the default) and without.
+   measured: with the predictions kept for the ground-truth join (the default) and without, each
+   in a fresh process, rounds in alternating order, medians.
 
-    python -m tests.bench.bench_drift [--rows N] [--batches N] [--skip-evidently]
+    python -m tests.bench.bench_drift [--rows N] [--batches N] [--rounds R] [--skip-evidently]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -343,7 +345,7 @@ def ingest_contender(prefix: str, batches: int, store_predictions: bool) -> dict
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def main(rows: int, batches: int, skip_evidently: bool) -> dict:
+def main(rows: int, batches: int, rounds: int, skip_evidently: bool) -> dict:
     import asyncio
     import uuid
 
@@ -362,14 +364,26 @@ def main(rows: int, batches: int, skip_evidently: bool) -> dict:
         summary["drift"] = drift
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     asyncio.run(prepare_ingest(prefix, batches))
+    runs: dict[str, list[dict]] = {"with_predictions": [], "without_predictions": []}
+    for round_ in range(rounds):
+        order = [True, False] if round_ % 2 == 0 else [False, True]  # neither always runs first
+        for keep in order:
+            result = ingest_contender(prefix, batches, keep)
+            name = "with_predictions" if keep else "without_predictions"
+            runs[name].append(result)
+            print(f"round {round_ + 1}: ingest {name}: {result['rows_per_s']:,.0f} rows/s", flush=True)
     summary["ingest"] = {
         "rows_per_batch": ROWS_PER_BATCH,
         "features": len(INGEST_FEATURES),
-        "with_predictions": ingest_contender(prefix, batches, True),
-        "without_predictions": ingest_contender(prefix, batches, False),
+        "rows_per_round": batches * ROWS_PER_BATCH,
+        "rounds": rounds,
+        "median_rows_per_s": {
+            name: round(statistics.median(r["rows_per_s"] for r in results)) for name, results in runs.items()
+        },
+        "all_rounds": runs,
     }
-    for kind in ("with_predictions", "without_predictions"):
-        print(f"ingest {kind}: {summary['ingest'][kind]['rows_per_s']:,.0f} rows/s", flush=True)
+    for name, value in summary["ingest"]["median_rows_per_s"].items():
+        print(f"ingest {name}: median {value:,} rows/s", flush=True)
     return summary
 
 
@@ -379,6 +393,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batches", type=int, default=1_000, help="InferenceLogged records of 500 rows")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="ingest rounds per contender, order alternating"
+    )
     parser.add_argument("--skip-evidently", action="store_true")
     parser.add_argument("--one", choices=["monitor", "evidently", "ingest", "ingest-no-predictions"])
     parser.add_argument("--data", type=Path)
@@ -393,7 +410,7 @@ if __name__ == "__main__":
 
         print(json.dumps(asyncio.run(run_ingest(args.prefix, args.batches, args.one == "ingest"))))
         sys.exit(0)
-    summary = main(args.rows, args.batches, args.skip_evidently)
+    summary = main(args.rows, args.batches, args.rounds, args.skip_evidently)
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     (out / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
