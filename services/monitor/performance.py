@@ -355,6 +355,8 @@ class PerformanceTracker:
                 )
 
     async def apply_retention(self, now: float) -> None:
+        """Predictions and labels after `prediction_retention_hours`, closed windows after
+        `window_retention_days`."""
         cutoff = _dt(now - self.settings.prediction_retention_hours * 3600)
         async with self.database.transaction() as session:
             await session.exec(
@@ -362,6 +364,14 @@ class PerformanceTracker:
             )
             await session.exec(
                 text(f"DELETE FROM {SCHEMA}.labels WHERE received_at < :c"), params={"c": cutoff}
+            )
+            history = _dt(now - self.settings.window_retention_days * 86400)
+            await session.exec(
+                text(f"DELETE FROM {SCHEMA}.windows WHERE closed AND window_end < :c"), params={"c": history}
+            )
+            await session.exec(
+                text(f"DELETE FROM {SCHEMA}.performance_windows WHERE closed AND window_end < :c"),
+                params={"c": history},
             )
 
     async def _window_seconds(self, model: str) -> int:

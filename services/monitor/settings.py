@@ -55,6 +55,8 @@ class MonitorSettings(RegistryPeerSettings):
     """Keep every logged prediction (with its features) for the ground-truth join and retraining sets."""
     prediction_retention_hours: float = Field(72.0, gt=0)
     """How long predictions and unmatched ground truth are kept."""
+    window_retention_days: float = Field(30.0, gt=0)
+    """How long closed windows (drift history, `mlops drift status`) are kept."""
     label_match_window_s: float = Field(600.0, gt=0)
     """How long a label is looked for among the logged predictions; one whose prediction was not
     logged by then (sampled out) stays unmatched until retention removes it."""
