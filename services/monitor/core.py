@@ -120,6 +120,8 @@ class CountedBatch:
     model: str = ""
     window_seconds: int = 0
     references: dict[int, Reference | None] = field(default_factory=dict)
+    latest: float = 0.0
+    """The latest request time in the batch."""
 
 
 def _column_order(rows: BatchRows, reference: Reference) -> np.ndarray:
@@ -145,6 +147,7 @@ def count_batch(prepared: Prepared, *, store_predictions: bool) -> CountedBatch:
     )
     if not len(rows):
         return out
+    out.latest = float(rows.timestamps.max())
     classification = prepared.task == "classification"
     width = prepared.window_seconds
     starts = (np.floor(rows.timestamps / width) * width).astype(np.int64)
@@ -322,6 +325,10 @@ class MonitorCore:
         self.offsets: dict[tuple[str, int], int] = {}
         """Next offset to read per (topic, partition), as far as the in-memory state goes."""
         self.partitions: set[int] = set()
+        self.caught_up: dict[int, bool] = {}
+        """Per partition: read up to the broker's high watermark as last fetched."""
+        self.watermarks: dict[int, float] = {}
+        """Per partition: the latest request time read from it."""
 
     # --- restart --------------------------------------------------------------------------------
 
@@ -392,6 +399,8 @@ class MonitorCore:
             del self.windows[key]
         for partition in gone:
             self.offsets.pop((topic, partition), None)
+            self.caught_up.pop(partition, None)
+            self.watermarks.pop(partition, None)
 
     # --- ingest ---------------------------------------------------------------------------------
 
@@ -462,12 +471,23 @@ class MonitorCore:
         if late:
             prometheus.LATE_ROWS.labels(counted.model).inc(late)
         self.pending_predictions.extend(counted.predictions)
+        if counted.latest > self.watermarks.get(counted.partition, 0.0):
+            self.watermarks[counted.partition] = counted.latest
         prometheus.ROWS_INGESTED.labels(counted.model).inc(counted.rows)
 
     def due(self, now: float) -> list[OpenWindow]:
+        """Windows to close: `window_grace_ms` past their end, and their partition read up to its end
+        (or a row at least that late seen on it). A monitor catching up after a restart or an
+        outage counts the backlog into its windows before judging them."""
         grace = self.settings.window_grace_ms / 1000
+
+        def read_past(window: OpenWindow) -> bool:
+            if self.caught_up.get(window.partition, False):
+                return True
+            return self.watermarks.get(window.partition, float("-inf")) >= window.end + grace
+
         return sorted(
-            (w for w in self.windows.values() if w.end + grace <= now),
+            (w for w in self.windows.values() if w.end + grace <= now and read_past(w)),
             key=lambda w: (w.model, w.version, w.start),
         )
 

@@ -158,6 +158,7 @@ class InferenceLogIngest:
                 async with self._lock:
                     if batch:
                         await self._handle(batch)
+                    self._note_progress(consumer)
                     if self._committing is not None and self._committing.done():
                         await self._settle()  # raises what the write raised
                     if self._committing is None and (
@@ -174,6 +175,15 @@ class InferenceLogIngest:
             finally:
                 await consumer.stop()
                 self._stopped.set()
+
+    def _note_progress(self, consumer: AIOKafkaConsumer) -> None:
+        """Which partitions are read up to the broker's end (as of the last fetch)."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            position = self.core.offsets.get((tp.topic, tp.partition))
+            self.core.caught_up[tp.partition] = (
+                highwater is not None and position is not None and position >= highwater
+            )
 
     async def _write_with_retries(self, plan: CommitPlan, *, deadline_s: float | None = None) -> int:
         delay = self.bus.retry_backoff_ms / 1000
