@@ -240,3 +240,31 @@ def test_prediction_psi_of_regression_outputs_on_baseline_edges():
     assert prediction_psi_values(rng.normal(0, 1, 2000), baseline, edges) < 0.05
     assert prediction_psi_values(rng.normal(1, 1, 2000), baseline, edges) > 0.3
     assert stats.psi(np.array([1, 1]), np.array([1, 1])) == 0
+
+
+def test_a_window_is_due_after_its_grace_once_its_partition_is_read_to_the_end():
+    from services.monitor.core import MonitorCore, OpenWindow
+    from services.monitor.settings import MonitorSettings
+
+    core = MonitorCore(
+        database=None,
+        outbox=None,
+        catalog=None,
+        registry=None,
+        store=None,
+        settings=MonitorSettings(window_grace_ms=500, metrics_port=None),
+        consumer_group="g",
+    )
+    window = OpenWindow("m", 1, 100, 10, 2, None, "")
+    core.windows[("m", 1, 100)] = window
+    assert core.due(110.4) == []  # within the grace
+    assert core.due(200.0) == []  # its partition's backlog not read yet (after a restart, say)
+    core.watermarks[2] = 110.2
+    assert core.due(200.0) == []  # a later row, but not later than the grace
+    core.watermarks[2] = 110.6
+    assert core.due(200.0) == [window]
+    core.watermarks.clear()
+    core.caught_up[2] = True
+    assert core.due(110.6) == [window]
+    plan = core.snapshot(110.6)
+    assert plan.closing == [window] and core.windows == {} and core.closed[("m", 1)] == 100
