@@ -264,6 +264,8 @@ class CommitPlan:
     """Due windows, no longer in memory."""
     predictions: list[tuple]
     offsets: dict[tuple[str, int], int]
+    late: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    """Rows per closed window that arrived after it closed."""
 
 
 @dataclass
@@ -325,6 +327,8 @@ class MonitorCore:
         self.offsets: dict[tuple[str, int], int] = {}
         """Next offset to read per (topic, partition), as far as the in-memory state goes."""
         self.partitions: set[int] = set()
+        self.late: dict[tuple[str, int, int], int] = {}
+        """Rows per closed window that arrived after it closed, not yet written."""
         self.caught_up: dict[int, bool] = {}
         """Per partition: read up to the broker's high watermark as last fetched."""
         self.watermarks: dict[int, float] = {}
@@ -447,6 +451,8 @@ class MonitorCore:
             newest_closed = self.closed.get((delta.model, delta.version))
             if newest_closed is not None and delta.start <= newest_closed:
                 late += delta.samples
+                key = (delta.model, delta.version, delta.start)
+                self.late[key] = self.late.get(key, 0) + delta.samples
                 continue
             key = (delta.model, delta.version, delta.start)
             window = self.windows.get(key)
@@ -511,8 +517,9 @@ class MonitorCore:
         ]
         for window in self.windows.values():
             window.dirty = False
-        plan = CommitPlan(now, dirty, due, self.pending_predictions, dict(self.offsets))
+        plan = CommitPlan(now, dirty, due, self.pending_predictions, dict(self.offsets), self.late)
         self.pending_predictions = []
+        self.late = {}
         return plan
 
     async def commit(self, *, now: float | None = None) -> int:
@@ -542,6 +549,7 @@ class MonitorCore:
                 await self._write_open_windows(session, [*plan.windows, *plan.closing])
                 await self._write_predictions(session, plan.predictions)
                 await self._write_offsets(session, plan.offsets)
+                await self._write_late(session, plan.late)
                 for closing in closings:
                     with trace.use_span(closing.span, end_on_exit=False):
                         await self._record_closing(session, closing, now)
@@ -694,6 +702,20 @@ class MonitorCore:
                 "features",
             ],
             records=predictions,
+        )
+
+    async def _write_late(self, session: AsyncSession, late: dict[tuple[str, int, int], int]) -> None:
+        if not late:
+            return
+        await session.exec(
+            text(
+                f"UPDATE {SCHEMA}.windows SET late_count = late_count + :n WHERE consumer_group = :g "
+                "AND model = :model AND version = :version AND window_start = :start AND closed"
+            ),
+            params=[
+                {"n": n, "g": self.consumer_group, "model": m, "version": v, "start": _dt(start)}
+                for (m, v, start), n in late.items()
+            ],
         )
 
     async def _write_offsets(self, session: AsyncSession, offsets: dict[tuple[str, int], int]) -> None:
@@ -1096,8 +1118,8 @@ class MonitorCore:
             windows = (
                 await session.exec(
                     text(
-                        "SELECT version, body, profile_sha256 FROM ("
-                        "SELECT version, body, profile_sha256, row_number() OVER "
+                        "SELECT version, body, profile_sha256, late_count FROM ("
+                        "SELECT version, body, profile_sha256, late_count, row_number() OVER "
                         "(PARTITION BY version ORDER BY window_start DESC) AS n "
                         f"FROM {SCHEMA}.windows WHERE model = :m AND closed AND (:v = 0 OR version = :v)) w "
                         "WHERE n <= :limit ORDER BY version, n"
@@ -1135,9 +1157,11 @@ class MonitorCore:
             if last_degradation is not None:
                 item.last_degradation_at.CopyFrom(_ts(float(last_degradation)))
             item.live_metrics.update({k: float(v) for k, v in (live or {}).items()})
-        for version, body, sha in windows:
+        for version, body, sha, late in windows:
             item = entry(version)
-            item.windows.append(monitor_pb2.DriftWindow.FromString(body))
+            window = monitor_pb2.DriftWindow.FromString(body)
+            window.late_count = late
+            item.windows.append(window)
             item.profile_sha256 = item.profile_sha256 or sha
         response.versions.extend(by_version[v] for v in sorted(by_version))
         return response

@@ -749,6 +749,14 @@ async def test_a_restart_mid_window_keeps_its_counts_without_counting_twice(
         third.core.settings = monitor_settings(consumer_group=settings.consumer_group, window_grace_ms=0)
         closed = await third.ingest.flush(start + 21)
         assert closed == 1
+        # Rows of the window that arrive after it closed count for health, and as late, not for drift.
+        await publisher.publish(batch_of(model, training_frame(model.rng, 5), at=start + 1))
+
+        async def late_rows():
+            status = await drift_status(third, model.name)
+            return status.versions[0].windows[0].late_count == 5
+
+        await eventually(late_rows, timeout_s=15, what="the late rows counted")
     rows = await _window_row(database, third.group, model.name)
     ((samples, is_closed, body),) = rows
     assert is_closed and samples == published == 250
