@@ -13,7 +13,7 @@ WITH_STACK_ENV := set -a; [ -f .stack/env ] && . .stack/env; set +a;
 
 export PYTHON := $(abspath $(PY))
 
-.PHONY: help setup up down status test test-unit test-integration test-stack bench demo protos protos-check lint clean
+.PHONY: help setup up down status test test-unit test-integration test-stack bench demo protos protos-check lint clean image manifests dashboard
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,8 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,ml]'
 	@touch $@
 
-setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger (cached)
+setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger, deployment checkers (cached)
 	bash infra/local/install.sh
+	bash infra/k8s/install-tools.sh
 
 up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready
 	bash $(STACK) up
@@ -73,6 +74,18 @@ protos-check: $(VENV)/.installed ## Fail when the generated code is stale or was
 lint: $(VENV)/.installed ## Ruff over the hand-written code (generated code is excluded)
 	$(VENV)/bin/ruff check libs services tests
 	$(VENV)/bin/ruff format --check libs services tests
+
+image: ## Build the one image every service runs from (needs Docker): mlops:dev
+	docker build -t $${MLOPS_IMAGE:-mlops:dev} .
+
+manifests: setup ## Render the Kubernetes overlays into build/k8s/{local,production}.yaml (kustomize)
+	@mkdir -p build/k8s
+	$(PY) infra/k8s/topics.py --check
+	for o in local production; do $${MLOPS_CACHE:-$$HOME/.cache/mlops}/bin/kustomize build infra/k8s/overlays/$$o > build/k8s/$$o.yaml && echo "build/k8s/$$o.yaml"; done
+
+dashboard: up ## Run the demo while a Prometheus scrapes every service, then draw the Grafana dashboard from it: docs/dashboard.png
+	bash infra/k8s/install-tools.sh prometheus
+	$(WITH_STACK_ENV) $(PY) infra/grafana/render.py --run "$(PY) -m mlops.demo" --after $${DASHBOARD_AFTER_S:-60} --out docs/dashboard.png
 
 clean: ## Remove caches of the build (not the stack's data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
