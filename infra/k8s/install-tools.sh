@@ -126,16 +126,17 @@ prometheus_build() {   # NAME
   if [ -x "$BIN/$name" ] && stamp_is "$BIN/$name.version" "$PROMETHEUS_VERSION"; then say "$name" "present: module $PROMETHEUS_VERSION"; return; fi
   command -v go >/dev/null || die "go not found: install Go and re-run"
   say "$name" "building cmd/$name from module $PROMETHEUS_VERSION (a long first build; log: $log)"
+  # (`set -e` does not act inside a subshell tested with ||: every step is chained instead)
   (
-    set -e
     if [ ! -f "$src/go.mod" ]; then
       dir="$(go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
-        | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
-      rm -rf "$src.tmp"; cp -R "$dir" "$src.tmp"; chmod -R u+w "$src.tmp"; mv "$src.tmp" "$src"
+        | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')" \
+        && [ -d "$dir" ] && mkdir -p "$(dirname "$src")" && rm -rf "$src.tmp" \
+        && cp -R "$dir" "$src.tmp" && chmod -R u+w "$src.tmp" && mv "$src.tmp" "$src" || exit 1
     fi
-    cd "$src"
-    GOFLAGS=-buildvcs=false go build -o "$BIN/$name.tmp" "./cmd/$name"
-    mv "$BIN/$name.tmp" "$BIN/$name"
+    cd "$src" \
+      && GOFLAGS=-buildvcs=false go build -o "$BIN/$name.tmp" "./cmd/$name" \
+      && mv "$BIN/$name.tmp" "$BIN/$name"
   ) >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "$name build failed (log: $log)"; }
   echo "$PROMETHEUS_VERSION" >"$BIN/$name.version"
   say "$name" "installed: module $PROMETHEUS_VERSION at $BIN/$name"
