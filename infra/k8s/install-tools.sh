@@ -139,6 +139,8 @@ prometheus_build() {   # NAME
       && mv "$BIN/$name.tmp" "$BIN/$name"
   ) >"$log" 2>&1 || { tail -n 20 "$log" >&2; die "$name build failed (log: $log)"; }
   echo "$PROMETHEUS_VERSION" >"$BIN/$name.version"
+  # the source copy is kept only while a binary built from it is missing (Go's build cache stays)
+  if [ -x "$BIN/promtool" ] && [ -x "$BIN/prometheus" ]; then rm -rf "$src"; fi
   say "$name" "installed: module $PROMETHEUS_VERSION at $BIN/$name"
 }
 install_promtool() { prometheus_build promtool; }

@@ -140,6 +140,14 @@ def test_compose_environment_uses_the_services_real_settings() -> None:
             assert field in settings.model_fields, f"{key} is not a field of {settings.__name__}"
 
 
+def test_compose_dependencies_name_services_that_exist() -> None:
+    services = compose()["services"]
+    for name, spec in services.items():
+        for dependency in spec.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on {dependency}, which the file does not define"
+            assert dependency != name
+
+
 def test_compose_secrets_have_no_default() -> None:
     text = COMPOSE.read_text()
     for variable in (
