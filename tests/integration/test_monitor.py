@@ -781,7 +781,7 @@ async def test_regression_ground_truth_gives_live_rmse_and_health_compares_binne
     now = time.time()
     await publisher.publish(batch_of(model, frame, version=1, at=now - 1))
     await publisher.publish(
-        batch_of(model, frame, version=2, at=now - 1, predictions=regression_of(frame) + 3)
+        batch_of(model, frame, version=2, at=now - 1, predictions=regression_of(frame) + 6)
     )
 
     async def drift_of_outputs():
