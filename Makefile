@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger, deployment checkers (cached)
 	bash infra/local/install.sh
 	bash infra/k8s/install-tools.sh
+	bash tests/install-tritonclient.sh
 
 up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready
 	bash $(STACK) up

@@ -78,10 +78,11 @@ def production_of(desired: S.DesiredState | None) -> S.ServingVersion | None:
 
 
 def prediction_drift_bound(body: pb.ModelSpecBody, default: float) -> float:
-    """The spec's drift threshold when it judges drift by PSI (the statistic the monitor's
-    prediction_drift is), else the deployer's default."""
-    if body.monitor.method == "psi" and body.monitor.HasField("threshold"):
-        return body.monitor.threshold
+    """The spec's `rollout.max_prediction_drift` when set, else the deployer's default (0 by default:
+    the drift is reported with each step but decides nothing, since a retrained model is meant to
+    answer differently from the champion it replaces)."""
+    if body.rollout.HasField("max_prediction_drift"):
+        return body.rollout.max_prediction_drift
     return default
 
 

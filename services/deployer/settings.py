@@ -29,10 +29,9 @@ class DeployerSettings(RegistryPeerSettings):
     """While a step is held (no answer from the monitor, too few requests), the candidate is checked
     at intervals doubling from `tick_interval_s` up to this, so that a long hold does not add spans
     to the rollout's trace every second."""
-    max_prediction_drift: float = Field(0.2, ge=0)
-    """Bound on the PSI of the candidate's predictions against the baseline's, used when the spec's
-    monitor section judges drift by another method than psi; 0 turns the check off. When the spec's
-    method is psi, its `monitor.threshold` is the bound."""
+    max_prediction_drift: float = Field(0.0, ge=0)
+    """Bound on the PSI of the candidate's predictions against the baseline's for specs that set no
+    `rollout.max_prediction_drift`; 0 (the default) reports the drift without judging on it."""
     production_alias: str = "production"
     """The registry alias moved to a promoted version (compare-and-set, so the ledger records it)."""
     canary_alias: str = "canary"

@@ -80,19 +80,9 @@ else
   touch "$stamp"
 fi
 
-# tritonclient[grpc]
+# tritonclient[grpc] (the inference tests' client too, so `make setup` installs it as well)
+bash "$(dirname "${BASH_SOURCE[0]}")/../install-tritonclient.sh"
 TRITON_VENV="$CACHE/tritonclient-venv"
-stamp="$TRITON_VENV/.installed-tritonclient-$TRITONCLIENT_VERSION"
-if [ -x "$TRITON_VENV/bin/python" ] && [ -f "$stamp" ]; then
-  log "tritonclient $TRITONCLIENT_VERSION present in $TRITON_VENV"
-else
-  log "installing tritonclient[grpc] $TRITONCLIENT_VERSION into $TRITON_VENV"
-  [ -x "$TRITON_VENV/bin/python" ] || "$PYTHON" -m venv "$TRITON_VENV"
-  "$TRITON_VENV/bin/python" -m pip install -q --upgrade pip
-  "$TRITON_VENV/bin/python" -m pip install -q "tritonclient[grpc]==$TRITONCLIENT_VERSION"
-  rm -f "$TRITON_VENV"/.installed-tritonclient-*
-  touch "$stamp"
-fi
 
 # Evidently, pinned, with the pandas it supports
 EVIDENTLY_VENV="$CACHE/evidently-venv"

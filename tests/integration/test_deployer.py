@@ -288,6 +288,7 @@ async def new_model(
     body.rollout.max_p99_latency_ms = 50
     body.rollout.min_requests = 20
     body.rollout.auto_promote = auto_promote
+    body.rollout.max_prediction_drift = 0.25
     body.monitor.method = "psi"
     body.monitor.threshold = 0.25
     body.serving.max_batch_size = 32
@@ -458,7 +459,7 @@ async def test_a_passed_version_goes_canary_10_50_100_to_production(harness, uni
     assert all((b - a).total_seconds() >= STEP_SECONDS for a, b in itertools.pairwise(steps_at))
     assert rollout.candidate_health.request_count == 200 and rollout.baseline_health.version == 1
     assert rollout.max_prediction_drift == pytest.approx(0.25), (
-        "the spec's PSI threshold bounds prediction drift"
+        "the spec's rollout.max_prediction_drift bounds prediction drift"
     )
 
     desired = await published(h, S.DesiredState, model, until=lambda f: len(f) >= 5)

@@ -10,7 +10,7 @@ from sqlmodel import SQLModel
 from mlops.db import migrate
 
 BUS_TABLES = {"inbox", "outbox", "alembic_version"}
-SERVICES = ["registry", "trainer", "evaluator"]
+SERVICES = ["registry", "trainer", "evaluator", "deployer", "monitor"]
 
 
 def _location(item: tuple) -> tuple[str | None, str]:
