@@ -36,6 +36,17 @@ class RegistryClient:
                 pb.GetModelVersionRequest(model=model, version=version), timeout=self.timeout_s
             )
 
+    async def alias_version(self, model: str, alias: str) -> int | None:
+        """The version `alias` points to, None if it points nowhere."""
+        try:
+            with raise_typed():
+                reply = await self.stub.GetModelVersion(
+                    pb.GetModelVersionRequest(model=model, alias=alias), timeout=self.timeout_s
+                )
+        except NotFound:
+            return None
+        return reply.version
+
     async def dataset_version(self, dataset: str, version: int = 0) -> pb.DatasetVersion:
         with raise_typed():
             return await self.stub.GetDatasetVersion(

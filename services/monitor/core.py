@@ -53,6 +53,7 @@ from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
 
 log = logging.getLogger(__name__)
+PRODUCTION_ALIAS = "production"
 tracer = trace.get_tracer("mlops.monitor")
 
 REQUESTED_BY = "mlops-monitor"
@@ -291,6 +292,8 @@ class Closing:
     committed: data_pb2.DataCommitted | None = None
     """The assembled data set version's commit, published with the retrain request."""
     retrain_span: trace.Span | None = None
+    retrain_skipped: str = ""
+    """Why no retrain follows the alarm (the version is a candidate, not what production serves)."""
 
     def end_spans(self) -> None:
         if self.retrain_span is not None:
@@ -531,7 +534,11 @@ class MonitorCore:
         transaction. May be retried with the same plan after a failure. Returns the windows closed."""
         now = plan.now
         closings = [await self._judge(window, now) for window in plan.closing]
-        assembling = [c for c in closings if c.alarm and self._policy(c, "on_drift") == "retrain"]
+        assembling = [
+            c
+            for c in closings
+            if c.alarm and self._policy(c, "on_drift") == "retrain" and not await self._candidate_only(c)
+        ]
         if assembling and self.settings.retrain_dataset != "latest" and plan.predictions:
             # The drifted windows' predictions must be in the table the data set is assembled from;
             # open windows, predictions and offsets make a consistent state on their own.
@@ -565,6 +572,22 @@ class MonitorCore:
                 state.last_alarm_at = now
             closing.end_spans()
         return len(closings)
+
+    async def _candidate_only(self, closing: Closing) -> bool:
+        """True when the drifting version is a rollout's candidate while another one is in production:
+        its drift is reported (and its rollout sees prediction drift), but retraining is asked for
+        what production serves, so a candidate retrained on drifted data is not superseded by yet
+        another retrain before it can be promoted."""
+        model, version = closing.window.model, closing.window.version
+        try:
+            production = await self.registry.alias_version(model, PRODUCTION_ALIAS)
+        except Exception as error:  # the alarm stands; the retrain goes ahead as the policy says
+            log.warning("could not read %s's production version: %s", model, error)
+            return False
+        if production is None or production == version:
+            return False
+        closing.retrain_skipped = f"v{version} is a candidate; production serves v{production}"
+        return True
 
     def _retrain_span(self, closing: Closing) -> trace.Span:
         """The root of the retraining's trace, linked to the window that caused it: what follows
@@ -790,7 +813,9 @@ class MonitorCore:
         prometheus.DRIFT_ALARMS.labels(*labels).inc()
         span = trace.get_current_span()
         span.set_attribute("mlops.drift.event_id", cause)
-        if monitor.on_drift != "retrain":
+        if monitor.on_drift != "retrain" or closing.retrain_skipped:
+            if closing.retrain_skipped:
+                span.set_attribute("mlops.retrain.skipped", closing.retrain_skipped)
             return
         drifted = [f.feature for f in closing.body.features if f.drifted]
         what = f"{monitor.method} drift on {len(drifted)} of {len(closing.body.features)} features"

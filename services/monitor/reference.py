@@ -43,6 +43,9 @@ class Judgement:
     min_samples: int
     p_value_correction: str = "bonferroni"
     prediction_threshold: float = 0.2
+    psi_significance: float = 0.01
+    """A PSI above the threshold counts only if noise this unlikely (Bonferroni-corrected over the
+    features) cannot explain it: small windows of undrifted traffic cross 0.2 by chance."""
 
 
 @dataclass
@@ -152,14 +155,17 @@ class Reference:
             p_threshold = rule.threshold / len(self.features)
         statistics: list[monitoring_pb2.FeatureDrift] = []
         chosen: list[monitoring_pb2.FeatureDrift] = []
+        psi_alpha = rule.psi_significance / max(len(self.features), 1)
         for feature in self.features:
             live = counts[feature.offset : feature.offset + feature.reference.size]
             psi_score = stats.psi(feature.reference, live)
+            psi_p = stats.psi_p_value(feature.reference, live)
             psi_item = monitoring_pb2.FeatureDrift(
                 feature=feature.name,
                 method="psi",
                 score=psi_score,
-                drifted=judged and rule.method == "psi" and psi_score > rule.threshold,
+                p_value=psi_p,
+                drifted=judged and rule.method == "psi" and psi_score > rule.threshold and psi_p < psi_alpha,
             )
             if feature.kind == "numeric":
                 # Missing values are not part of the ordered scale the KS test compares.
@@ -173,9 +179,11 @@ class Reference:
             chosen.append(test if by_p_value else psi_item)
         live_prediction = counts[self.prediction_offset :]
         prediction_drift = stats.psi(self.prediction_reference, live_prediction)
-        drifted = judged and (
-            any(item.drifted for item in chosen) or prediction_drift > rule.prediction_threshold
+        prediction_drifted = (
+            prediction_drift > rule.prediction_threshold
+            and stats.psi_p_value(self.prediction_reference, live_prediction) < rule.psi_significance
         )
+        drifted = judged and (any(item.drifted for item in chosen) or prediction_drifted)
         return WindowResult(sample_count, judged, drifted, chosen, statistics, prediction_drift)
 
 

@@ -68,5 +68,7 @@ class MonitorSettings(RegistryPeerSettings):
     from the drifted windows' labelled traffic; or that when there is enough of it, else the latest."""
     retrain_min_labelled_rows: int = Field(100, ge=1)
     """Labelled predictions in the drifted windows needed to assemble a data set version."""
-    assembled_includes_parent: bool = True
-    """An assembled data set version holds the version the model was trained on plus the new rows."""
+    assembled_includes_parent: bool = False
+    """An assembled data set version holds the version the model was trained on plus the new rows;
+    by default only the drifted windows' labelled rows, so that the retrained model's own profile is
+    the traffic it now sees (with the old rows mixed in, it would drift again on the same traffic)."""

@@ -35,6 +35,16 @@ def psi(reference: np.ndarray, live: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
+def psi_p_value(reference: np.ndarray, live: np.ndarray) -> float:
+    """How likely sampling noise alone explains the difference a PSI measures between two count
+    vectors: the chi-squared test of homogeneity on the same bins.
+
+    A small window's PSI is noisy (about (bins - 1)(1/n + 1/m) under no drift, with a long tail
+    from bins that happen to be empty), so a PSI over the threshold only means drift when this
+    p-value is small too."""
+    return chi_squared(reference, live)[1]
+
+
 def ks_binned(reference: np.ndarray, live: np.ndarray) -> tuple[float, float]:
     """(D, p-value) of the two-sample Kolmogorov-Smirnov test on counts over the same ordered bins."""
     ref = np.asarray(reference, dtype=np.float64)

@@ -91,3 +91,20 @@ def test_bin_index_follows_the_profile_histogram_rules():
     assert index.tolist() == [0, 0, 0, 1, 2, 2, 2, -1]
     counts, missing = histogram(values, edges.tolist())
     assert np.bincount(index[index >= 0], minlength=3).tolist() == counts and missing == 1
+
+
+def test_a_small_windows_psi_over_the_threshold_is_told_apart_from_a_real_shift():
+    rng = np.random.default_rng(3)
+    edges = quantile_edges(rng.normal(size=178))
+    reference = np.asarray(histogram(rng.normal(size=178), edges)[0])
+    noisy = []
+    for _ in range(200):  # undrifted windows of 100 rows: their PSI crosses 0.2 now and then
+        live = np.asarray(histogram(rng.normal(size=100), edges)[0])
+        score = stats.psi(reference, live)
+        noisy.append((score, stats.psi_p_value(reference, live)))
+    crossed = [p for score, p in noisy if score > 0.2]
+    assert crossed, "expected some undrifted windows above 0.2 by chance"
+    assert all(p > 0.01 / 13 for p in crossed)
+    shifted = np.asarray(histogram(rng.normal(loc=1.0, size=100), edges)[0])
+    score = stats.psi(reference, shifted)
+    assert score > 0.2 and stats.psi_p_value(reference, shifted) < 1e-6
