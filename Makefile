@@ -57,7 +57,7 @@ bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ a
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_inference --skip-setup
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_drift
 
-demo: up ## Run the platform's main job on the embedded stack and print where to look
+demo: up ## The closed loop on the local stack: train, deploy, serve, drift, retrain, canary, production (~2 min)
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo
 
 protos: $(VENV)/.installed ## Generate Python code from protos/ into libs/
