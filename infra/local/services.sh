@@ -60,7 +60,8 @@ up() {
     printf '\n=== %s start\n' "$(date -u +%FT%TZ)" >>"$STACK/logs/$name.log"
     wc -l <"$STACK/logs/$name.log" >"$STACK/run/$name.logstart"
     cd "$REPO"
-    nohup "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 &
+    # Each service names itself in traces (mlops-<name>); a caller's OTEL_SERVICE_NAME is not theirs.
+    nohup env -u OTEL_SERVICE_NAME "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 &
     echo $! >"$STACK/run/$name.pid"
     started+=("$entry")
   done
