@@ -5,39 +5,14 @@ from __future__ import annotations
 
 import grpc
 
-from mlops.errors import FailedPrecondition, NotFound
+from mlops.errors import FailedPrecondition
 from mlops.grpc import raise_typed
+from mlops.grpc.registry import RegistryPeer
 from mlops.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from mlops.registry.v1 import registry_pb2 as pb
-from mlops.registry.v1 import registry_pb2_grpc
 
 
-class RegistryClient:
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 30.0) -> None:
-        self.stub = registry_pb2_grpc.RegistryStub(channel)
-        self.timeout_s = timeout_s
-
-    async def model_spec(self, model: str) -> pb.ModelSpecVersion:
-        """The model's latest spec: the rollout and serving sections a rollout follows."""
-        with raise_typed():
-            return await self.stub.GetModelSpec(pb.GetModelSpecRequest(model=model), timeout=self.timeout_s)
-
-    async def model_version(self, model: str, version: int) -> pb.ModelVersion:
-        with raise_typed():
-            return await self.stub.GetModelVersion(
-                pb.GetModelVersionRequest(model=model, version=version), timeout=self.timeout_s
-            )
-
-    async def aliased_version(self, model: str, alias: str) -> pb.ModelVersion | None:
-        """The version `alias` points to, or None when the alias is not set."""
-        try:
-            with raise_typed():
-                return await self.stub.GetModelVersion(
-                    pb.GetModelVersionRequest(model=model, alias=alias), timeout=self.timeout_s
-                )
-        except NotFound:
-            return None
-
+class RegistryClient(RegistryPeer):
     async def move_alias(
         self, model: str, alias: str, version: int, *, expected: int | None, actor: str, reason: str
     ) -> bool:

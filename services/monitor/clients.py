@@ -10,49 +10,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import grpc
-
 from mlops.errors import NotFound
 from mlops.grpc import raise_typed
+from mlops.grpc.registry import RegistryPeer
 from mlops.profile import ReferenceProfile
 from mlops.registry.v1 import registry_pb2 as pb
-from mlops.registry.v1 import registry_pb2_grpc
 from mlops.store import ArtifactStore
 from services.monitor.reference import Reference
 
 
-class RegistryClient:
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float = 30.0) -> None:
-        self.stub = registry_pb2_grpc.RegistryStub(channel)
-        self.timeout_s = timeout_s
-
-    async def model_spec(self, model: str) -> pb.ModelSpecVersion:
-        with raise_typed():
-            return await self.stub.GetModelSpec(pb.GetModelSpecRequest(model=model), timeout=self.timeout_s)
-
-    async def model_version(self, model: str, version: int) -> pb.ModelVersion:
-        with raise_typed():
-            return await self.stub.GetModelVersion(
-                pb.GetModelVersionRequest(model=model, version=version), timeout=self.timeout_s
-            )
-
-    async def alias_version(self, model: str, alias: str) -> int | None:
-        """The version `alias` points to, None if it points nowhere."""
-        try:
-            with raise_typed():
-                reply = await self.stub.GetModelVersion(
-                    pb.GetModelVersionRequest(model=model, alias=alias), timeout=self.timeout_s
-                )
-        except NotFound:
-            return None
-        return reply.version
-
-    async def dataset_version(self, dataset: str, version: int = 0) -> pb.DatasetVersion:
-        with raise_typed():
-            return await self.stub.GetDatasetVersion(
-                pb.GetDatasetVersionRequest(dataset=dataset, version=version), timeout=self.timeout_s
-            )
-
+class RegistryClient(RegistryPeer):
     async def record_dataset_version(self, request: pb.RecordDatasetVersionRequest) -> pb.DatasetVersion:
         with raise_typed():
             reply = await self.stub.RecordDatasetVersion(request, timeout=self.timeout_s)

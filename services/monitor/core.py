@@ -580,13 +580,13 @@ class MonitorCore:
         another retrain before it can be promoted."""
         model, version = closing.window.model, closing.window.version
         try:
-            production = await self.registry.alias_version(model, PRODUCTION_ALIAS)
+            aliased = await self.registry.aliased_version(model, PRODUCTION_ALIAS)
         except Exception as error:  # the alarm stands; the retrain goes ahead as the policy says
             log.warning("could not read %s's production version: %s", model, error)
             return False
-        if production is None or production == version:
+        if aliased is None or aliased.version == version:
             return False
-        closing.retrain_skipped = f"v{version} is a candidate; production serves v{production}"
+        closing.retrain_skipped = f"v{version} is a candidate; production serves v{aliased.version}"
         return True
 
     def _retrain_span(self, closing: Closing) -> trace.Span:
