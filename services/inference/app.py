@@ -99,7 +99,11 @@ class InferenceApp:
         self.server.add(self.servicer.register, SERVICE_NAME)
         self.publisher = EventPublisher(kafka, bus, source=SOURCE)
         self.reader = DesiredStateReader(
-            kafka, bus, self.core, publisher=self.publisher, client_id=f"{settings.consumer_group}-{settings.server_id}"
+            kafka,
+            bus,
+            self.core,
+            publisher=self.publisher,
+            client_id=f"{settings.consumer_group}-{settings.server_id}",
         )
         self.tasks: list[asyncio.Task] = []
         self.port: int | None = None
