@@ -46,7 +46,7 @@ import pandas as pd
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
-from tests.bench.bench_registry import BenchError, Figures, free_port, running, wait_until
+from tests.bench.bench_registry import BenchError, Figures, free_port, ghz_figures, running, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MLOPS_CACHE", Path.home() / ".cache" / "mlops"))
@@ -149,21 +149,7 @@ def run_ghz(addr: str, data: dict, concurrency: int, duration_s: float) -> Figur
         text=True,
         check=True,
     ).stdout
-    report = json.loads(out)
-    latencies = {int(row["percentage"]): row["latency"] for row in report.get("latencyDistribution") or []}
-    if 50 not in latencies or 99 not in latencies:
-        raise BenchError(f"ghz reported no latency distribution: {out[:2000]}")
-    codes = report.get("statusCodeDistribution") or {}
-    ok = codes.get("OK", 0)
-    if ok != int(report["count"]):
-        print(f"ghz status codes: {codes}; errors: {report.get('errorDistribution')}", file=sys.stderr)
-    return Figures(
-        requests=int(report["count"]),
-        errors=int(report["count"]) - ok,
-        rps=float(report["rps"]),
-        p50_ms=latencies[50] / 1e6,
-        p99_ms=latencies[99] / 1e6,
-    )
+    return ghz_figures(out)
 
 
 def model_ready(addr: str, name: str = MODEL) -> bool:

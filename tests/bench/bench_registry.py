@@ -532,6 +532,11 @@ def run_ghz(tools: Tools, addr: str, concurrency: int, duration_s: float, connec
         text=True,
         check=True,
     ).stdout
+    return ghz_figures(out)
+
+
+def ghz_figures(out: str) -> Figures:
+    """The figures of one ghz run from its JSON report; status codes other than OK count as errors."""
     report = json.loads(out)
     latencies = {int(row["percentage"]): row["latency"] for row in report.get("latencyDistribution") or []}
     if 50 not in latencies or 99 not in latencies:

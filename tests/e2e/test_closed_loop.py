@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_wine
 
-from mlops.demo.loop import EventTail, Traffic, shift_features
+from mlops.demo.loop import EventTail, Traffic, shift_features, wait_ready
 from mlops.events.v1 import data_pb2, deployment_pb2, evaluation_pb2, monitoring_pb2, training_pb2
 from mlops.jaeger import TRACE_TAG
 from tests.e2e.conftest import mlops
@@ -68,7 +68,7 @@ async def test_drift_retrains_and_the_new_version_reaches_production_in_one_link
         first = (await tail.wait_for(deployment_pb2.ModelDeployed, timeout_s=240)).event
         assert first.version == 1 and first.previous_version == 0
 
-        await _wait_ready(model, first.version)
+        await wait_ready(model, first.version)
         traffic.start()
         # Traffic drawn from the training data: whole windows pass without an alarm.
         calm_until = time.monotonic() + 4 * 3
@@ -137,27 +137,6 @@ async def test_drift_retrains_and_the_new_version_reaches_production_in_one_link
     ]
     assert windows, f"no link of the retrain's trace leads to a monitor span: {linked}"
     assert any(str(first.version) == str(span.attributes.get("mlops.model.version")) for span in windows)
-
-
-async def _wait_ready(model: str, version: int) -> None:
-    import grpc
-
-    from inference import grpc_service_pb2 as oip
-    from inference import grpc_service_pb2_grpc as oip_grpc
-
-    async with grpc.aio.insecure_channel("127.0.0.1:8001") as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-
-        async def ready():
-            try:
-                reply = await stub.ModelReady(
-                    oip.ModelReadyRequest(name=model, version=str(version)), timeout=2
-                )
-            except grpc.aio.AioRpcError:
-                return False
-            return reply.ready
-
-        await eventually(ready, timeout_s=60, interval_s=0.2, what=f"{model}@{version} ready")
 
 
 async def _whole_trace(jaeger_url: str, trace_id: str, services: set[str]):

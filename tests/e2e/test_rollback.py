@@ -12,14 +12,11 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from sklearn.datasets import load_wine
 
-from inference import grpc_service_pb2 as oip
-from inference import grpc_service_pb2_grpc as oip_grpc
-from mlops.demo.loop import EventTail, Traffic
+from mlops.demo.loop import EventTail, Traffic, wait_ready
 from mlops.events.v1 import common_pb2, deployment_pb2
 from mlops.grpc import open_channel
 from mlops.registry.v1 import registry_pb2 as pb
@@ -82,7 +79,7 @@ async def test_a_slow_canary_is_rolled_back_automatically_and_production_never_s
         mlops("data", "commit", str(data), "--dataset", dataset)
         first = (await tail.wait_for(deployment_pb2.ModelDeployed, timeout_s=200)).event
         assert first.version == 1 and first.previous_version == 0
-        await _wait_ready(model, first.version)
+        await wait_ready(model, first.version, address=INFERENCE)
         traffic.start()
         await eventually(
             lambda: traffic.stats.answered[str(first.version)] >= 40,
@@ -223,22 +220,6 @@ def _same_answers_slower(original: bytes, slow: bytes, features: np.ndarray) -> 
     ):
         np.testing.assert_array_equal(before, after)
     return per_call_seconds(slow, features[0])
-
-
-async def _wait_ready(model: str, version: int) -> None:
-    async with grpc.aio.insecure_channel(INFERENCE) as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-
-        async def ready() -> bool:
-            try:
-                reply = await stub.ModelReady(
-                    oip.ModelReadyRequest(name=model, version=str(version)), timeout=2
-                )
-            except grpc.aio.AioRpcError:
-                return False
-            return reply.ready
-
-        await eventually(ready, timeout_s=60, interval_s=0.2, what=f"{model}@{version} ready")
 
 
 async def _only_version_answers(traffic: Traffic, version: str, *, answers: int, timeout_s: float) -> None:

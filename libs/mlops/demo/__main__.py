@@ -25,13 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import yaml
 
-from inference import grpc_service_pb2 as oip
-from inference import grpc_service_pb2_grpc as oip_grpc
-from mlops.demo.loop import EventTail, Seen, Traffic, shift_features
+from mlops.demo.loop import EventTail, Seen, Traffic, shift_features, wait_ready
 from mlops.events.v1 import (
     data_pb2,
     deployment_pb2,
@@ -157,26 +154,6 @@ def wine() -> tuple[list[str], np.ndarray, list[str]]:
     return columns, frame[columns].to_numpy(np.float32), [str(v) for v in frame["target"]]
 
 
-async def wait_ready(version: int, timeout_s: float = 60.0) -> None:
-    """Until the inference server says the version is ready (it loads what the deployer publishes)."""
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(INFERENCE) as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = await stub.ModelReady(
-                    oip.ModelReadyRequest(name=MODEL, version=str(version)), timeout=2.0
-                )
-                if reply.ready:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit(
-        f"{MODEL}@{version} is not ready on {INFERENCE} after {timeout_s:.0f} s; see .stack/logs/"
-    )
-
-
 async def run() -> int:
     spec = yaml.safe_load(SPEC.read_text())["spec"]
     window_s = spec["monitor"]["window_seconds"]
@@ -215,7 +192,10 @@ async def _loop(tail: EventTail, story: Story, window_s: int) -> int:
         first = deployed.event.version
     else:
         first = await _restore_bundled_version(dataset_version, story)
-    await wait_ready(first)
+    try:
+        await wait_ready(MODEL, first, address=INFERENCE)
+    except TimeoutError as error:
+        raise SystemExit(f"{error}; see .stack/logs/") from None
     story.say(f"{MODEL}@{first} answers on {INFERENCE} (Open Inference Protocol)")
 
     traffic = Traffic(model=MODEL, features=features, labels=labels, address=INFERENCE, rate_per_s=40)
@@ -255,7 +235,6 @@ async def _loop(tail: EventTail, story: Story, window_s: int) -> int:
             on_event=story,
             what=f"production of v{retrained.event.version}",
         )
-        await asyncio.sleep(0)  # let in-flight requests land on the new version before stopping
     finally:
         stats = await traffic.stop()
 

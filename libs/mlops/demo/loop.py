@@ -154,6 +154,27 @@ class Traffic:
             self.stats.truths_sent += 1
 
 
+async def wait_ready(
+    model: str, version: int, *, address: str = "127.0.0.1:8001", timeout_s: float = 60.0
+) -> None:
+    """Until the inference server at `address` says the version is loaded and ready (it loads what
+    the deployer's desired state names); TimeoutError past the deadline."""
+    deadline = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = await stub.ModelReady(
+                    oip.ModelReadyRequest(name=model, version=str(version)), timeout=2.0
+                )
+                if reply.ready:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{model}@{version} is not ready on {address} after {timeout_s:.0f} s")
+
+
 @dataclass
 class Seen:
     """One event read back from its topic."""
