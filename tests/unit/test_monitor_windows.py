@@ -159,6 +159,50 @@ def test_decode_refuses_a_record_that_contradicts_its_batch():
         decode_batch(monitoring_pb2.InferenceLogged(model="m", sampling_rate=2))
 
 
+def test_decode_reads_every_column_as_the_protobuf_runtime_does():
+    batch = _batch(50, 1000.0, fail_every=7)
+    rows = decode_batch(batch)
+    ok = ~rows.failed
+    assert rows.failed.sum() == 8
+    assert rows.features[ok].tolist() == [list(r.features) for r in batch.records if not r.error]
+    assert rows.outputs[ok].tolist() == [list(r.outputs) for r in batch.records if not r.error]
+    assert np.isnan(rows.features[~ok]).all() and np.isnan(rows.outputs[~ok]).all()
+    assert rows.request_ids == [r.request_id for r in batch.records]
+    assert rows.labels == [r.label for r in batch.records]
+    assert rows.latency_us.tolist() == [r.latency_us for r in batch.records]
+    assert rows.timestamps.tolist() == pytest.approx([1000.0 + i * 0.01 for i in range(50)])
+
+
+def test_decode_reads_doubles_a_producer_did_not_pack():
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        return bytes([*out, value])
+
+    def delimited(number: int, payload: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    def doubles(number: int, values: list[float]) -> bytes:  # one fixed64 field per value
+        return b"".join(varint(number << 3 | 1) + np.float64(v).tobytes() for v in values)
+
+    record = (
+        delimited(1, b"r0")
+        + varint(2 << 3)
+        + varint(1)
+        + delimited(3, varint(1 << 3) + varint(1000))
+        + doubles(4, [0.0, 1.5, -2.25])
+        + doubles(5, [0.25, 0.75])
+        + delimited(6, b"y")
+    )
+    wire = delimited(1, b"m") + b"".join(delimited(2, n.encode()) for n in FEATURES) + delimited(4, record)
+    batch = monitoring_pb2.InferenceLogged.FromString(wire + delimited(3, b"x") + delimited(3, b"y"))
+    rows = decode_batch(batch)
+    assert rows.features.tolist() == [[0.0, 1.5, -2.25]] and rows.outputs.tolist() == [[0.25, 0.75]]
+    assert rows.timestamps.tolist() == [1000.0] and rows.labels == ["y"]
+
+
 def test_count_batch_maps_columns_by_name_splits_windows_and_skips_failures(reference):
     rows = decode_batch(_batch(300, 1000.0, fail_every=10))
     version = pb.ModelVersion(model="m", version=1)
