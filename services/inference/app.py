@@ -86,6 +86,7 @@ class InferenceApp:
             executor=self.executor,
             prediction_log=self.logger,
             retry_s=settings.desired_state_retry_s,
+            inline_below_us=settings.inline_run_us,
             **core_options,
         )
         self.servicer = InferenceServicer(

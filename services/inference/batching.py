@@ -4,6 +4,12 @@ A worker per version takes the first waiting request, adds whatever else waits (
 `max_batch_size` rows), and, if the batch is not full, waits at most `max_wait_us` for more. The
 call runs on a thread pool, never on the event loop; while it runs, new requests queue up and form
 the next batch, so under load batches grow by themselves even with no wait at all.
+
+Where a call runs. A small model answers in microseconds, less than the hop to a thread and back
+costs (waking the thread, handing the GIL over, waking the event loop): for those, a call whose
+recent mean duration is under `inline_below_us` runs on the event loop itself (measured on the wine
+model: a third more requests per second at 64 callers). Every call is timed, so a model that turns
+out slow moves to the threads within a few calls, and one slow from its warm-up never blocks the loop.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from concurrent.futures import Executor
 import numpy as np
 
 Outputs = dict[str, np.ndarray]
+INLINE_ROWS = 64
+"""Largest call that may run on the event loop when batching allows less (a call's cost grows with rows)."""
+CALL_WEIGHT = 0.1
+"""Weight of the latest call in `Batcher.call_s`."""
 
 
 class Batcher:
@@ -28,12 +38,20 @@ class Batcher:
         max_batch_size: int,
         max_wait_us: int,
         observe_batch: Callable[[int], None],
+        inline_below_us: int = 0,
+        estimated_call_s: float | None = None,
     ) -> None:
+        """`estimated_call_s`: what a call is expected to take (the warm-up's slowest); None times the
+        first calls on the threads before any runs on the loop."""
         self._run = run
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(max_wait_us, 0) / 1_000_000
         self._observe = observe_batch
+        self.inline_below_s = max(inline_below_us, 0) / 1_000_000
+        self.inline_rows = max(max_batch_size, INLINE_ROWS)
+        self.call_s = estimated_call_s
+        """Mean duration of a call, recent ones weighing most."""
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -47,7 +65,14 @@ class Batcher:
         """Queue `rows` (synchronously: no await between routing and queueing) and return the answer's future."""
         loop = asyncio.get_running_loop()
         if self._closed or not self.enabled or rows.shape[0] >= self.max_batch_size:
-            return loop.run_in_executor(self._executor, self._run_observed, rows)
+            if not self.runs_inline(rows.shape[0]):
+                return loop.run_in_executor(self._executor, self._run_observed, rows)
+            future = loop.create_future()
+            try:
+                future.set_result(self._run_observed(rows))
+            except Exception as error:
+                future.set_exception(error)
+            return future
         future = loop.create_future()
         self._queue.append((rows, future))
         if self._worker is None:
@@ -60,9 +85,20 @@ class Batcher:
         self._closed = True
         self._arrived.set()
 
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a call of `rows` rows runs on the event loop (cheap enough) rather than a thread."""
+        mean = self.call_s
+        return mean is not None and mean < self.inline_below_s and rows <= self.inline_rows
+
     def _run_observed(self, rows: np.ndarray) -> Outputs:
         self._observe(rows.shape[0])
-        return self._run(rows)
+        started = time.perf_counter()
+        try:
+            return self._run(rows)
+        finally:
+            took = time.perf_counter() - started
+            mean = self.call_s
+            self.call_s = took if mean is None else mean + (took - mean) * CALL_WEIGHT
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,7 +133,10 @@ class Batcher:
     async def _run_batch(self, loop, batch: list[tuple[np.ndarray, asyncio.Future]], count: int) -> None:
         rows = batch[0][0] if len(batch) == 1 else np.concatenate([item[0] for item in batch])
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_observed, rows)
+            if self.runs_inline(count):
+                outputs = self._run_observed(rows)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run_observed, rows)
         except Exception as error:
             for _, future in batch:
                 if not future.done():

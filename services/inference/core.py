@@ -162,13 +162,16 @@ class InferenceCore:
         prediction_log: PredictionLog | None = None,
         read_categories: CategoriesReader = _no_categories,
         retry_s: float = 2.0,
+        inline_below_us: int = 0,
     ) -> None:
+        """`inline_below_us`: calls of a version that take less than this run on the event loop (`Batcher`)."""
         self.runtime = runtime
         self.read_artifact = read_artifact
         self.executor = executor
         self.log = prediction_log or PredictionLog()
         self.read_categories = read_categories
         self.retry_s = retry_s
+        self.inline_below_us = inline_below_us
         self._table: dict[str, ModelRoutes] = {}
         self._generations: dict[str, int] = {}
         self._not_ready: dict[str, str] = {}
@@ -260,6 +263,8 @@ class InferenceCore:
                 max_batch_size=state.max_batch_size,
                 max_wait_us=state.max_wait_us,
                 observe_batch=self._batch_observer(state.model, str(spec.version)),
+                inline_below_us=self.inline_below_us,
+                estimated_call_s=loaded.call_s,
             ),
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,10 +44,12 @@ class LoadedModel(ABC):
     feature_count: int
     output_names: tuple[str, ...]
     provider: str
+    call_s: float | None = None
+    """The slowest warm-up call, in seconds: what a call is expected to take before any is timed."""
 
     @abstractmethod
     def run(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Score a [n, F] matrix; synchronous and CPU-heavy (callers run it off the event loop)."""
+        """Score a [n, F] matrix; synchronous (the batcher runs it on a thread unless it is cheap)."""
 
 
 class ServingRuntime(ABC):
@@ -159,10 +162,13 @@ class OnnxRuntime(ServingRuntime):
     def _warm_up(self, model: OnnxModel) -> None:
         for run in range(self.warmup_runs):
             rows = 8 if run % 2 else 1  # one row (the common case) and a small batch
+            started = time.perf_counter()
             try:
                 model.run(np.zeros((rows, model.feature_count), dtype=model.input_dtype))
             except Exception as error:
                 raise ModelRejected(f"{model.name}: the warm-up call failed: {error}") from error
+            if run:  # the first call pays for lazy initialisation and says little of the next ones
+                model.call_s = max(model.call_s or 0.0, time.perf_counter() - started)
 
 
 RUNTIMES: dict[str, type[ServingRuntime]] = {"onnxruntime": OnnxRuntime}

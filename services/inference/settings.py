@@ -30,6 +30,9 @@ class InferenceSettings(RegistryPeerSettings):
     """Intra-op threads per session; 0 lets onnxruntime choose."""
     inference_threads: int = Field(2, ge=1)
     """Threads that run `session.run` off the event loop, shared by every loaded version."""
+    inline_run_us: int = Field(200, ge=0)
+    """A version whose calls take less than this on average runs them on the event loop: for small
+    models the hop to an inference thread costs more than the model. 0 sends every call to the threads."""
     warmup_runs: int = Field(3, ge=0)
     """Calls on a loaded session before it takes traffic, so that lazy initialisation misses requests."""
 

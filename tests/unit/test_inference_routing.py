@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,3 +83,79 @@ async def test_batcher_coalesces_queued_requests_and_splits_answers():
     batcher.close()
     late = await batcher.submit(np.zeros((1, 3), np.float32))  # a closed batcher still answers
     assert late["label"].tolist() == [0]
+
+
+class ThreadNoting(SumModel):
+    """SumModel that notes which thread ran each call, and can be made slow."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.threads: list[int] = []
+
+    def run(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return super().run(rows)
+
+
+def noting_batcher(model: ThreadNoting, *, estimated_call_s: float | None, batch: int = 8) -> Batcher:
+    return Batcher(
+        model.run,
+        ThreadPoolExecutor(1),
+        max_batch_size=batch,
+        max_wait_us=0,
+        observe_batch=lambda n: None,
+        inline_below_us=1_000,
+        estimated_call_s=estimated_call_s,
+    )
+
+
+@pytest.mark.parametrize("batch", [8, 0], ids=["batched", "unbatched"])
+async def test_a_cheap_model_runs_on_the_event_loop_and_a_slow_one_on_the_threads(batch):
+    loop_thread = threading.get_ident()
+    cheap, slow = ThreadNoting(), ThreadNoting(delay_s=0.005)
+    rows = np.ones((1, 3), np.float32)
+    answers = await asyncio.gather(
+        noting_batcher(cheap, estimated_call_s=1e-5, batch=batch).submit(rows),
+        noting_batcher(slow, estimated_call_s=5e-3, batch=batch).submit(rows),
+    )
+    assert cheap.threads == [loop_thread]
+    assert slow.threads and loop_thread not in slow.threads
+    for answer in answers:
+        np.testing.assert_allclose(answer["probabilities"], SumModel().run(rows)["probabilities"])
+
+
+async def test_calls_are_timed_so_the_place_a_model_runs_follows_its_cost():
+    loop_thread = threading.get_ident()
+    model = ThreadNoting()
+    batcher = noting_batcher(model, estimated_call_s=None)
+    rows = np.ones((1, 3), np.float32)
+    await batcher.submit(rows)
+    assert model.threads[-1] != loop_thread, "an untimed model starts on the threads"
+    await batcher.submit(rows)
+    assert model.threads[-1] == loop_thread, "once timed as cheap, it runs on the loop"
+    model.delay_s = 0.02
+    await batcher.submit(rows)
+    assert batcher.call_s is not None and batcher.call_s > batcher.inline_below_s
+    await batcher.submit(rows)
+    assert model.threads[-1] != loop_thread, "a model that turned slow leaves the loop"
+
+
+@pytest.mark.parametrize("batch", [8, 0], ids=["batched", "unbatched"])
+async def test_a_call_that_fails_on_the_event_loop_fails_its_requests_only(batch):
+    def broken(rows: np.ndarray) -> dict[str, np.ndarray]:
+        raise ValueError("input has 2 columns, 3 expected")
+
+    batcher = Batcher(
+        broken,
+        ThreadPoolExecutor(1),
+        max_batch_size=batch,
+        max_wait_us=0,
+        observe_batch=lambda n: None,
+        inline_below_us=1_000,
+        estimated_call_s=1e-6,
+    )
+    with pytest.raises(ValueError, match="3 expected"):
+        await batcher.submit(np.ones((1, 2), np.float32))
+    assert batcher.runs_inline(1), "one failure leaves the cheap model on the loop"
