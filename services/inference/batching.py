@@ -8,7 +8,9 @@ the next batch, so under load batches grow by themselves even with no wait at al
 Where a call runs. A small model answers in microseconds, less than the hop to a thread and back
 costs (waking the thread, handing the GIL over, waking the event loop): for those, a call whose
 recent mean duration is under `inline_below_us` runs on the event loop itself (measured on the wine
-model: a third more requests per second at 64 callers). Every call is timed, so a model that turns
+model: a third more requests per second at 64 callers). With no wait configured, such a call runs at
+once, in its request's turn: requests only queue up while a call runs on a thread, so there is
+nothing to join it, and the batcher's hand-offs would cost more than the model. Every call is timed, so a model that turns
 out slow moves to the threads within a few calls, and one slow from its warm-up never blocks the loop.
 """
 
@@ -64,8 +66,11 @@ class Batcher:
     def submit(self, rows: np.ndarray) -> asyncio.Future[Outputs]:
         """Queue `rows` (synchronously: no await between routing and queueing) and return the answer's future."""
         loop = asyncio.get_running_loop()
-        if self._closed or not self.enabled or rows.shape[0] >= self.max_batch_size:
-            if not self.runs_inline(rows.shape[0]):
+        count = rows.shape[0]
+        inline = self.runs_inline(count)
+        at_once = inline and not self._queue and not self.max_wait_s  # no one to join, no wait for others
+        if self._closed or not self.enabled or count >= self.max_batch_size or at_once:
+            if not inline:
                 return loop.run_in_executor(self._executor, self._run_observed, rows)
             future = loop.create_future()
             try:

@@ -8,6 +8,9 @@ One ONNX model, trained by the trainer's own code on scikit-learn's wine data (1
   DesiredState record on the benchmark's own topics, dynamic batching on (64 rows, no added wait);
 - MLServer (PyPI `mlserver`, in its own virtualenv) with a minimal onnxruntime runtime
   (`tests/bench/mlserver_onnx/runtime.py`) answering the same outputs;
+- two floors, `tests/bench/grpc_floor.py`: grpcio servers that parse the request and return fixed
+  answer bytes with no other work, one on `grpc.aio` (the platform server's framework), one on the
+  synchronous server with handler threads: what no grpcio server can beat on this machine;
 - and, as a ceiling, onnxruntime called in a Python loop in this process (no server, no network).
 
 ghz drives `inference.GRPCInferenceService/ModelInfer` (both servers speak the same KServe V2
@@ -18,7 +21,7 @@ platform's server samples 1% of requests (`parentbased_traceidratio`), its defau
 in production; MLServer exports no traces.
 
     python -m tests.bench.bench_inference [--concurrency 1 16 64] [--duration 10] [--warmup 3] [--rounds 1]
-                                          [--only platform-log platform-nolog mlserver onnxruntime]
+                                          [--only platform-log platform-nolog mlserver floor-aio floor-threads onnxruntime]
 
 Figures go to bench-results/inference.json.
 """
@@ -59,7 +62,9 @@ MODEL = "bench-wine"
 TOPIC_PREFIX = "bench.inference."
 RESULTS = REPO / "bench-results" / "inference.json"
 SAMPLED_1PCT = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
-CONTENDERS = ("platform-log", "platform-nolog", "mlserver", "onnxruntime")
+CONTENDERS = ("platform-log", "platform-nolog", "mlserver", "floor-aio", "floor-threads", "onnxruntime")
+FLOOR_THREADS = 2
+"""Handler threads of the synchronous floor: the best of 1, 2, 4, 8 and 16 on 2 cores."""
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -345,6 +350,49 @@ def bench_mlserver(model: dict, data: dict, args, log_dir: Path) -> tuple[dict, 
     return figures, detail
 
 
+def floor_answer(model: dict) -> bytes:
+    """What the platform's server answers to the payload, as raw outputs: probabilities and label."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model["onnx"], providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"input": np.array([model["row"]], dtype=np.float32)})[0]
+    label = model["classes"][int(probabilities.argmax())].encode()
+    reply = oip.ModelInferResponse(model_name=MODEL, model_version="1")
+    reply.outputs.add(name="probabilities", datatype="FP32", shape=list(probabilities.shape))
+    reply.outputs.add(name="label", datatype="BYTES", shape=[1])
+    reply.raw_output_contents.append(probabilities.astype("<f4").tobytes())
+    reply.raw_output_contents.append(len(label).to_bytes(4, "little") + label)
+    return reply.SerializeToString()
+
+
+def bench_floor(model: dict, data: dict, args, log_dir: Path, *, threads: int) -> tuple[dict, dict]:
+    """A grpcio server that does no work (tests/bench/grpc_floor.py): the protocol stack's own cost."""
+    name = "floor-threads" if threads else "floor-aio"
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    answer = log_dir / "floor-answer.bin"
+    answer.write_bytes(floor_answer(model))
+    argv = [sys.executable, "-m", "tests.bench.grpc_floor", "--port", str(port), "--answer", str(answer)]
+    argv += ["--threads", str(threads)]
+    with running(name, argv, env=dict(os.environ), log_dir=log_dir) as proc:
+        wait_until(name, lambda: _answers(addr, data), deadline_s=60, proc=proc, log=log_dir / f"{name}.log")
+        check_answer(addr, data, model["classes"])
+        figures = measure(name, addr, data, args)
+    server = f"grpc.server, {threads} handler threads" if threads else "grpc.aio (as the platform's server)"
+    detail = {
+        "server": f"tests/bench/grpc_floor.py: {server}, no work: parses the request, returns fixed answer bytes"
+    }
+    return figures, detail
+
+
+def _answers(addr: str, data: dict) -> bool:
+    try:
+        check_answer(addr, data, [])
+        return True
+    except grpc.RpcError:
+        return False
+
+
 def bench_onnxruntime(model: dict, args) -> tuple[dict, dict]:
     """onnxruntime in a Python loop, one row per call: what no server can beat (no network, no protocol)."""
     import onnxruntime as ort
@@ -396,7 +444,7 @@ def summarise(results: dict[str, list[dict[int, Figures]]], details: dict, args,
     }
     ratios: dict = {}
     if "mlserver" in medians:
-        for name in ("platform-log", "platform-nolog"):
+        for name in ("platform-log", "platform-nolog", "floor-aio", "floor-threads"):
             if name not in medians:
                 continue
             ratios[name] = {
@@ -483,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                     figures, detail = bench_onnxruntime(model, args)
                 elif name == "mlserver":
                     figures, detail = bench_mlserver(model, data, args, log_dir)
+                elif name.startswith("floor"):
+                    threads = FLOOR_THREADS if name == "floor-threads" else 0
+                    figures, detail = bench_floor(model, data, args, log_dir, threads=threads)
                 else:
                     figures, detail = bench_platform(
                         model, data, args, log_dir, logging_on=name == "platform-log"

@@ -159,3 +159,21 @@ async def test_a_call_that_fails_on_the_event_loop_fails_its_requests_only(batch
     with pytest.raises(ValueError, match="3 expected"):
         await batcher.submit(np.ones((1, 2), np.float32))
     assert batcher.runs_inline(1), "one failure leaves the cheap model on the loop"
+
+
+async def test_a_cheap_model_with_a_configured_wait_still_coalesces_requests():
+    sizes: list[int] = []
+    batcher = Batcher(
+        SumModel().run,
+        ThreadPoolExecutor(1),
+        max_batch_size=8,
+        max_wait_us=50_000,
+        observe_batch=sizes.append,
+        inline_below_us=1_000,
+        estimated_call_s=1e-6,
+    )
+    answers = await asyncio.gather(*(batcher.submit(np.full((1, 3), i, np.float32)) for i in range(5)))
+    assert sizes == [5], sizes
+    assert [round(float(a["probabilities"][0, 1]), 4) for a in answers] == [
+        round(float(1 / (1 + np.exp(-3 * i))), 4) for i in range(5)
+    ]
