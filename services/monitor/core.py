@@ -48,6 +48,7 @@ from services.monitor import prometheus
 from services.monitor.batch import BatchRows, InvalidBatch, predicted_classes
 from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
 from services.monitor.health import VersionHealth, prediction_psi_classes, prediction_psi_values
+from services.monitor.predictions import TIMES, PredictionBatch, copy_predictions
 from services.monitor.reference import Judgement, Reference, advance_run
 from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
@@ -114,7 +115,7 @@ class HealthDelta:
 class CountedBatch:
     windows: list[WindowDelta] = field(default_factory=list)
     health: list[HealthDelta] = field(default_factory=list)
-    predictions: list[tuple] = field(default_factory=list)
+    predictions: list[PredictionBatch] = field(default_factory=list)
     rows: int = 0
     partition: int = 0
     traceparent: str | None = None
@@ -190,25 +191,21 @@ def count_batch(prepared: Prepared, *, store_predictions: bool) -> CountedBatch:
             out.windows.append(WindowDelta(rows.model, version, int(start), counts, int(in_window.sum())))
         if store_predictions and ok.any():
             stored = matrix if matrix is not None else sub_rows.features
-            index = np.flatnonzero(ok)
             times = sub_rows.timestamps[ok]
-            labels = values_ = None
-            if classification:
-                names = np.asarray([*class_labels, ""], dtype=object)
-                labels = names[np.where(classes[ok] >= 0, classes[ok], len(class_labels))].tolist()
-            else:
-                values_ = values[ok].tolist()
+            request_ids = sub_rows.request_ids
+            if not ok.all():
+                request_ids = [request_ids[i] for i in np.flatnonzero(ok)]
             out.predictions.append(
-                (
-                    rows.model,
-                    version,
-                    _dt(float(times.min())),
-                    [sub_rows.request_ids[i] for i in index],
-                    times.tolist(),
-                    labels,
-                    values_,
-                    stored.shape[1],
-                    np.ascontiguousarray(stored[ok], dtype=np.float64).tobytes(),
+                PredictionBatch.of(
+                    model=rows.model,
+                    version=version,
+                    logged_at=_dt(float(times.min())),
+                    request_ids=request_ids,
+                    timestamps=times,
+                    class_labels=class_labels if classification else None,
+                    classes=classes[ok] if classes is not None else None,
+                    predictions=values[ok] if values is not None else None,
+                    features=stored[ok],
                 )
             )
     return out
@@ -263,7 +260,7 @@ class CommitPlan:
     """Copies of the open windows changed since the last snapshot."""
     closing: list[OpenWindow]
     """Due windows, no longer in memory."""
-    predictions: list[tuple]
+    predictions: list[PredictionBatch]
     offsets: dict[tuple[str, int], int]
     late: dict[tuple[str, int, int], int] = field(default_factory=dict)
     """Rows per closed window that arrived after it closed."""
@@ -326,7 +323,7 @@ class MonitorCore:
         self.states: dict[tuple[str, int], VersionState] = {}
         self.health: dict[tuple[str, int], VersionHealth] = {}
         self.live_metrics: dict[tuple[str, int], dict[str, float]] = {}
-        self.pending_predictions: list[tuple] = []
+        self.pending_predictions: list[PredictionBatch] = []
         self.offsets: dict[tuple[str, int], int] = {}
         """Next offset to read per (topic, partition), as far as the in-memory state goes."""
         self.partitions: set[int] = set()
@@ -705,27 +702,12 @@ class MonitorCore:
             ],
         )
 
-    async def _write_predictions(self, session: AsyncSession, predictions: list[tuple]) -> None:
+    async def _write_predictions(self, session: AsyncSession, predictions: list[PredictionBatch]) -> None:
         if not predictions:
             return
         connection = await session.connection()
         raw = await connection.get_raw_connection()
-        await raw.driver_connection.copy_records_to_table(
-            "prediction_batches",
-            schema_name=SCHEMA,
-            columns=[
-                "model",
-                "version",
-                "logged_at",
-                "request_ids",
-                "timestamps",
-                "labels",
-                "predictions",
-                "width",
-                "features",
-            ],
-            records=predictions,
-        )
+        await copy_predictions(raw.driver_connection, predictions)
 
     async def _write_late(self, session: AsyncSession, late: dict[tuple[str, int, int], int]) -> None:
         if not late:
@@ -894,7 +876,7 @@ class MonitorCore:
             batches = (
                 await session.exec(
                     text(
-                        f"SELECT request_ids, timestamps, width, features FROM {SCHEMA}.prediction_batches "
+                        f"SELECT id, timestamps, width, features FROM {SCHEMA}.prediction_batches "
                         "WHERE model = :model AND version = :version AND logged_at >= :earliest "
                         "AND logged_at < :end ORDER BY id"
                     ),
@@ -908,14 +890,34 @@ class MonitorCore:
                     },
                 )
             ).all()
+            stored = {
+                batch_id: (
+                    np.frombuffer(timestamps, dtype=TIMES),
+                    np.frombuffer(features, dtype=np.float64).reshape(-1, width),
+                )
+                for batch_id, timestamps, width, features in batches
+                if width == len(names)
+            }
+            requests = (
+                (
+                    await session.exec(
+                        text(
+                            f"SELECT batch_id, position, request_id FROM {SCHEMA}.prediction_requests "
+                            # the range lets the BRIN index on batch_id narrow the scan
+                            "WHERE batch_id BETWEEN :low AND :high AND batch_id = ANY(:ids) "
+                            "ORDER BY batch_id, position"
+                        ),
+                        params={"low": min(stored), "high": max(stored), "ids": list(stored)},
+                    )
+                ).all()
+                if stored
+                else []
+            )
             rows: dict[str, list[float]] = {}
-            for request_ids, timestamps, width, features in batches:
-                if width != len(names):
-                    continue
-                matrix = np.frombuffer(features, dtype=np.float64).reshape(-1, width)
-                for k, (request_id, stamp) in enumerate(zip(request_ids, timestamps, strict=True)):
-                    if start <= stamp < end and request_id not in rows:
-                        rows[request_id] = matrix[k].tolist()
+            for batch_id, position, request_id in requests:
+                timestamps, matrix = stored[batch_id]
+                if start <= timestamps[position] < end and request_id not in rows:
+                    rows[request_id] = matrix[position].tolist()
             truths = (
                 await session.exec(
                     text(

@@ -26,6 +26,7 @@ from mlops.events.v1 import common_pb2, monitoring_pb2, training_pb2
 from services.monitor import prometheus
 from services.monitor.clients import ModelCatalog
 from services.monitor.core import REQUESTED_BY, MonitorCore, _dt, _time_window, _ts
+from services.monitor.predictions import class_at, value_at
 from services.monitor.reference import advance_run
 from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
@@ -157,10 +158,11 @@ class PerformanceTracker:
             rows = (
                 await session.exec(
                     text(
-                        "SELECT l.id, l.model, l.label, l.value, b.version, b.labels[k], b.predictions[k] "
-                        f"FROM {SCHEMA}.labels l JOIN {SCHEMA}.prediction_batches b "
-                        "ON b.request_ids @> ARRAY[l.request_id::text] AND b.model = l.model "
-                        "CROSS JOIN LATERAL array_position(b.request_ids, l.request_id::text) AS k "
+                        "SELECT l.id, l.model, l.label, l.value, b.version, b.class_labels, "
+                        "substring(b.classes FROM 4 * r.position + 1 FOR 4), "
+                        "substring(b.predictions FROM 8 * r.position + 1 FOR 8) "
+                        f"FROM {SCHEMA}.labels l JOIN {SCHEMA}.prediction_requests r ON r.request_id = l.request_id "
+                        f"JOIN {SCHEMA}.prediction_batches b ON b.id = r.batch_id AND b.model = l.model "
                         "WHERE NOT l.matched AND l.received_at > :since "
                         "ORDER BY l.id LIMIT :n FOR UPDATE OF l SKIP LOCKED"
                     ),
@@ -170,7 +172,8 @@ class PerformanceTracker:
             if not rows:
                 return 0
             sums: dict[tuple[str, int], Sums] = defaultdict(Sums)
-            for _, model, label, value, version, predicted_label, predicted_value in rows:
+            for _, model, label, value, version, class_labels, class_code, value_code in rows:
+                predicted_label, predicted_value = class_at(class_labels, class_code), value_at(value_code)
                 item = sums[(model, version)]
                 item.labelled += 1
                 if label is not None:
@@ -360,7 +363,12 @@ class PerformanceTracker:
         cutoff = _dt(now - self.settings.prediction_retention_hours * 3600)
         async with self.database.transaction() as session:
             await session.exec(
-                text(f"DELETE FROM {SCHEMA}.prediction_batches WHERE logged_at < :c"), params={"c": cutoff}
+                text(
+                    f"WITH gone AS (DELETE FROM {SCHEMA}.prediction_batches WHERE logged_at < :c RETURNING id) "
+                    f"DELETE FROM {SCHEMA}.prediction_requests WHERE batch_id BETWEEN "
+                    "(SELECT min(id) FROM gone) AND (SELECT max(id) FROM gone) AND batch_id IN (SELECT id FROM gone)"
+                ),
+                params={"c": cutoff},
             )
             await session.exec(
                 text(f"DELETE FROM {SCHEMA}.labels WHERE received_at < :c"), params={"c": cutoff}

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 from mlops.db.columns import json_column, time_column
 
@@ -79,12 +79,12 @@ class OffsetRow(SQLModel, table=True):
 
 class PredictionBatchRow(SQLModel, table=True):
     """The predictions of one version from one logged batch, kept for `prediction_retention_hours`
-    for the ground-truth join and for retraining sets. One row per batch, not per prediction: the
-    request ids are found through a GIN index on the array, and per-row columns are arrays."""
+    for the ground-truth join and for retraining sets (`services.monitor.predictions`). One row per
+    batch, not per prediction: per-row columns are packed big-endian arrays, and the request ids
+    that find a row are in `prediction_requests`."""
 
     __tablename__ = "prediction_batches"
     __table_args__ = (
-        sa.Index("prediction_batches_request_ids", "request_ids", postgresql_using="gin"),
         sa.Index("prediction_batches_logged_at", "logged_at", postgresql_using="brin"),
         sa.Index("prediction_batches_model_version", "model", "version", "logged_at"),
         {"schema": SCHEMA},
@@ -95,21 +95,35 @@ class PredictionBatchRow(SQLModel, table=True):
     version: int = Field(sa_type=sa.BigInteger)
     logged_at: datetime = time_column()
     """The earliest request time in the batch."""
-    request_ids: list[str] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Text()), nullable=False))
-    timestamps: list[float] = Field(sa_column=sa.Column(postgresql.ARRAY(sa.Float()), nullable=False))
-    """Request times, seconds since the epoch."""
-    labels: list[str] | None = Field(
+    timestamps: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    """Request times, seconds since the epoch, float64 big-endian."""
+    class_labels: list[str] | None = Field(
         default=None, sa_column=sa.Column(postgresql.ARRAY(sa.Text()), nullable=True)
     )
-    """Predicted classes (classification)."""
-    predictions: list[float] | None = Field(
-        default=None, sa_column=sa.Column(postgresql.ARRAY(sa.Float()), nullable=True)
-    )
-    """Predicted values (regression)."""
+    """The classes `classes` indexes (classification)."""
+    classes: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary, nullable=True))
+    """Predicted class of each row, int32 big-endian index into `class_labels`, -1 for none."""
+    predictions: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary, nullable=True))
+    """Predicted value of each row, float64 big-endian (regression)."""
     width: int
     """Features per row."""
     features: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
     """The input rows in the profile's feature order, float64, row-major."""
+
+
+prediction_requests = sa.Table(
+    "prediction_requests",
+    SQLModel.metadata,
+    sa.Column("request_id", AutoString(), nullable=False),
+    sa.Column("batch_id", sa.BigInteger(), nullable=False),
+    sa.Column("position", sa.Integer(), nullable=False),
+    # Equality is all the join asks, and a hash index costs least to keep up at ingest rates. No key
+    # and no foreign key: each would cost an index probe per prediction; retention deletes both.
+    sa.Index("prediction_requests_request_id", "request_id", postgresql_using="hash"),
+    sa.Index("prediction_requests_batch_id", "batch_id", postgresql_using="brin"),
+    schema=SCHEMA,
+)
+"""Where each logged request id's prediction is: its `prediction_batches` row and row number."""
 
 
 class LabelRow(SQLModel, table=True):

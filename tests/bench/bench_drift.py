@@ -306,7 +306,13 @@ async def run_ingest(prefix: str, batches: int, store_predictions: bool) -> dict
     await ingest.stop()
     await task
     async with database.transaction() as session:
-        await session.exec(text(f"DELETE FROM {SCHEMA}.prediction_batches WHERE model LIKE 'bench-ingest-%'"))
+        await session.exec(
+            text(
+                f"WITH gone AS (DELETE FROM {SCHEMA}.prediction_batches WHERE model LIKE 'bench-ingest-%' "
+                f"RETURNING id) DELETE FROM {SCHEMA}.prediction_requests WHERE batch_id BETWEEN "
+                "(SELECT min(id) FROM gone) AND (SELECT max(id) FROM gone) AND batch_id IN (SELECT id FROM gone)"
+            )
+        )
         await session.exec(
             text(f"DELETE FROM {SCHEMA}.windows WHERE consumer_group = :g"), params={"g": group}
         )

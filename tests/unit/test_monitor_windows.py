@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,6 +17,8 @@ from services.monitor.clients import VersionInfo
 from services.monitor.core import Prepared, count_batch
 from services.monitor.health import VersionHealth, percentile_us
 from services.monitor.performance import Sums, gate_bound, live_metrics
+from services.monitor.predictions import CLASSES as PREDICTED
+from services.monitor.predictions import TIMES, PredictionBatch, class_at, value_at
 from services.monitor.reference import Judgement, Reference, advance_run
 
 FEATURES = ["a", "b", "colour"]
@@ -211,17 +215,42 @@ def test_count_batch_maps_columns_by_name_splits_windows_and_skips_failures(refe
     counted = count_batch(prepared, store_predictions=True)
     assert sorted(w.start for w in counted.windows) == [1000, 1002]
     assert sum(w.samples for w in counted.windows) == 270
-    ((model, version, _, request_ids, _, labels, _, width, features),) = counted.predictions
-    assert (model, version, width) == ("m", 1, 3) and len(request_ids) == len(labels) == 270
-    assert (
-        np.frombuffer(features).reshape(-1, 3).tolist() == rows.features[~rows.failed][:, [1, 2, 0]].tolist()
-    )
-    whole = sum(w.counts for w in counted.windows)
+    (stored,) = counted.predictions
     ok = ~rows.failed
+    assert (stored.model, stored.version, stored.width) == ("m", 1, 3)
+    assert stored.request_ids == [r for r, good in zip(rows.request_ids, ok, strict=True) if good]
+    assert list(stored.positions) == list(range(270))
+    assert np.frombuffer(stored.timestamps, TIMES).tolist() == rows.timestamps[ok].tolist()
+    assert stored.class_labels == CLASSES and stored.predictions is None
+    predicted = [CLASSES[i] for i in np.frombuffer(stored.classes, PREDICTED)]
+    assert predicted == [label for label, good in zip(rows.labels, ok, strict=True) if good]
+    assert np.frombuffer(stored.features).reshape(-1, 3).tolist() == rows.features[ok][:, [1, 2, 0]].tolist()
+    whole = sum(w.counts for w in counted.windows)
     matrix = rows.features[ok][:, [1, 2, 0]]  # profile order a, b, colour
     assert whole.tolist() == reference.count(matrix, predicted_classes(rows, CLASSES)[ok]).tolist()
     health = counted.health[0]
     assert health.failed.sum() == 30 and health.sampling_rate == 0.5
+
+
+def test_a_stored_batch_locates_each_request_id_at_its_first_row():
+    stored = PredictionBatch.of(
+        model="m",
+        version=1,
+        logged_at=datetime.fromtimestamp(1000, UTC),
+        request_ids=["a", "b", "a", "c"],
+        timestamps=np.array([1000.0, 1000.5, 1001.0, 1001.5]),
+        class_labels=CLASSES,
+        classes=np.array([1, 0, 1, -1]),
+        predictions=None,
+        features=np.zeros((4, 2)),
+    )
+    assert list(zip(stored.request_ids, stored.positions, strict=True)) == [("a", 0), ("b", 1), ("c", 3)]
+    # What the join's substring of one row's element gives back.
+    codes = [stored.classes[4 * p : 4 * p + 4] for p in range(4)]
+    assert [class_at(stored.class_labels, code) for code in codes] == ["y", "x", "y", None]
+    values = np.array([2.5, -1.0]).astype(">f8").tobytes()
+    assert [value_at(values[8 * p : 8 * p + 8]) for p in range(2)] == [2.5, -1.0]
+    assert value_at(None) is None and class_at(None, b"\0\0\0\0") is None
 
 
 def test_count_batch_refuses_a_batch_missing_a_profile_feature(reference):
