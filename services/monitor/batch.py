@@ -3,6 +3,8 @@ declarations; a batch that contradicts itself is refused whole, naming the first
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,8 @@ class BatchRows:
 
 
 _PACKED = ("features", "outputs")
+_SECONDS = operator.attrgetter("seconds")
+_NANOS = operator.attrgetter("nanos")
 _FLOAT64 = np.dtype("<f8")
 
 
@@ -137,7 +141,7 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
         versions_, stamps, latencies, roles, feature_runs, output_runs, errors, request_ids, labels = (
             [] for _ in range(9)
         )
-    failed = np.fromiter((bool(e) for e in errors), dtype=bool, count=n)
+    failed = np.fromiter(map(bool, errors), dtype=bool, count=n)
     feature_lengths = np.fromiter(map(len, feature_runs), dtype=np.int64, count=n) // _FLOAT64.itemsize
     output_lengths = np.fromiter(map(len, output_runs), dtype=np.int64, count=n) // _FLOAT64.itemsize
     bad_features = (feature_lengths != width) & ~(failed & (feature_lengths == 0))
@@ -159,7 +163,8 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
     if n and versions.min() < 1:
         bad = int(np.argmin(versions))
         raise InvalidBatch(f"record {bad} ({request_ids[bad]!r}) has no model version")
-    timestamps = np.fromiter((t.seconds + t.nanos * 1e-9 for t in stamps), dtype=np.float64, count=n)
+    timestamps = np.fromiter(map(_SECONDS, stamps), dtype=np.float64, count=n)
+    timestamps += np.fromiter(map(_NANOS, stamps), dtype=np.float64, count=n) * 1e-9
     if n and timestamps.min() <= 0:
         bad = int(np.argmin(timestamps))
         raise InvalidBatch(f"record {bad} ({request_ids[bad]!r}) has no timestamp")
@@ -190,8 +195,10 @@ def predicted_classes(rows: BatchRows, class_labels: list[str]) -> np.ndarray:
     ok = ~rows.failed
     if ok.any():
         result[ok] = np.argmax(np.nan_to_num(rows.outputs[ok], nan=-np.inf), axis=1)
+    unlabelled = -2
     index = {label: i for i, label in enumerate(class_labels)}
-    for i, label in enumerate(rows.labels):
-        if label and ok[i]:
-            result[i] = index.get(label, -1)
+    index[""] = unlabelled
+    logged = np.fromiter(map(index.get, rows.labels, itertools.repeat(-1)), dtype=np.int64, count=n)
+    labelled = ok & (logged != unlabelled)
+    result[labelled] = logged[labelled]
     return result
