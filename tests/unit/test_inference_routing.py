@@ -99,13 +99,16 @@ class ThreadNoting(SumModel):
         return super().run(rows)
 
 
-def noting_batcher(model: ThreadNoting, *, estimated_call_s: float | None, batch: int = 8) -> Batcher:
+def cheap_first_batcher(
+    run, *, estimated_call_s: float | None, batch: int = 8, wait_us: int = 0, observe=lambda n: None
+) -> Batcher:
+    """A batcher that runs calls on the event loop when they take under a millisecond."""
     return Batcher(
-        model.run,
+        run,
         ThreadPoolExecutor(1),
         max_batch_size=batch,
-        max_wait_us=0,
-        observe_batch=lambda n: None,
+        max_wait_us=wait_us,
+        observe_batch=observe,
         inline_below_us=1_000,
         estimated_call_s=estimated_call_s,
     )
@@ -117,8 +120,8 @@ async def test_a_cheap_model_runs_on_the_event_loop_and_a_slow_one_on_the_thread
     cheap, slow = ThreadNoting(), ThreadNoting(delay_s=0.005)
     rows = np.ones((1, 3), np.float32)
     answers = await asyncio.gather(
-        noting_batcher(cheap, estimated_call_s=1e-5, batch=batch).submit(rows),
-        noting_batcher(slow, estimated_call_s=5e-3, batch=batch).submit(rows),
+        cheap_first_batcher(cheap.run, estimated_call_s=1e-5, batch=batch).submit(rows),
+        cheap_first_batcher(slow.run, estimated_call_s=5e-3, batch=batch).submit(rows),
     )
     assert cheap.threads == [loop_thread]
     assert slow.threads and loop_thread not in slow.threads
@@ -129,7 +132,7 @@ async def test_a_cheap_model_runs_on_the_event_loop_and_a_slow_one_on_the_thread
 async def test_calls_are_timed_so_the_place_a_model_runs_follows_its_cost():
     loop_thread = threading.get_ident()
     model = ThreadNoting()
-    batcher = noting_batcher(model, estimated_call_s=None)
+    batcher = cheap_first_batcher(model.run, estimated_call_s=None)
     rows = np.ones((1, 3), np.float32)
     await batcher.submit(rows)
     assert model.threads[-1] != loop_thread, "an untimed model starts on the threads"
@@ -147,15 +150,7 @@ async def test_a_call_that_fails_on_the_event_loop_fails_its_requests_only(batch
     def broken(rows: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError("input has 2 columns, 3 expected")
 
-    batcher = Batcher(
-        broken,
-        ThreadPoolExecutor(1),
-        max_batch_size=batch,
-        max_wait_us=0,
-        observe_batch=lambda n: None,
-        inline_below_us=1_000,
-        estimated_call_s=1e-6,
-    )
+    batcher = cheap_first_batcher(broken, estimated_call_s=1e-6, batch=batch)
     with pytest.raises(ValueError, match="3 expected"):
         await batcher.submit(np.ones((1, 2), np.float32))
     assert batcher.runs_inline(1), "one failure leaves the cheap model on the loop"
@@ -163,15 +158,7 @@ async def test_a_call_that_fails_on_the_event_loop_fails_its_requests_only(batch
 
 async def test_a_cheap_model_with_a_configured_wait_still_coalesces_requests():
     sizes: list[int] = []
-    batcher = Batcher(
-        SumModel().run,
-        ThreadPoolExecutor(1),
-        max_batch_size=8,
-        max_wait_us=50_000,
-        observe_batch=sizes.append,
-        inline_below_us=1_000,
-        estimated_call_s=1e-6,
-    )
+    batcher = cheap_first_batcher(SumModel().run, estimated_call_s=1e-6, wait_us=50_000, observe=sizes.append)
     answers = await asyncio.gather(*(batcher.submit(np.full((1, 3), i, np.float32)) for i in range(5)))
     assert sizes == [5], sizes
     assert [round(float(a["probabilities"][0, 1]), 4) for a in answers] == [
