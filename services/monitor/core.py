@@ -17,13 +17,14 @@ State lives in memory while a window is open and in PostgreSQL at every commit:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -48,7 +49,7 @@ from services.monitor import prometheus
 from services.monitor.batch import BatchRows, InvalidBatch, predicted_classes
 from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
 from services.monitor.health import VersionHealth, prediction_psi_classes, prediction_psi_values
-from services.monitor.predictions import TIMES, PredictionBatch, copy_predictions
+from services.monitor.predictions import TIMES, PredictionBatch, StagedPredictions, copy_predictions
 from services.monitor.reference import Judgement, Reference, advance_run
 from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
@@ -264,6 +265,8 @@ class CommitPlan:
     offsets: dict[tuple[str, int], int]
     late: dict[tuple[str, int, int], int] = field(default_factory=dict)
     """Rows per closed window that arrived after it closed."""
+    staged: StagedPredictions | None = None
+    """The transaction the first `staged.copied` predictions are already in."""
 
 
 @dataclass
@@ -324,6 +327,8 @@ class MonitorCore:
         self.health: dict[tuple[str, int], VersionHealth] = {}
         self.live_metrics: dict[tuple[str, int], dict[str, float]] = {}
         self.pending_predictions: list[PredictionBatch] = []
+        self.staging: StagedPredictions | None = None
+        """The next commit's transaction, holding a prefix of `pending_predictions`."""
         self.offsets: dict[tuple[str, int], int] = {}
         """Next offset to read per (topic, partition), as far as the in-memory state goes."""
         self.partitions: set[int] = set()
@@ -517,10 +522,29 @@ class MonitorCore:
         ]
         for window in self.windows.values():
             window.dirty = False
-        plan = CommitPlan(now, dirty, due, self.pending_predictions, dict(self.offsets), self.late)
+        plan = CommitPlan(
+            now, dirty, due, self.pending_predictions, dict(self.offsets), self.late, self.staging
+        )
         self.pending_predictions = []
         self.late = {}
+        self.staging = None
         return plan
+
+    def stage(self) -> None:
+        """Copy the predictions counted since the last snapshot into the next commit's transaction in
+        the background (`StagedPredictions`); while a copy is in flight, the next one waits."""
+        if not self.pending_predictions:
+            return
+        if self.staging is None:
+            self.staging = StagedPredictions(self.database)
+        if not self.staging.busy:
+            self.staging.copy(self.pending_predictions[self.staging.copied :])
+
+    async def discard_staged(self) -> None:
+        """Roll back the staged transaction of a commit that will not happen (the ingest stopped)."""
+        staging, self.staging = self.staging, None
+        if staging is not None:
+            await staging.discard()
 
     async def commit(self, *, now: float | None = None) -> int:
         """Snapshot and write at once (see `write`); returns the number of windows closed."""
@@ -528,7 +552,18 @@ class MonitorCore:
 
     async def write(self, plan: CommitPlan) -> int:
         """Write a snapshot's open windows, predictions and offsets, and close its due windows, in one
-        transaction. May be retried with the same plan after a failure. Returns the windows closed."""
+        transaction (the staged one, if predictions were copied ahead). May be retried with the same
+        plan after a failure: the retry writes every prediction in a new transaction. Returns the
+        windows closed."""
+        staged, plan.staged = plan.staged, None
+        try:
+            return await self._write(plan, staged)
+        except BaseException:
+            if staged is not None:
+                await staged.discard()
+            raise
+
+    async def _write(self, plan: CommitPlan, staged: StagedPredictions | None) -> int:
         now = plan.now
         closings = [await self._judge(window, now) for window in plan.closing]
         assembling = [
@@ -539,19 +574,20 @@ class MonitorCore:
         if assembling and self.settings.retrain_dataset != "latest" and plan.predictions:
             # The drifted windows' predictions must be in the table the data set is assembled from;
             # open windows, predictions and offsets make a consistent state on their own.
-            async with self.database.transaction() as session:
+            async with self._transaction(staged) as (session, copied):
                 await self._write_open_windows(session, [*plan.windows, *plan.closing])
-                await self._write_predictions(session, plan.predictions)
+                await self._write_predictions(session, plan.predictions[copied:])
                 await self._write_offsets(session, plan.offsets)
+            staged = None
             plan.predictions = []
         for closing in assembling:
             closing.retrain_span = self._retrain_span(closing)
             with trace.use_span(closing.retrain_span, end_on_exit=False):
                 await self._choose_dataset(closing)
         try:
-            async with self.database.transaction() as session:
+            async with self._transaction(staged) as (session, copied):
                 await self._write_open_windows(session, [*plan.windows, *plan.closing])
-                await self._write_predictions(session, plan.predictions)
+                await self._write_predictions(session, plan.predictions[copied:])
                 await self._write_offsets(session, plan.offsets)
                 await self._write_late(session, plan.late)
                 for closing in closings:
@@ -569,6 +605,18 @@ class MonitorCore:
                 state.last_alarm_at = now
             closing.end_spans()
         return len(closings)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, staged: StagedPredictions | None) -> AsyncIterator[tuple[AsyncSession, int]]:
+        """A commit's transaction and how many of its plan's predictions are in it already: the staged
+        transaction, or a new one. On an error the caller discards the staged one."""
+        if staged is None:
+            async with self.database.transaction() as session:
+                yield session, 0
+            return
+        session = await staged.session()
+        yield session, staged.copied
+        await staged.commit()
 
     async def _candidate_only(self, closing: Closing) -> bool:
         """True when the drifting version is a rollout's candidate while another one is in production:
@@ -703,11 +751,7 @@ class MonitorCore:
         )
 
     async def _write_predictions(self, session: AsyncSession, predictions: list[PredictionBatch]) -> None:
-        if not predictions:
-            return
-        connection = await session.connection()
-        raw = await connection.get_raw_connection()
-        await copy_predictions(raw.driver_connection, predictions)
+        await copy_predictions(session, predictions)
 
     async def _write_late(self, session: AsyncSession, late: dict[tuple[str, int, int], int]) -> None:
         if not late:

@@ -1,9 +1,10 @@
 """Consuming `InferenceLogged` at volume: offsets kept with the window state, not an inbox row a message.
 
-Each poll's records are decoded and checked on the event loop (registry look-ups are cached), counted
-in a worker thread (numpy over whole batches), and merged into the open windows. Every
+Each poll's records are decoded in a worker thread, checked on the event loop (registry look-ups are
+cached), counted in a worker thread (numpy over whole batches), and merged into the open windows;
+their predictions are copied at once into the transaction of the next commit, uncommitted. Every
 `flush_interval_ms`, and whenever a window is due, the core commits the state with the next offset
-of every partition in one PostgreSQL transaction. On (re)assignment a partition resumes at its
+of every partition in that one PostgreSQL transaction. On (re)assignment a partition resumes at its
 stored offset, so a record is counted exactly once however the process stops. A record that cannot
 be counted goes to `<topic>.dlq` with the reason (as the shared consumer does) before its offset
 is committed.
@@ -145,9 +146,10 @@ class InferenceLogIngest:
     # --- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Fetch, count and merge; every `flush_interval_ms` (or when a window is due) snapshot the
-        state and write it in the background while the next records are counted. One write is in
-        flight at most, and writes happen in snapshot order."""
+        """Fetch, count and merge, copying predictions into the next commit's transaction as they are
+        counted; every `flush_interval_ms` (or when a window is due) snapshot the state and write it
+        in the background while the next records are counted. One write is in flight at most, and
+        writes happen in snapshot order."""
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
         tick = self.settings.tick_interval_ms
@@ -158,6 +160,7 @@ class InferenceLogIngest:
                 async with self._lock:
                     if batch:
                         await self._handle(batch)
+                        self.core.stage()
                     self._note_progress(consumer)
                     if self._committing is not None and self._committing.done():
                         await self._settle()  # raises what the write raised
@@ -173,6 +176,7 @@ class InferenceLogIngest:
             except Exception as error:
                 log.warning("inference logs: final commit failed (records will be read again): %s", error)
             finally:
+                await self.core.discard_staged()
                 await consumer.stop()
                 self._stopped.set()
 

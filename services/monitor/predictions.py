@@ -5,11 +5,14 @@ packed big-endian arrays (bytea, the byte order of PostgreSQL's float8send and i
 is built or parsed element by element on either side. The request ids go to `prediction_requests`,
 one narrow row per prediction under a hash index, which is what a label is looked up by; the
 batch's row number there locates its prediction and features. Both are written with COPY in the
-transaction that commits the window state and offsets they came from.
+transaction that commits the window state and offsets they came from; `StagedPredictions` opens
+that transaction early and copies into it while the next records are counted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +20,10 @@ from datetime import datetime
 
 import asyncpg
 import numpy as np
+from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from mlops.db import Database
 from services.monitor.tables import SCHEMA
 
 TIMES = np.dtype(">f8")
@@ -95,10 +101,11 @@ class PredictionBatch:
         )
 
 
-async def copy_predictions(connection: asyncpg.Connection, batches: list[PredictionBatch]) -> None:
-    """COPY `batches` and their request ids, inside the caller's transaction."""
+async def copy_predictions(session: AsyncSession, batches: list[PredictionBatch]) -> None:
+    """COPY `batches` and their request ids, inside the session's transaction."""
     if not batches:
         return
+    connection = await _driver_connection(session)
     ids = [
         row[0]
         for row in await connection.fetch(
@@ -135,11 +142,89 @@ async def copy_predictions(connection: asyncpg.Connection, batches: list[Predict
     )
 
 
+async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, with the session's transaction begun on it: SQLAlchemy
+    begins it with the first statement it runs itself, and a COPY straight on the driver's connection
+    would otherwise commit on its own."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        await session.exec(text("SELECT 1"))
+    assert driver.is_in_transaction()
+    return driver
+
+
 def _request_rows(ids: list[int], batches: list[PredictionBatch]) -> Iterator[tuple[str, int, int]]:
     return itertools.chain.from_iterable(
         zip(batch.request_ids, itertools.repeat(batch_id), batch.positions)
         for batch_id, batch in zip(ids, batches, strict=True)
     )
+
+
+class StagedPredictions:
+    """The transaction of the next commit, opened by the first predictions counted after the last
+    snapshot. Predictions are copied into it in the background, one COPY at a time, while the next
+    records are counted, so that the commit has only the window state, the offsets and the last few
+    predictions left to write. Nothing in it is visible before the commit; if anything fails, it is
+    rolled back and the commit is written again with every prediction."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.copied = 0
+        """How many predictions (in the order they were counted) are in the transaction."""
+        self._exit = contextlib.AsyncExitStack()
+        self._session: AsyncSession | None = None
+        self._copying: asyncio.Task | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._copying is not None and not self._copying.done()
+
+    def copy(self, batches: list[PredictionBatch]) -> None:
+        """Start copying the next `batches` after the last copy ended (see `busy`)."""
+        assert not self.busy, "one copy at a time"
+        if batches and (self._copying is None or self._copying.exception() is None):
+            self._copying = asyncio.create_task(self._copy(batches))
+
+    async def _copy(self, batches: list[PredictionBatch]) -> None:
+        await copy_predictions(await self._open(), batches)
+        self.copied += len(batches)
+
+    async def _open(self) -> AsyncSession:
+        if self._session is None:
+            session = await self._exit.enter_async_context(self.database.session())
+            await session.begin()
+            self._session = session
+        return self._session
+
+    async def session(self) -> AsyncSession:
+        """The transaction, once the copies started are in it; raises what a copy raised."""
+        if self._copying is not None:
+            await self._copying
+        return await self._open()
+
+    async def commit(self) -> None:
+        assert self._session is not None
+        session, self._session = self._session, None
+        try:
+            await session.commit()
+        finally:
+            await self._exit.aclose()
+
+    async def discard(self) -> None:
+        """Roll back whatever is in the transaction (after the copy in flight); a no-op once committed
+        or discarded. Errors are not raised: the caller is already handling the one that matters."""
+        if self._copying is not None:
+            with contextlib.suppress(Exception):
+                await self._copying
+        session, self._session = self._session, None
+        try:
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    await session.rollback()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._exit.aclose()
 
 
 def class_at(class_labels: list[str] | None, code: bytes | None) -> str | None:

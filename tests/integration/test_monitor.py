@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 import numpy as np
@@ -37,10 +38,11 @@ from mlops.settings import GrpcServerSettings
 from mlops.store import open_store
 from services.monitor.__main__ import MIGRATIONS, GroundTruthLoop
 from services.monitor.clients import ModelCatalog, RegistryClient
-from services.monitor.core import MonitorCore
+from services.monitor.core import CountedBatch, MonitorCore
 from services.monitor.handlers import MonitorHandlers
 from services.monitor.ingest import InferenceLogIngest, inference_group
 from services.monitor.performance import PerformanceTracker
+from services.monitor.predictions import PredictionBatch
 from services.monitor.servicer import MonitorServicer
 from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
@@ -763,10 +765,82 @@ async def test_a_restart_mid_window_keeps_its_counts_without_counting_twice(
     assert is_closed and samples == published == 250
     window = monitor_pb2.DriftWindow.FromString(body)
     assert window.sample_count == 250 and window.judged and not window.drifted
+    # The predictions copied ahead into the crashed commit's transaction were never kept: each
+    # request id is stored once, the late rows' included.
+    assert await _stored_predictions(database, model.name) == (255, 255)
 
 
 async def _refuse_commit(*_, **__):
     raise RuntimeError("the process is gone")
+
+
+async def _stored_predictions(database, model: str) -> tuple[int, int]:
+    """Stored predictions of `model`, and how many distinct request ids they have."""
+    async with database.session() as session:
+        return tuple(
+            (
+                await session.exec(
+                    text(
+                        f"SELECT count(*), count(DISTINCT r.request_id) FROM {SCHEMA}.prediction_requests r "
+                        f"JOIN {SCHEMA}.prediction_batches b ON b.id = r.batch_id WHERE b.model = :m"
+                    ),
+                    params={"m": model},
+                )
+            ).one()
+        )
+
+
+async def test_a_commit_whose_staged_transaction_broke_is_written_again_with_every_prediction(
+    database, store
+):
+    """Predictions are copied into the next commit's transaction before it commits; when its
+    connection dies (PostgreSQL restarted), the commit fails and its retry writes them all, once."""
+    await migrate(database, MIGRATIONS, SCHEMA)
+    settings = monitor_settings()
+    core = MonitorCore(
+        database=database,
+        outbox=Outbox(SCHEMA, source="mlops-monitor-tests"),
+        catalog=None,  # type: ignore[arg-type]  # a commit that closes no window asks the registry nothing
+        registry=None,  # type: ignore[arg-type]
+        store=store,
+        settings=settings,
+        consumer_group=inference_group(settings),
+    )
+    model = f"tests-staged-{uuid.uuid4().hex[:8]}"
+
+    def counted(first: int, n: int) -> CountedBatch:
+        now = time.time()
+        batch = PredictionBatch.of(
+            model=model,
+            version=1,
+            logged_at=datetime.fromtimestamp(now, UTC),
+            request_ids=[f"{model}-{first + i}" for i in range(n)],
+            timestamps=np.full(n, now),
+            class_labels=CLASSES,
+            classes=np.arange(n) % 2,
+            predictions=None,
+            features=np.zeros((n, len(FEATURES))),
+        )
+        return CountedBatch(predictions=[batch], rows=n, model=model)
+
+    core.merge(counted(0, 60))
+    core.stage()
+    staging = core.staging
+    assert staging is not None
+    session = await staging.session()
+    assert staging.copied == 1
+    core.merge(counted(60, 40))  # counted after the copy: the commit writes it itself
+    raw = await (await session.connection()).get_raw_connection()
+    async with database.transaction() as other:
+        await other.exec(
+            text("SELECT pg_terminate_backend(:pid)"), params={"pid": raw.driver_connection.get_server_pid()}
+        )
+    plan = core.snapshot()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver makes of a dead connection
+        await core.write(plan)
+    assert await _stored_predictions(database, model) == (0, 0)
+    await core.write(plan)
+    assert await _stored_predictions(database, model) == (100, 100)
 
 
 async def test_regression_ground_truth_gives_live_rmse_and_health_compares_binned_outputs(
