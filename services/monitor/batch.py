@@ -141,6 +141,9 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
         versions_, stamps, latencies, roles, feature_runs, output_runs, errors, request_ids, labels = (
             [] for _ in range(9)
         )
+    if "\0" in "".join(request_ids):
+        i = next(i for i, request_id in enumerate(request_ids) if "\0" in request_id)
+        raise InvalidBatch(f"record {i} ({request_ids[i]!r}) has a NUL character in its request id")
     failed = np.fromiter(map(bool, errors), dtype=bool, count=n)
     feature_lengths = np.fromiter(map(len, feature_runs), dtype=np.int64, count=n) // _FLOAT64.itemsize
     output_lengths = np.fromiter(map(len, output_runs), dtype=np.int64, count=n) // _FLOAT64.itemsize

@@ -161,6 +161,10 @@ def test_decode_refuses_a_record_that_contradicts_its_batch():
         decode_batch(batch)
     with pytest.raises(InvalidBatch, match="sampling_rate"):
         decode_batch(monitoring_pb2.InferenceLogged(model="m", sampling_rate=2))
+    batch = _batch(3, 1000.0)
+    batch.records[2].request_id = "r\0"  # PostgreSQL stores no NUL: the commit would fail forever
+    with pytest.raises(InvalidBatch, match=r"record 2 .* NUL character in its request id"):
+        decode_batch(batch)
 
 
 def test_decode_reads_every_column_as_the_protobuf_runtime_does():
