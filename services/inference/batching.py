@@ -1,17 +1,18 @@
 """Dynamic batching: concurrent requests to one model version coalesce into one runtime call.
 
 A worker per version takes the first waiting request, adds whatever else waits (up to
-`max_batch_size` rows), and, if the batch is not full, waits at most `max_wait_us` for more. The
-call runs on a thread pool, never on the event loop; while it runs, new requests queue up and form
+`max_batch_size` rows), and, if the batch is not full, waits at most `max_wait_us` for more. A call
+of a model that is not cheap runs on a thread pool; while it runs, new requests queue up and form
 the next batch, so under load batches grow by themselves even with no wait at all.
 
 Where a call runs. A small model answers in microseconds, less than the hop to a thread and back
 costs (waking the thread, handing the GIL over, waking the event loop): for those, a call whose
 recent mean duration is under `inline_below_us` runs on the event loop itself (measured on the wine
-model: a third more requests per second at 64 callers). With no wait configured, such a call runs at
-once, in its request's turn: requests only queue up while a call runs on a thread, so there is
-nothing to join it, and the batcher's hand-offs would cost more than the model. Every call is timed, so a model that turns
-out slow moves to the threads within a few calls, and one slow from its warm-up never blocks the loop.
+model: a fifth more requests per second at 64 callers, a quarter more with one). With no wait
+configured, such a call runs at once, in its request's turn: requests only queue up while a call
+runs on a thread, so nothing would join it, and the batcher's hand-offs would cost more than the
+model. Every call is timed, so a model that turns out slow moves to the threads within a few calls,
+and one slow from its warm-up never blocks the loop.
 """
 
 from __future__ import annotations
