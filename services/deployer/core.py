@@ -199,15 +199,13 @@ class DeployerCore:
                     session,
                     stored,
                     actor=actor,
-                    reason=f"promoted by {actor}"
-                    + (f": {reason}" if reason else "")
-                    + f" at {self._label(stored)}",
+                    reason=f"{_by('promoted', actor, reason)} at {self._label(stored)}",
                 )
         await self._record(stored)
         return stored.rollout
 
     async def rollback(self, *, model: str, rollout_id: str, actor: str, reason: str) -> dpb.Rollout:
-        why = f"rolled back by {actor}" + (f": {reason}" if reason else "")
+        why = _by("rolled back", actor, reason)
         if not rollout_id:
             if not model:
                 raise InvalidArgument("give a model name or a rollout_id")
@@ -237,9 +235,7 @@ class DeployerCore:
                     stored,
                     state=S.ROLLOUT_STATE_PAUSED,
                     actor=actor,
-                    reason=f"paused by {actor}"
-                    + (f": {reason}" if reason else "")
-                    + f" at {self._label(stored)}; health is still watched",
+                    reason=f"{_by('paused', actor, reason)} at {self._label(stored)}; health is still watched",
                 )
         await self._record(stored)
         return stored.rollout
@@ -258,9 +254,7 @@ class DeployerCore:
                     stored,
                     state=self._running_state(stored),
                     actor=actor,
-                    reason=f"resumed by {actor}"
-                    + (f": {reason}" if reason else "")
-                    + f" at {self._label(stored)}",
+                    reason=f"{_by('resumed', actor, reason)} at {self._label(stored)}",
                 )
         await self._record(stored)
         return stored.rollout
@@ -1027,3 +1021,8 @@ class DeployerCore:
         prometheus.TRAFFIC_PERCENT.labels(r.model, str(r.candidate_version)).set(
             0 if r.state in (S.ROLLOUT_STATE_ROLLED_BACK, S.ROLLOUT_STATE_ABORTED) else r.traffic_percent
         )
+
+
+def _by(done: str, actor: str, reason: str) -> str:
+    """What a person did to a rollout, for its ledger: "paused by alice: load test"."""
+    return f"{done} by {actor}" + (f": {reason}" if reason else "")
