@@ -254,7 +254,8 @@ def label_strings(serving: Serving, indices: np.ndarray) -> list[str]:
     return [labels[i] if 0 <= i < count else str(i) for i in indices.tolist()]
 
 
-def _bytes_tensor(values: list[str]) -> bytes:
+def bytes_tensor(values: list[str]) -> bytes:
+    """BYTES tensor contents as Triton lays them out: each value's length (4 bytes, little-endian), then the value."""
     parts = []
     for value in values:
         data = value.encode()
@@ -274,7 +275,7 @@ def encode_response(
     for name in names:
         value = outputs[name]
         if name == "label":
-            raw.append(_bytes_tensor(label_strings(serving, value)))
+            raw.append(bytes_tensor(label_strings(serving, value)))
             tensors.add(name=name, datatype="BYTES", shape=value.shape)
             continue
         value = np.ascontiguousarray(value, dtype=np.float32) if value.dtype != np.float32 else value

@@ -49,7 +49,7 @@ import pandas as pd
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
-from tests.bench.bench_registry import BenchError, Figures, free_port, ghz_figures, running, wait_until
+from tests.bench.bench_registry import BenchError, Figures, free_port, ghz_load, running, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MLOPS_CACHE", Path.home() / ".cache" / "mlops"))
@@ -124,37 +124,9 @@ def payload(model: dict) -> dict:
 
 
 def run_ghz(addr: str, data: dict, concurrency: int, duration_s: float) -> Figures:
-    out = subprocess.run(
-        [
-            str(GHZ),
-            "--insecure",
-            "--import-paths",
-            str(PROTO_ROOT),
-            "--proto",
-            str(PROTO_ROOT / PROTO),
-            "--call",
-            METHOD,
-            "--data",
-            json.dumps(data),
-            "--concurrency",
-            str(concurrency),
-            "--connections",
-            "1",
-            "--duration",
-            f"{duration_s:g}s",
-            "--duration-stop",
-            "ignore",
-            "--timeout",
-            "10s",
-            "--format",
-            "json",
-            addr,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return ghz_figures(out)
+    return ghz_load(
+        str(GHZ), addr, proto=PROTO, method=METHOD, data=data, concurrency=concurrency, duration_s=duration_s
+    )
 
 
 def model_ready(addr: str, name: str = MODEL) -> bool:
@@ -354,14 +326,16 @@ def floor_answer(model: dict) -> bytes:
     """What the platform's server answers to the payload, as raw outputs: probabilities and label."""
     import onnxruntime as ort
 
+    from services.inference.codec import bytes_tensor
+
     session = ort.InferenceSession(model["onnx"], providers=["CPUExecutionProvider"])
     probabilities = session.run(["probabilities"], {"input": np.array([model["row"]], dtype=np.float32)})[0]
-    label = model["classes"][int(probabilities.argmax())].encode()
+    label = model["classes"][int(probabilities.argmax())]
     reply = oip.ModelInferResponse(model_name=MODEL, model_version="1")
     reply.outputs.add(name="probabilities", datatype="FP32", shape=list(probabilities.shape))
     reply.outputs.add(name="label", datatype="BYTES", shape=[1])
     reply.raw_output_contents.append(probabilities.astype("<f4").tobytes())
-    reply.raw_output_contents.append(len(label).to_bytes(4, "little") + label)
+    reply.raw_output_contents.append(bytes_tensor([label]))
     return reply.SerializeToString()
 
 

@@ -501,25 +501,49 @@ def prepare_registry(addr: str) -> int:
 
 
 def run_ghz(tools: Tools, addr: str, concurrency: int, duration_s: float, connections: int) -> Figures:
+    return ghz_load(
+        tools.ghz,
+        addr,
+        proto=REGISTRY_PROTO,
+        method=METHOD,
+        data={"model": MODEL, "alias": ALIAS},
+        concurrency=concurrency,
+        duration_s=int(duration_s),  # whole seconds, as wrk takes them
+        connections=connections,
+    )
+
+
+def ghz_load(
+    ghz: str,
+    addr: str,
+    *,
+    proto: str,
+    method: str,
+    data: dict,
+    concurrency: int,
+    duration_s: float,
+    connections: int = 1,
+) -> Figures:
+    """One closed-loop ghz run of `method` (a proto under protos/) with `data` as its JSON payload."""
     out = subprocess.run(
         [
-            tools.ghz,
+            ghz,
             "--insecure",
             "--import-paths",
             str(PROTO_ROOT),
             "--proto",
-            str(PROTO_ROOT / REGISTRY_PROTO),
+            str(PROTO_ROOT / proto),
             "--call",
-            METHOD,
+            method,
             "--data",
-            json.dumps({"model": MODEL, "alias": ALIAS}),
+            json.dumps(data),
             "--concurrency",
             str(concurrency),
             "--connections",
             str(connections),
             # calls in flight when the time is up are left out of the tally, as wrk does, rather than counted as errors
             "--duration",
-            f"{int(duration_s)}s",
+            f"{duration_s:g}s",
             "--duration-stop",
             "ignore",
             "--timeout",
