@@ -41,6 +41,7 @@ from mlops.store import open_store
 from services.inference.app import InferenceApp
 from services.inference.settings import InferenceSettings
 from services.trainer.training import TrainingParams, TrainRequest, train
+from tests.e2e.slow_model import slowed
 from tests.integration.bus_helpers import raw_reader
 from tests.integration.conftest import eventually, jaeger_trace
 
@@ -962,3 +963,39 @@ async def test_text_features_are_encoded_with_the_registered_vocabulary(
         assert json.loads(metadata.parameters["categories"].string_param) == categories
     finally:
         await app.stop()
+
+
+async def test_a_cheap_version_answers_on_the_event_loop_while_a_slow_one_runs_on_the_threads(
+    harness, models, artifact_settings
+):
+    """Where a call runs follows its cost (`inline_run_us`): the wine model runs on the event loop,
+    its slow twin (same answers, ~0.1 s a call, slow from its warm-up) on the inference threads,
+    so that requests to the cheap version are answered while the slow one computes."""
+    cheap = models.wine_a
+    slow_bytes = slowed(cheap.onnx, iterations=20_000)
+    stored = await open_store(artifact_settings).put_bytes("models/inference-tests", "model.onnx", slow_bytes)
+    slow = Trained(
+        cheap.task, slow_bytes, stored.uri, stored.sha256, cheap.feature_names, cheap.class_labels, cheap.rows
+    )
+    model = name()
+    await harness.serve(state(model, 1, version(cheap, 1), version(slow, 2, percent=0), batch=64))
+    by_version = harness.app.core.models[model].by_version
+    assert by_version["1"].batcher.runs_inline(1), "the wine model costs less than a thread hop"
+    assert not by_version["2"].batcher.runs_inline(1), "the slow twin was timed slow at its warm-up"
+
+    rows = cheap.rows
+    finished: list[str] = []
+
+    async def call(version_text: str, row: int) -> oip.ModelInferResponse:
+        answer = await harness.stub.ModelInfer(request(model, rows[row : row + 1], version=version_text))
+        finished.append(version_text)
+        return answer
+
+    slow_call = asyncio.create_task(call("2", 0))
+    cheap_answers = [await call("1", i) for i in range(1, 6)]  # one after another, while v2 computes
+    slow_answer = await slow_call
+    assert finished[:5] == ["1"] * 5, f"the cheap version waited for the slow one: {finished}"
+    expected = cheap.expected(rows[:6])["probabilities"]
+    np.testing.assert_allclose(probabilities(slow_answer)[0], expected[0], rtol=1e-5, atol=1e-6)
+    for i, answer in enumerate(cheap_answers, 1):
+        np.testing.assert_allclose(probabilities(answer)[0], expected[i], rtol=1e-5, atol=1e-6)
