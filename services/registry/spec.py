@@ -22,6 +22,17 @@ METRICS = {
 STRATEGIES = ("canary", "blue_green", "shadow", "direct")
 DRIFT_METHODS = ("psi", "ks", "chi2")
 DRIFT_ACTIONS = ("retrain", "alert", "none")
+HEALTH_TIMEOUT_ACTIONS = ("rollback", "pause")
+
+# What one training spec may ask of a worker. A spec past these is refused at `mlops apply`
+# with the bound named, instead of being accepted and then exhausting a worker's memory or time.
+MAX_HIDDEN_LAYERS = 16
+MAX_LAYER_WIDTH = 4_096
+MAX_PARAMETERS = 20_000_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_TRAINING_SECONDS = 6 * 3600
+MAX_SEARCH_TRIALS = 200
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -44,6 +55,7 @@ def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
         ("dropout", 0.0),
         ("weight_decay", 0.0),
         ("parity_tolerance", 1e-4),
+        ("max_seconds", 1800),
     ):
         if not training.HasField(field):
             setattr(training, field, value)
@@ -63,9 +75,12 @@ def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
         ("max_p99_latency_ms", 50.0),
         ("min_requests", 20),
         ("auto_promote", True),
+        ("health_timeout_seconds", 120),
     ):
         if not rollout.HasField(field):
             setattr(rollout, field, value)
+    if not rollout.on_health_timeout:
+        rollout.on_health_timeout = "rollback"
     monitor = body.monitor
     if not monitor.method:
         monitor.method = "psi"
@@ -118,18 +133,46 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
         need(bool(value.strip()), f"spec.features[{index}]", "is empty")
 
     training = body.training
+    need(
+        len(training.hidden_layers) <= MAX_HIDDEN_LAYERS,
+        "spec.training.hidden_layers",
+        f"at most {MAX_HIDDEN_LAYERS} layers, got {len(training.hidden_layers)}",
+    )
     for index, width in enumerate(training.hidden_layers):
         need(
-            1 <= width <= 65_536, f"spec.training.hidden_layers[{index}]", f"must be 1 to 65536, got {width}"
+            1 <= width <= MAX_LAYER_WIDTH,
+            f"spec.training.hidden_layers[{index}]",
+            f"must be 1 to {MAX_LAYER_WIDTH}, got {width}",
         )
-    need(training.epochs >= 1, "spec.training.epochs", f"must be at least 1, got {training.epochs}")
+    if all(1 <= width <= MAX_LAYER_WIDTH for width in training.hidden_layers):
+        # Weights between hidden layers alone; the input and output layers add a few more per
+        # feature and class, which the data set decides and the trainer checks again.
+        weights = sum(a * b + b for a, b in pairwise(training.hidden_layers))
+        need(
+            weights <= MAX_PARAMETERS,
+            "spec.training.hidden_layers",
+            f"{list(training.hidden_layers)} has {weights:,} weights between hidden layers; "
+            f"at most {MAX_PARAMETERS:,}",
+        )
+    need(
+        1 <= training.epochs <= MAX_EPOCHS,
+        "spec.training.epochs",
+        f"must be 1 to {MAX_EPOCHS}, got {training.epochs}",
+    )
     need(
         0 < training.learning_rate < 10,
         "spec.training.learning_rate",
         f"must be above 0 and below 10, got {training.learning_rate}",
     )
     need(
-        training.batch_size >= 1, "spec.training.batch_size", f"must be at least 1, got {training.batch_size}"
+        1 <= training.batch_size <= MAX_BATCH_SIZE,
+        "spec.training.batch_size",
+        f"must be 1 to {MAX_BATCH_SIZE}, got {training.batch_size}",
+    )
+    need(
+        1 <= training.max_seconds <= MAX_TRAINING_SECONDS,
+        "spec.training.max_seconds",
+        f"must be 1 to {MAX_TRAINING_SECONDS} (the longest a training job may run), got {training.max_seconds}",
     )
     need(
         training.early_stopping_patience >= 0, "spec.training.early_stopping_patience", "must not be negative"
@@ -145,7 +188,11 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
     need(training.parity_tolerance > 0, "spec.training.parity_tolerance", "must be above 0")
     if training.HasField("search"):
         search = training.search
-        need(search.trials >= 1, "spec.training.search.trials", f"must be at least 1, got {search.trials}")
+        need(
+            1 <= search.trials <= MAX_SEARCH_TRIALS,
+            "spec.training.search.trials",
+            f"must be 1 to {MAX_SEARCH_TRIALS}, got {search.trials}",
+        )
         for name, param in search.params.items():
             path = f"spec.training.search.params.{name}"
             kind = param.WhichOneof("space")
@@ -200,6 +247,16 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
     need(0 <= rollout.max_error_rate <= 1, "spec.rollout.max_error_rate", "must be a fraction from 0 to 1")
     need(rollout.max_p99_latency_ms > 0, "spec.rollout.max_p99_latency_ms", "must be above 0")
     need(rollout.min_requests >= 0, "spec.rollout.min_requests", "must not be negative")
+    need(
+        rollout.health_timeout_seconds >= 1,
+        "spec.rollout.health_timeout_seconds",
+        f"must be at least 1, got {rollout.health_timeout_seconds}",
+    )
+    need(
+        rollout.on_health_timeout in HEALTH_TIMEOUT_ACTIONS,
+        "spec.rollout.on_health_timeout",
+        f"must be one of {', '.join(HEALTH_TIMEOUT_ACTIONS)}, got {rollout.on_health_timeout!r}",
+    )
     if rollout.HasField("max_prediction_drift"):
         need(rollout.max_prediction_drift > 0, "spec.rollout.max_prediction_drift", "must be above 0")
 

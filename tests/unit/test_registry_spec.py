@@ -92,3 +92,35 @@ def test_csv_schema_infers_types_nulls_and_row_count():
     ]
     with pytest.raises(InvalidArgument, match="empty"):
         csv_schema(b"")
+
+
+def test_a_spec_that_asks_too_much_of_a_worker_is_refused_with_each_bound_named():
+    document = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    document["spec"]["training"] = {
+        "hidden_layers": [4096] * 17,
+        "epochs": 1_000_000,
+        "batch_size": 10_000_000,
+        "max_seconds": 0,
+        "search": {"trials": 100_000, "params": {"lr": {"uniform": {"low": 0.1, "high": 1}}}},
+    }
+    document["spec"]["rollout"] = {"health_timeout_seconds": 0, "on_health_timeout": "wait"}
+    problems = validate(with_defaults(parse(document)))
+    text = "\n".join(problems)
+    assert "spec.training.hidden_layers: at most 16 layers, got 17" in text
+    assert "weights between hidden layers; at most 20,000,000" in text
+    assert "spec.training.epochs: must be 1 to 10000, got 1000000" in text
+    assert "spec.training.batch_size: must be 1 to 65536, got 10000000" in text
+    assert "spec.training.max_seconds: must be 1 to 21600" in text
+    assert "spec.training.search.trials: must be 1 to 200, got 100000" in text
+    assert "spec.rollout.health_timeout_seconds: must be at least 1, got 0" in text
+    assert "spec.rollout.on_health_timeout: must be one of rollback, pause, got 'wait'" in text
+
+
+def test_a_wide_but_shallow_network_within_the_weight_bound_is_accepted():
+    document = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    document["spec"]["training"] = {"hidden_layers": [4096, 4096]}
+    spec = with_defaults(parse(document))
+    assert validate(spec) == []
+    assert spec.spec.training.max_seconds == 1800
+    assert spec.spec.rollout.health_timeout_seconds == 120
+    assert spec.spec.rollout.on_health_timeout == "rollback"

@@ -90,7 +90,7 @@ class ModelSpecBody(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., slices: _Optional[_Iterable[str]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., gate: _Optional[_Union[GateSpec, _Mapping]] = ..., rollout: _Optional[_Union[RolloutSpec, _Mapping]] = ..., monitor: _Optional[_Union[MonitorSpec, _Mapping]] = ..., serving: _Optional[_Union[ServingSpec, _Mapping]] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("hidden_layers", "epochs", "learning_rate", "batch_size", "seed", "early_stopping_patience", "search", "validation_fraction", "test_fraction", "dropout", "weight_decay", "parity_tolerance")
+    __slots__ = ("hidden_layers", "epochs", "learning_rate", "batch_size", "seed", "early_stopping_patience", "search", "validation_fraction", "test_fraction", "dropout", "weight_decay", "parity_tolerance", "max_seconds")
     HIDDEN_LAYERS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class TrainingSpec(_message.Message):
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     hidden_layers: _containers.RepeatedScalarFieldContainer[int]
     epochs: int
     learning_rate: float
@@ -115,7 +116,8 @@ class TrainingSpec(_message.Message):
     dropout: float
     weight_decay: float
     parity_tolerance: float
-    def __init__(self, hidden_layers: _Optional[_Iterable[int]] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_decay: _Optional[float] = ..., parity_tolerance: _Optional[float] = ...) -> None: ...
+    max_seconds: int
+    def __init__(self, hidden_layers: _Optional[_Iterable[int]] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_decay: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., max_seconds: _Optional[int] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
     __slots__ = ("trials", "params", "metric")
@@ -183,7 +185,7 @@ class GateSpec(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., max_regression: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., max_model_size_mb: _Optional[float] = ..., slice_min: _Optional[float] = ...) -> None: ...
 
 class RolloutSpec(_message.Message):
-    __slots__ = ("strategy", "steps", "step_seconds", "max_error_rate", "max_p99_latency_ms", "min_requests", "auto_promote", "max_prediction_drift")
+    __slots__ = ("strategy", "steps", "step_seconds", "max_error_rate", "max_p99_latency_ms", "min_requests", "auto_promote", "max_prediction_drift", "health_timeout_seconds", "on_health_timeout")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +194,8 @@ class RolloutSpec(_message.Message):
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     AUTO_PROMOTE_FIELD_NUMBER: _ClassVar[int]
     MAX_PREDICTION_DRIFT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ON_HEALTH_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     steps: _containers.RepeatedScalarFieldContainer[int]
     step_seconds: int
@@ -200,7 +204,9 @@ class RolloutSpec(_message.Message):
     min_requests: int
     auto_promote: bool
     max_prediction_drift: float
-    def __init__(self, strategy: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step_seconds: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., min_requests: _Optional[int] = ..., auto_promote: _Optional[bool] = ..., max_prediction_drift: _Optional[float] = ...) -> None: ...
+    health_timeout_seconds: int
+    on_health_timeout: str
+    def __init__(self, strategy: _Optional[str] = ..., steps: _Optional[_Iterable[int]] = ..., step_seconds: _Optional[int] = ..., max_error_rate: _Optional[float] = ..., max_p99_latency_ms: _Optional[float] = ..., min_requests: _Optional[int] = ..., auto_promote: _Optional[bool] = ..., max_prediction_drift: _Optional[float] = ..., health_timeout_seconds: _Optional[int] = ..., on_health_timeout: _Optional[str] = ...) -> None: ...
 
 class MonitorSpec(_message.Message):
     __slots__ = ("window_seconds", "method", "threshold", "consecutive_windows", "on_drift", "on_degradation", "sampling_rate", "min_samples")
