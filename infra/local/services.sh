@@ -5,7 +5,11 @@
 #   up       start every (named) service that is not running; return when each answers gRPC health SERVING
 #   down     SIGTERM (graceful: finish in-flight work, commit offsets), SIGKILL after a deadline
 #   restart  down, then up
-#   status   one line per service; exit 0 only when all are ready
+#   status   one line per service (its pid, restarts, why it last exited); exit 0 only when all are ready
+#
+# Each service runs under infra/local/supervise.py, which restarts it with a doubling back-off when it
+# exits unasked (as Kubernetes restarts a container), and records the service's pid, its restart count
+# and its last exit reason in <stack>/run/<name>.state. <name>.pid is the supervisor's.
 #
 # Services read the addresses `stack.sh up` writes to <stack>/env. Logs and pid files live in
 # ${MLOPS_STACK_DIR:-<repo>/.stack}/{logs,run}. A service is started when its package has a
@@ -38,6 +42,17 @@ alive() {
   local pid; pid="$(pid_of "$1")"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q "services.$1" "/proc/$pid/cmdline" 2>/dev/null
 }
+state_of() {   # the supervisor's record of a service: "pid restarts last-exit"
+  [ -f "$STACK/run/$1.state" ] || { echo "- 0 -"; return; }
+  "$PYTHON" - "$STACK/run/$1.state" <<'PY' 2>/dev/null || echo "- 0 -"
+import json, sys, time
+state = json.load(open(sys.argv[1]))
+last = state.get("last_exit") or "-"
+if state.get("last_exit_at"):
+    last += time.strftime(" at %H:%M:%SZ", time.gmtime(state["last_exit_at"]))
+print(state.get("pid") or "-", state.get("restarts", 0), last)
+PY
+}
 healthy() {   # gRPC health SERVING on 127.0.0.1:$1
   "$PYTHON" - "$1" <<'PY' >/dev/null 2>&1
 import sys, grpc
@@ -61,7 +76,9 @@ up() {
     wc -l <"$STACK/logs/$name.log" >"$STACK/run/$name.logstart"
     cd "$REPO"
     # Each service names itself in traces (mlops-<name>); a caller's OTEL_SERVICE_NAME is not theirs.
-    nohup env -u OTEL_SERVICE_NAME "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 &
+    rm -f "$STACK/run/$name.state"
+    nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \
+      "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 &
     echo $! >"$STACK/run/$name.pid"
     started+=("$entry")
   done
@@ -69,7 +86,8 @@ up() {
   for entry in "${started[@]}"; do
     read -r name port <<<"$entry"
     until healthy "$port"; do
-      if ! alive "$name" || [ $SECONDS -ge $deadline ]; then
+      local restarts; restarts="$(state_of "$name" | cut -d' ' -f2)"
+      if ! alive "$name" || [ "$restarts" -ge 2 ] || [ $SECONDS -ge $deadline ]; then
         printf 'services: %s did not become ready on port %s; its log since start:\n' "$name" "$port" >&2
         tail -n +"$(cat "$STACK/run/$name.logstart")" "$STACK/logs/$name.log" | tail -n 40 >&2
         kill -TERM "$(pid_of "$name")" 2>/dev/null || true
@@ -78,7 +96,7 @@ up() {
       fi
       sleep 0.2
     done
-    printf '%-9s %s\n' "$name" "ready on 127.0.0.1:$port (pid $(pid_of "$name"))"
+    printf '%-9s %s\n' "$name" "ready on 127.0.0.1:$port (pid $(state_of "$name" | cut -d' ' -f1))"
   done
 }
 
@@ -88,10 +106,13 @@ down() {
     read -r name port <<<"$entry"
     if alive "$name"; then
       pid="$(pid_of "$name")"
+      child="$(state_of "$name" | cut -d' ' -f1)"
+      # The supervisor passes SIGTERM on and gives the service STOP_TIMEOUT before SIGKILL.
       kill -TERM "$pid" 2>/dev/null || true
-      deadline=$((SECONDS + STOP_TIMEOUT))
+      deadline=$((SECONDS + STOP_TIMEOUT + 5))
       while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
       kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      [ "$child" != "-" ] && kill -0 "$child" 2>/dev/null && kill -KILL "$child" 2>/dev/null || true
       printf '%-9s %s\n' "$name" "stopped"
     fi
     rm -f "$STACK/run/$name.pid"
@@ -103,10 +124,14 @@ status() {
   for entry in "${SERVICES[@]}"; do
     read -r name port <<<"$entry"
     available "$name" || continue
+    local child restarts last
+    read -r child restarts last <<<"$(state_of "$name")"
     if alive "$name" && healthy "$port"; then
-      printf '%-9s %-19s pid %-8s 127.0.0.1:%s\n' "$name" ready "$(pid_of "$name")" "$port"
+      printf '%-9s %-19s pid %-8s 127.0.0.1:%-6s restarts %-3s last exit: %s\n' \
+        "$name" ready "$child" "$port" "$restarts" "$last"
     elif alive "$name"; then
-      printf '%-9s %-19s pid %-8s 127.0.0.1:%s\n' "$name" "running, not ready" "$(pid_of "$name")" "$port"; rc=1
+      printf '%-9s %-19s pid %-8s 127.0.0.1:%-6s restarts %-3s last exit: %s\n' \
+        "$name" "running, not ready" "$child" "$port" "$restarts" "$last"; rc=1
     else
       printf '%-9s %s\n' "$name" stopped; rc=1
     fi
