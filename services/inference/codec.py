@@ -50,6 +50,10 @@ TYPED_FIELD = {
     "BYTES": "bytes_contents",
 }
 CONTENT_FIELDS = sorted(set(TYPED_FIELD.values()))
+NARROW_TYPED = {name: np.iinfo(NUMERIC[name]) for name in ("INT8", "INT16", "UINT8", "UINT16")}
+"""Datatypes whose typed contents travel in a wider field (int_contents, uint_contents): a value may
+not fit, and numpy would wrap it silently (INT8 1000 becomes -24)."""
+DATATYPE_OF = {dtype: name for name, dtype in NUMERIC.items()}
 ACCEPTED = "FP32, FP64, FP16, INT8-64, UINT8-64 or BOOL"
 OUTPUT_DATATYPES = {"probabilities": "FP32", "label": "BYTES", "prediction": "FP32"}
 
@@ -93,9 +97,75 @@ def decode_inputs(request: oip.ModelInferRequest, serving: Serving, limits: Limi
             )
         rows = _check_rows(shape[0], limits)
         values = _numbers(first, raw[0] if raw else None, rows * width, limits)
-        matrix = values.reshape(rows, width)
-        return matrix if matrix.dtype == loaded.input_dtype else matrix.astype(loaded.input_dtype)
+        return _for_model(first, values, loaded).reshape(rows, width)
     return _per_feature(request, serving, limits)
+
+
+def _where(flat: int, shape) -> str:
+    """Where a flat position lies in the tensor as the caller shaped it: "index 3" or "[0, 2]"."""
+    if len(shape) == 1:
+        return f"index {flat}"
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat, tuple(shape))) + "]"
+
+
+def _text_of(value) -> str:
+    value = value.item()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _for_model(tensor, values: np.ndarray, loaded) -> np.ndarray:
+    """`values` (flat, in the declared datatype) converted to the model's input type, or an error
+    naming the first value that has no place there: NaN (unless the model takes it), an infinity, or
+    a number its type cannot hold. One vectorised check on the common path."""
+    dtype = loaded.input_dtype
+    if dtype.kind in "iu":
+        return _for_integer_model(tensor, values, dtype)
+    if values.dtype == dtype:
+        converted = values
+    else:
+        with np.errstate(over="ignore"):  # a value too large for the model's type is reported below
+            converted = values.astype(dtype)
+    finite = np.isfinite(converted)
+    if finite.all():
+        return converted
+    allow_nan = getattr(loaded, "allow_nan", False)
+    bad = np.isinf(converted) if allow_nan else ~finite
+    if not bad.any():
+        return converted
+    flat = int(np.argmax(bad))
+    source = values[flat]
+    where = _where(flat, tensor.shape)
+    if values.dtype.kind == "f" and np.isnan(source):
+        raise InvalidArgument(f"input {tensor.name!r}: NaN at {where}; this model does not take NaN")
+    if values.dtype.kind == "f" and np.isinf(source):
+        raise InvalidArgument(
+            f"input {tensor.name!r}: {_text_of(source)} at {where}; infinite values are not accepted"
+        )
+    raise InvalidArgument(
+        f"input {tensor.name!r}: value {_text_of(source)} at {where} is outside the model's "
+        f"{DATATYPE_OF.get(dtype, dtype.name)} input"
+    )
+
+
+def _for_integer_model(tensor, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+        if bad.any():
+            flat = int(np.argmax(bad))
+            raise InvalidArgument(
+                f"input {tensor.name!r}: {_text_of(values[flat])} at {_where(flat, tensor.shape)}; "
+                "this model takes integers"
+            )
+    if values.dtype != dtype and values.size and values.dtype.kind != "b":
+        outside = (values < info.min) | (values > info.max)
+        if outside.any():
+            flat = int(np.argmax(outside))
+            raise InvalidArgument(
+                f"input {tensor.name!r}: value {_text_of(values[flat])} at {_where(flat, tensor.shape)} "
+                f"is outside the model's {DATATYPE_OF.get(dtype, dtype.name)} input ({info.min}..{info.max})"
+            )
+    return values if values.dtype == dtype else values.astype(dtype)
 
 
 def _expected(serving: Serving) -> str:
@@ -135,7 +205,11 @@ def _numbers(tensor, raw: bytes | None, count: int, limits: Limits) -> np.ndarra
                 f"{_shape_text(tensor.shape)} of {datatype} needs {needed}"
             )
         return np.frombuffer(raw, dtype=dtype)
-    field = TYPED_FIELD[datatype]
+    field = TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidArgument(
+            f"input {tensor.name!r}: {datatype} has no typed contents field; send it as raw_input_contents"
+        )
     values = getattr(tensor.contents, field)
     if len(values) != count:
         others = [name for name in CONTENT_FIELDS if name != field and len(getattr(tensor.contents, name))]
@@ -148,7 +222,18 @@ def _numbers(tensor, raw: bytes | None, count: int, limits: Limits) -> np.ndarra
             f"input {tensor.name!r} has {len(values)} values in {field}; shape "
             f"{_shape_text(tensor.shape)} needs {count}"
         )
-    return np.array(values, dtype=dtype)
+    info = NARROW_TYPED.get(datatype)
+    if info is None:
+        return np.array(values, dtype=dtype)
+    wide = np.array(values, dtype=np.int64)
+    outside = (wide < info.min) | (wide > info.max)
+    if outside.any():
+        flat = int(np.argmax(outside))
+        raise InvalidArgument(
+            f"input {tensor.name!r}: value {wide[flat]} at {_where(flat, tensor.shape)} is outside "
+            f"{datatype} ({info.min}..{info.max})"
+        )
+    return wide.astype(dtype)
 
 
 def _has_typed(tensor) -> bool:
@@ -188,7 +273,7 @@ def _per_feature(request: oip.ModelInferRequest, serving: Serving, limits: Limit
         if tensor.datatype == "BYTES":
             columns[column] = _text_codes(tensor, content, rows, serving)
         else:
-            columns[column] = _numbers(tensor, content, rows, limits)
+            columns[column] = _for_model(tensor, _numbers(tensor, content, rows, limits), loaded)
     missing = [f for f, i in index.items() if i not in columns]
     if missing:
         raise InvalidArgument(
@@ -299,6 +384,7 @@ def model_metadata(serving: Serving, versions: list[str]) -> oip.ModelMetadataRe
     params = response.parameters
     params["version"].string_param = serving.version_text
     params["task"].string_param = spec.task
+    params["allow_nan"].bool_param = bool(getattr(loaded, "allow_nan", False))
     params["role"].string_param = spec.role
     params["traffic_percent"].int64_param = spec.traffic_percent
     params["feature_names"].string_param = json.dumps(list(spec.feature_names))

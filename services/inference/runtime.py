@@ -44,6 +44,9 @@ class LoadedModel(ABC):
     feature_count: int
     output_names: tuple[str, ...]
     provider: str
+    allow_nan: bool = False
+    """The model takes NaN on purpose (a missing value it handles): ONNX metadata `allow_nan=true`.
+    Otherwise a NaN in a request is refused, since it would silently become some answer."""
     call_s: float | None = None
     """The slowest warm-up call, in seconds: what a call is expected to take before any is timed."""
 
@@ -114,6 +117,8 @@ class OnnxModel(LoadedModel):
                     f"{name}: output 'probabilities' has {columns} columns "
                     f"but the desired state lists {class_count} class labels"
                 )
+        metadata = session.get_modelmeta().custom_metadata_map
+        self.allow_nan = metadata.get("allow_nan", "").strip().lower() in ("1", "true", "yes")
         self.input_name = spec.name
         self.input_dtype = np.dtype(dtype)
         self.feature_count = feature_count
