@@ -8,7 +8,10 @@ A step is judged on the monitor's answer for the candidate over the last `step_s
 - at the end of the step, the candidate steps on (or is promoted after the last step) only when the
   monitor answered, the candidate answered at least `min_requests` requests and every bound held;
 - no answer from the monitor, or too few requests, holds the step and says why: never a promotion
-  without an answer.
+  without an answer;
+- a hold does not last forever: once `health_timeout_seconds` have passed after the step's time
+  with no verdict (healthy or broken) and no person resuming, the rollout is rolled back or paused
+  (`on_health_timeout`), so that a silent canary never keeps its share of live traffic unwatched.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from mlops.events.v1 import common_pb2
 
 CANARY, SHADOW, BLUE_GREEN, DIRECT = "canary", "shadow", "blue_green", "direct"
 STRATEGIES = (CANARY, SHADOW, BLUE_GREEN, DIRECT)
+
+ROLLBACK_ON_TIMEOUT, PAUSE_ON_TIMEOUT = "rollback", "pause"
+HEALTH_TIMEOUT_ACTIONS = (ROLLBACK_ON_TIMEOUT, PAUSE_ON_TIMEOUT)
+DEFAULT_HEALTH_TIMEOUT_S = 120
+"""The spec's default, for rollouts whose spec was stored before the field existed."""
 
 PRODUCTION = common_pb2.SERVING_ROLE_PRODUCTION
 CANARY_ROLE = common_pb2.SERVING_ROLE_CANARY
@@ -116,21 +124,41 @@ class Judgement:
     reason: str
     bound: str = ""
     """The broken bound's spec name (`max_error_rate`, …) when the verdict is BROKEN."""
+    cause: str = ""
+    """Why there is no verdict, in a few words (`monitor unreachable (UNAVAILABLE)`, `only 3 of 20
+    requests`), for the reason of a health timeout."""
+
+    @property
+    def is_verdict(self) -> bool:
+        """The monitor said healthy or broken: the silence clock starts again."""
+        return self.verdict in (Verdict.HEALTHY, Verdict.BROKEN)
 
 
 def _n(value: float) -> str:
     return f"{value:.4g}"
 
 
-def judge(health: Health | None, bounds: Bounds, *, min_requests: int, no_answer: str = "") -> Judgement:
+def judge(
+    health: Health | None,
+    bounds: Bounds,
+    *,
+    min_requests: int,
+    no_answer: str = "",
+    no_answer_code: str = "",
+) -> Judgement:
     """The candidate's health against the bounds. `health` None means the monitor did not answer
-    (`no_answer` says how)."""
+    (`no_answer` says how, `no_answer_code` is its status name: UNAVAILABLE, DEADLINE_EXCEEDED)."""
     if health is None:
-        return Judgement(Verdict.NO_ANSWER, f"the monitor did not answer ({no_answer or 'no reason given'})")
+        return Judgement(
+            Verdict.NO_ANSWER,
+            f"the monitor did not answer ({no_answer or 'no reason given'})",
+            cause=f"monitor unreachable ({no_answer_code or 'no answer'})",
+        )
     if health.request_count < min_requests:
         return Judgement(
             Verdict.TOO_FEW_REQUESTS,
             f"only {health.request_count} requests answered, fewer than min_requests {min_requests}",
+            cause=f"only {health.request_count} of {min_requests} requests",
         )
     if health.error_rate > bounds.max_error_rate:
         return Judgement(
@@ -171,12 +199,30 @@ class Action(enum.Enum):
     AWAIT_PROMOTION = "await_promotion"
     """Healthy after the last step, and auto_promote is off: a person promotes."""
     ROLLBACK = "rollback"
+    PAUSE = "pause"
+    """No verdict for the health timeout and the spec says pause: a person resumes or rolls back."""
 
 
 @dataclass(frozen=True)
 class Decision:
     action: Action
     reason: str
+
+
+def silent_seconds(*, elapsed_s: float, step_seconds: float, since_verdict_s: float | None) -> float:
+    """How long the rollout has waited for a verdict it needs: counted from the end of the step's time,
+    or from the latest verdict or a person's resume when that came later (`since_verdict_s`, seconds
+    ago; None when none came during this step). Negative while the step's time runs."""
+    after_step = elapsed_s - step_seconds
+    return after_step if since_verdict_s is None else min(after_step, since_verdict_s)
+
+
+def health_timeout_reason(judgement: Judgement, *, timeout_s: float, step: str, action: str) -> str:
+    """What a health timeout did, and why: `no health verdict for 120 s after step 2 of 3 (50%):
+    monitor unreachable (UNAVAILABLE); rolled back`."""
+    done = "rolled back" if action == ROLLBACK_ON_TIMEOUT else "paused: a person resumes or rolls back"
+    cause = judgement.cause or judgement.reason
+    return f"no health verdict for {timeout_s:g} s after {step}: {cause}; {done}"
 
 
 def decide(
@@ -187,17 +233,34 @@ def decide(
     last_step: bool,
     paused: bool,
     auto_promote: bool,
+    since_verdict_s: float | None = None,
+    health_timeout_s: float = 0,
+    on_health_timeout: str = ROLLBACK_ON_TIMEOUT,
+    step: str = "the step",
 ) -> Decision:
-    """The next move of a running rollout."""
+    """The next move of a running rollout. A step that cannot be judged holds; after
+    `health_timeout_s` of holding without a verdict (0: never), `on_health_timeout` is taken. A
+    paused rollout is a person's hold (or a timeout's already): it waits for them."""
     if judgement.verdict is Verdict.BROKEN:
         return Decision(Action.ROLLBACK, judgement.reason)
     if paused:
         return Decision(Action.WAIT, "paused")
     if elapsed_s < step_seconds:
         return Decision(Action.WAIT, f"{elapsed_s:.0f}s of {step_seconds:g}s into the step")
-    if judgement.verdict is Verdict.NO_ANSWER:
-        return Decision(Action.HOLD, judgement.reason)
-    if judgement.verdict is Verdict.TOO_FEW_REQUESTS:
+    if judgement.verdict in (Verdict.NO_ANSWER, Verdict.TOO_FEW_REQUESTS):
+        silent = silent_seconds(
+            elapsed_s=elapsed_s, step_seconds=step_seconds, since_verdict_s=since_verdict_s
+        )
+        if health_timeout_s > 0 and silent >= health_timeout_s:
+            if on_health_timeout not in HEALTH_TIMEOUT_ACTIONS:
+                raise ValueError(
+                    f"on_health_timeout {on_health_timeout!r} is not one of {', '.join(HEALTH_TIMEOUT_ACTIONS)}"
+                )
+            action = Action.PAUSE if on_health_timeout == PAUSE_ON_TIMEOUT else Action.ROLLBACK
+            reason = health_timeout_reason(
+                judgement, timeout_s=health_timeout_s, step=step, action=on_health_timeout
+            )
+            return Decision(action, reason)
         return Decision(Action.HOLD, judgement.reason)
     if not last_step:
         return Decision(Action.ADVANCE, judgement.reason)
