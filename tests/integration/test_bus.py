@@ -124,7 +124,7 @@ async def test_json_from_a_plain_kafka_producer_is_accepted_and_missing_headers_
     event, ctx = seen[0]
     assert event.dataset == unique and event.row_count == 42 and event.labels["team"] == "upstream"
     assert ctx.envelope.content_type == "application/json"
-    assert ctx.envelope.id == f"{LOGICAL_TOPIC}/{ctx.partition}/{ctx.offset}", (
+    assert ctx.envelope.id.startswith(f"{LOGICAL_TOPIC}/{ctx.partition}/{ctx.offset}/"), (
         "a stable id is derived when ce_id is missing"
     )
     assert ctx.envelope.source == "urn:mlops:upstream"
@@ -318,6 +318,43 @@ async def test_a_crash_between_commit_and_publish_loses_no_event(kafka, bus, dat
     async with database.session() as session:
         left = await session.exec(text(f'SELECT count(*) FROM "{SCHEMA}".outbox'))
         assert left.scalar_one() == 0, "relayed rows leave the outbox"
+
+
+async def test_an_outbox_row_kafka_refuses_is_dead_lettered_and_the_rows_after_it_are_relayed(
+    kafka, bus, database, unique
+):
+    await migrated(database)
+    outbox = Outbox(SCHEMA, source="mlops-tests", topic_prefix=TEST_TOPIC_PREFIX)
+    # 2 MiB of labels: over the producer's max_request_size (1 MiB), so Kafka never takes it.
+    big = committed(unique + "-big", labels={"blob": "x" * (2 << 20)})
+    async with database.transaction() as session:
+        big_id = await outbox.add(session, big)
+        small_id = await outbox.add(session, committed(unique + "-small"))
+
+    async with (
+        publisher(kafka, bus, source="mlops-relay") as pub,
+        raw_reader(kafka, TOPIC) as reader,
+        raw_reader(kafka, TOPIC + DLQ_SUFFIX) as dlq,
+    ):
+        relay = OutboxRelay(database, SCHEMA, pub, bus)
+        task = asyncio.create_task(relay.run())
+        try:
+            await read_until(reader, lambda r: dict(r.headers).get("ce_id") == small_id.encode())
+            dead = await read_until(dlq, lambda r: dict(r.headers).get("ce_id") == big_id.encode())
+        finally:
+            await relay.stop()
+            await task
+    headers = {name: value.decode() for name, value in dead.headers}
+    assert "max_request_size" in headers["mlops_dlq_reason"], headers["mlops_dlq_reason"]
+    assert headers["mlops_dlq_topic"] == TOPIC
+    assert headers["ce_source"] == "mlops-tests", "the original headers travel with the dead letter"
+    assert dead.key == (unique + "-big").encode()
+    async with database.session() as session:
+        left = await session.exec(
+            text(f'SELECT count(*) FROM "{SCHEMA}".outbox WHERE key IN (:big, :small)'),
+            params={"big": (unique + "-big").encode(), "small": (unique + "-small").encode()},
+        )
+        assert left.scalar_one() == 0, "neither row is left in the outbox"
 
 
 async def test_outbox_rows_roll_back_with_their_transaction(database, unique):

@@ -51,10 +51,21 @@ def test_json_round_trip_uses_the_protobuf_json_mapping():
 def test_missing_ce_headers_are_filled_with_a_stable_id():
     value = json.dumps({"dataset": "wine", "uri": "s3://b/k", "sha256": "f" * 64, "format": "csv"}).encode()
     env, event = decode(**record(value, [("content-type", b"application/json")], offset=42))
-    assert env.id == f"{SPEC.topic}/1/42"
+    assert env.id.startswith(f"{SPEC.topic}/1/42/1700000000000/")
+    again, _ = decode(**record(value, [("content-type", b"application/json")], offset=42))
+    assert again.id == env.id, "a redelivered record gets the same id, so the inbox drops the repeat"
     assert env.type == "mlops.data.committed.v1"
     assert env.time == "2023-11-14T22:13:20.000000Z"
     assert event.dataset == "wine"
+
+
+def test_a_generated_id_differs_for_another_record_at_the_same_position():
+    """A recreated topic starts its offsets again: the same position then holds another record."""
+    first = {**record(b'{"dataset": "wine"}', [], offset=3)}
+    later_time = {**first, "timestamp_ms": first["timestamp_ms"] + 86_400_000}
+    other_value = {**first, "value": b'{"dataset": "iris"}'}
+    ids = {decode(**fields)[0].id for fields in (first, later_time, other_value)}
+    assert len(ids) == 3, ids
 
 
 def test_content_type_is_sniffed_when_absent():

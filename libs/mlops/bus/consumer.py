@@ -260,6 +260,7 @@ class EventConsumer:
                     timestamp_ms=record.timestamp,
                     headers=record.headers,
                     value=record.value,
+                    key=record.key,
                 )
             except MalformedEvent as error:
                 await self._dead_letter(record, span, error, attempts=0)

@@ -6,6 +6,7 @@ from upstream producers as well, and the `ce_*` headers they leave out are fille
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -125,6 +126,23 @@ def _header_text(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
     return text
 
 
+def generated_id(
+    topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes
+) -> str:
+    """The id of a record whose producer sent no `ce_id`: the same for a redelivery of that record.
+
+    Its position alone is not enough: a topic deleted and created again numbers its offsets from
+    zero, and the inbox would take the new record at an old position for a duplicate. Kafka's
+    topic id would tell the two topics apart, but aiokafka's metadata requests (up to v5) do not
+    carry it, so the record's own timestamp and a digest of its key and value do: a redelivery
+    repeats all three, a new record at a reused position differs in at least one.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(len(key).to_bytes(4, "big") + key if key is not None else b"\xff" * 4)
+    digest.update(value)
+    return f"{topic}/{partition}/{offset}/{timestamp_ms if timestamp_ms is not None else ''}/{digest.hexdigest()}"
+
+
 def decode(
     *,
     topic: str,
@@ -133,6 +151,7 @@ def decode(
     timestamp_ms: int | None,
     headers: Sequence[tuple[str, bytes | None]],
     value: bytes | None,
+    key: bytes | None = None,
 ) -> tuple[Envelope, Message]:
     """Parse one record into its envelope and message, or raise `MalformedEvent` saying why."""
     spec = spec_for_topic(topic)
@@ -176,8 +195,7 @@ def decode(
         else:
             event_time = rfc3339()
     envelope = Envelope(
-        # A producer that sends no id still gets a stable one: redelivery of this record dedupes.
-        id=text.get("ce_id") or f"{topic}/{partition}/{offset}",
+        id=text.get("ce_id") or generated_id(topic, partition, offset, timestamp_ms, key, value),
         source=text.get("ce_source") or "urn:mlops:upstream",
         type=ce_type,
         time=event_time,

@@ -24,3 +24,6 @@ LAG = Gauge(
 )
 OUTBOX_PENDING = Gauge("mlops_outbox_pending", "Outbox rows published by the last relay round", ["schema"])
 OUTBOX_RELAYED = Counter("mlops_outbox_relayed_total", "Outbox rows published and removed", ["schema"])
+OUTBOX_DEAD_LETTERED = Counter(
+    "mlops_outbox_dead_lettered_total", "Outbox rows Kafka refused, sent to the dead-letter topic", ["schema"]
+)

@@ -12,14 +12,30 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    UnsupportedForMessageFormatError,
+)
+from asyncpg import Record
 from google.protobuf.message import Message
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import envelope, metrics
-from mlops.bus.catalog import spec_for
+from mlops.bus.admin import ensure_topics
+from mlops.bus.catalog import DLQ_SUFFIX, spec_for
+from mlops.bus.deadletter import dead_letter_headers, reason_of
 from mlops.bus.producer import EventPublisher, deferred_deliveries
 from mlops.bus.tracing import context_from_text, current_traceparent
 from mlops.db import Database
@@ -124,7 +140,12 @@ class OutboxRelay:
         self._wake.clear()
 
     async def relay_once(self, connection) -> int:
-        """Publish up to one batch of rows in id order, wait for every ack, then delete them."""
+        """Publish up to one batch of rows in id order, wait for every ack, then delete them.
+
+        A row Kafka will never take (over the size limit, a topic that cannot exist, a record that
+        does not serialise) goes to `<topic>.dlq` instead, so it cannot hold up the rows behind
+        it; an outage raises and the whole batch is tried again later.
+        """
         rows = await connection.fetch(
             f'SELECT id, topic, key, value, headers FROM "{self.schema}".outbox ORDER BY id LIMIT $1',
             self.bus.outbox_batch_size,
@@ -132,17 +153,135 @@ class OutboxRelay:
         metrics.OUTBOX_PENDING.labels(self.schema).set(len(rows))
         if not rows:
             return 0
-        with deferred_deliveries() as pending:
-            for row in rows:
-                pairs = json.loads(row["headers"])
-                parent = context_from_text(dict(pairs))
-                headers = [(name, value.encode()) for name, value in pairs]
-                await self.publisher.publish_encoded(
-                    row["topic"], row["key"], row["value"], headers, parent=parent
-                )
-            await asyncio.gather(*pending)
+        refused: list[tuple[Record, BaseException]] = []
+        refused_topics: dict[str, BaseException] = {}  # one wait on an unknown topic per round, not per row
+        sent: list[tuple[Record, asyncio.Future]] = []
+        for row in rows:
+            known = refused_topics.get(row["topic"])
+            if known is not None:
+                refused.append((row, known))
+                continue
+            try:
+                sent.append((row, await self._send(row)))
+            except Exception as error:
+                await self._raise_unless_refused(error)
+                refused.append((row, error))
+                if _refuses_topic(error):
+                    refused_topics[row["topic"]] = error
+        results = await asyncio.gather(*(delivery for _, delivery in sent), return_exceptions=True)
+        for (row, _), result in zip(sent, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            await self._raise_unless_refused(result)
+            # The broker refuses a whole batch for one bad record: a row that shared it goes again alone.
+            try:
+                await (await self._send(row))
+            except Exception as error:
+                await self._raise_unless_refused(error)
+                refused.append((row, error))
+        for row, error in refused:
+            await self._dead_letter(row, error)
         await connection.execute(
             f'DELETE FROM "{self.schema}".outbox WHERE id = ANY($1::bigint[])', [row["id"] for row in rows]
         )
-        metrics.OUTBOX_RELAYED.labels(self.schema).inc(len(rows))
+        metrics.OUTBOX_RELAYED.labels(self.schema).inc(len(rows) - len(refused))
+        if refused:
+            metrics.OUTBOX_DEAD_LETTERED.labels(self.schema).inc(len(refused))
         return len(rows)
+
+    async def _send(self, row: Record) -> asyncio.Future:
+        """Hand one row to the producer; the delivery is returned, not awaited."""
+        pairs = _header_pairs(row["headers"])
+        topic = row["topic"]
+        if not _TOPIC_NAME.fullmatch(topic):
+            raise InvalidTopicError(f"{topic!r} is not a valid Kafka topic name")
+        parent = context_from_text(dict(pairs))
+        headers = [(name, value.encode()) for name, value in pairs]
+        with deferred_deliveries() as pending:
+            await self.publisher.publish_encoded(topic, row["key"], row["value"], headers, parent=parent)
+        return pending[0]
+
+    async def _raise_unless_refused(self, error: BaseException) -> None:
+        """Raise `error` unless it says this row can never be published (then it is dead-lettered)."""
+        if isinstance(error, UnknownTopicOrPartitionError):
+            # aiokafka says the same after a metadata wait whether the topic is missing or the broker
+            # is: only a broker that answers proves the topic cannot be had.
+            if await self.publisher.cluster_reachable():
+                return
+            raise KafkaConnectionError(f"no broker answered while looking up a topic: {error}") from error
+        if isinstance(error, _REFUSED):
+            return
+        if isinstance(error, KafkaError | asyncio.CancelledError) or is_outage(error):
+            raise error
+        if not isinstance(error, Exception):
+            raise error
+
+    async def _dead_letter(self, row: Record, error: BaseException) -> None:
+        topic = row["topic"]
+        value = row["value"]
+        reason = _reason(error, len(value))
+        try:
+            original = [(name, text_.encode()) for name, text_ in _header_pairs(row["headers"])]
+        except ValueError:
+            original = []  # the headers are what was wrong; the reason says so
+        headers = dead_letter_headers(
+            original,
+            reason=reason,
+            error_type=type(error).__name__,
+            attempts=1,
+            topic=topic,
+            where=[("outbox", self.schema), ("outbox_id", str(row["id"]))],
+        )
+        if isinstance(error, _TOO_LARGE):
+            value, headers = (
+                b"",
+                [*headers, ("mlops_dlq_value_omitted", f"{len(row['value'])} bytes".encode())],
+            )
+        log.error("outbox %s row %d dead-lettered: %s", self.schema, row["id"], reason)
+        dead_letter_topic = topic + DLQ_SUFFIX
+        if not _TOPIC_NAME.fullmatch(dead_letter_topic):
+            # No `<topic>.dlq` can exist for a topic whose own name is invalid: the schema's catch-all.
+            dead_letter_topic = f"{self.bus.topic_prefix}{UNDELIVERABLE_TOPIC}"
+        await ensure_topics(self.publisher.kafka, self.bus, [dead_letter_topic])
+        await self.publisher.publish_encoded(dead_letter_topic, row["key"], value, headers)
+
+
+UNDELIVERABLE_TOPIC = "mlops.outbox" + DLQ_SUFFIX
+"""Where a row goes whose topic cannot have a dead-letter twin (its name is not a valid topic)."""
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+_REFUSED = (
+    *_TOO_LARGE,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    PolicyViolationError,
+    CorruptRecordException,
+    UnsupportedForMessageFormatError,
+)
+"""Broker answers about the record itself: sending it again gives the same answer."""
+
+
+def _refuses_topic(error: BaseException) -> bool:
+    return isinstance(error, UnknownTopicOrPartitionError | InvalidTopicError | TopicAuthorizationFailedError)
+
+
+def _header_pairs(raw: str) -> list[tuple[str, str]]:
+    pairs = json.loads(raw)
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
+        for pair in pairs
+    ):
+        raise ValueError(f"outbox headers are not a list of [name, value] text pairs: {raw[:200]}")
+    return [(name, value) for name, value in pairs]
+
+
+def _reason(error: BaseException, size: int) -> str:
+    if isinstance(error, _TOO_LARGE):
+        return (
+            f"record of {size} bytes is over Kafka's size limit (the producer's max_request_size "
+            f"or the broker's message.max.bytes): {reason_of(error)}"
+        )
+    if isinstance(error, UnknownTopicOrPartitionError):
+        return f"the topic does not exist and could not be created: {reason_of(error)}"
+    return reason_of(error)

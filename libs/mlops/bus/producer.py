@@ -38,6 +38,7 @@ class EventPublisher:
 
     def __init__(self, kafka: KafkaSettings, bus: BusSettings, *, source: str) -> None:
         self.source = source
+        self.kafka = kafka
         self.topic_prefix = bus.topic_prefix
         self._published: dict[str, object] = {}
         self._producer = AIOKafkaProducer(
@@ -126,6 +127,10 @@ class EventPublisher:
             if name == "ce_id":
                 attributes["messaging.message.id"] = raw.decode()
         return attributes
+
+    async def cluster_reachable(self) -> bool:
+        """Whether a broker answers a metadata request now (tells a missing topic from a missing broker)."""
+        return bool(await self._producer.client.force_metadata_update())
 
     async def flush(self) -> None:
         await self._producer.flush()
