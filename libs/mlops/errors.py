@@ -45,6 +45,13 @@ class FailedPrecondition(MlopsError):
     http_status = 412
 
 
+class PermissionDenied(MlopsError):
+    """The caller, or this service towards a dependency, lacks the rights or credentials; retrying cannot help."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
 class Conflict(MlopsError):
     """A concurrent change won; the caller may retry after re-reading."""
 
@@ -92,6 +99,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MlopsError]] = {
         NotFound,
         AlreadyExists,
         FailedPrecondition,
+        PermissionDenied,
         Conflict,
         ResourceExhausted,
         Unavailable,

@@ -2,7 +2,9 @@
 
 An outage (the database, the broker or a peer cannot be reached) says nothing about the message or
 request being handled: consumers wait it out instead of dead-lettering, and the gRPC layer answers
-UNAVAILABLE, which clients retry.
+UNAVAILABLE, which clients retry. An S3 error is read by its code and status
+(`mlops.store.s3_errors`): throttling, 5xx and lost connections are outages; a refusal (403,
+NoSuchBucket, any other 4xx) is not, and must not hold the events behind it.
 """
 
 from __future__ import annotations
@@ -35,5 +37,10 @@ def is_outage(error: BaseException) -> bool:
             return True
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
+        if type(seen).__module__.startswith("botocore."):
+            # Imported only once a botocore error exists, so that botocore is loaded already.
+            from mlops.store.s3_errors import s3_failure
+
+            return s3_failure(seen) == "outage"
         seen = seen.__cause__ or seen.__context__
     return False

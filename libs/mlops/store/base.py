@@ -7,7 +7,8 @@ import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -117,6 +118,30 @@ def download_verified(uri: str, dest: Path, expected: str, fetch: Callable[[Bina
     atomic_write(dest, write)
 
 
+class HashingChunks:
+    """Passes chunks through while hashing and counting them, so that one read both checks and serves."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+    def drain(self) -> str:
+        """Read what the consumer left and return the sha256 of every byte."""
+        for _ in self:
+            pass
+        return self.digest.hexdigest()
+
+
 class ArtifactStore(ABC):
     """Content-addressed object storage. Implementations differ only in where the bytes go."""
 
@@ -139,6 +164,15 @@ class ArtifactStore(ABC):
     @abstractmethod
     async def get_file(self, uri: str, dest: Path, sha256: str | None = None) -> Path:
         """Download to `dest` and verify; a mismatching download is deleted, never left behind."""
+
+    @abstractmethod
+    def open_stream(self, uri: str) -> AbstractContextManager[Iterator[bytes]]:
+        """The object's bytes as chunks of at most `CHUNK`, read as they are consumed, unverified.
+
+        Blocking: call it from a thread, so that a large object costs neither the event loop's time
+        nor memory in proportion to its size. The caller hashes what it reads (`HashingChunks`) and
+        checks the sum with `verify` once the last chunk is in.
+        """
 
     @abstractmethod
     async def exists(self, uri: str) -> bool:

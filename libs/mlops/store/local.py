@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
@@ -13,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mlops.errors import InvalidArgument, NotFound
 from mlops.store.base import (
+    CHUNK,
     ArtifactRef,
     ArtifactStore,
     Progress,
@@ -99,6 +102,16 @@ class FileStore(ArtifactStore):
 
         await asyncio.to_thread(download_verified, uri, dest, expected, copy)
         return dest
+
+    @contextmanager
+    def open_stream(self, uri: str) -> Iterator[Iterator[bytes]]:
+        path, _ = self._path(uri)
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"artifact {uri} does not exist") from None
+        with handle:
+            yield iter(lambda: handle.read(CHUNK), b"")
 
     async def exists(self, uri: str) -> bool:
         path, _ = self._path(uri)

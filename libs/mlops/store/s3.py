@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict
 
-from mlops.errors import InvalidArgument, NotFound, Unavailable
+from mlops.errors import InvalidArgument
 from mlops.store.base import (
+    CHUNK,
     ArtifactRef,
     ArtifactStore,
     Progress,
@@ -26,6 +30,7 @@ from mlops.store.base import (
     sha256_of_file,
     verify,
 )
+from mlops.store.s3_errors import s3_failure, store_error
 
 
 class S3StoreConfig(BaseModel):
@@ -41,8 +46,22 @@ class S3StoreConfig(BaseModel):
     multipart_threshold_mb: int = 64
 
 
-_MISSING = {"404", "NoSuchKey", "NotFound"}
 tracer = trace.get_tracer("mlops.store")
+
+
+@contextmanager
+def _classified(action: str, uri: str) -> Iterator[None]:
+    """Raise a failed call as the platform error that says whether to wait or give up."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as error:
+        raise store_error(error, action, uri) from error
+    except S3UploadFailedError as error:
+        # s3transfer rewraps the botocore error of a failed part; what it says lies underneath.
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, BotoCoreError | ClientError):
+            raise store_error(cause, action, uri) from error
+        raise
 
 
 class S3Store(ArtifactStore):
@@ -86,33 +105,38 @@ class S3Store(ArtifactStore):
         try:
             await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=key)
             return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in _MISSING:
+        except (BotoCoreError, ClientError) as error:
+            if s3_failure(error) == "missing":
                 return False
-            raise Unavailable(f"S3 head of s3://{self.bucket}/{key} failed: {error}") from error
+            raise store_error(error, "head", f"s3://{self.bucket}/{key}") from error
 
     async def put_bytes(self, namespace: str, filename: str, data: bytes) -> ArtifactRef:
         sha = hashlib.sha256(data).hexdigest()
         key = self._key(content_key(namespace, sha, filename))
         # The key is the content: writing the same bytes again is harmless, and one request is
         # cheaper than asking first.
-        await asyncio.to_thread(
-            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, Metadata={"sha256": sha}
-        )
-        return ArtifactRef(uri=f"s3://{self.bucket}/{key}", sha256=sha, size=len(data))
+        uri = f"s3://{self.bucket}/{key}"
+
+        def put() -> None:
+            with _classified("upload", uri):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata={"sha256": sha})
+
+        await asyncio.to_thread(put)
+        return ArtifactRef(uri=uri, sha256=sha, size=len(data))
 
     async def put_file(
         self, namespace: str, filename: str, path: Path, progress: Progress | None = None
     ) -> ArtifactRef:
         sha, size = await asyncio.to_thread(sha256_of_file, path, None)
         key = self._key(content_key(namespace, sha, filename))
+        uri = f"s3://{self.bucket}/{key}"
         small = size < self.transfer.multipart_threshold
         # A large file already stored is not sent again; a small one is cheaper to write than to look up.
         if small or not await self._exists_key(key):
             if small:
                 # One PutObject in a thread that carries the caller's context: its span joins the trace.
                 def put() -> None:
-                    with path.open("rb") as body:
+                    with path.open("rb") as body, _classified("upload", uri):
                         self.client.put_object(
                             Bucket=self.bucket, Key=key, Body=body, Metadata={"sha256": sha}
                         )
@@ -126,18 +150,22 @@ class S3Store(ArtifactStore):
                 with tracer.start_as_current_span(
                     "S3 multipart upload", attributes={"aws.s3.key": key, "aws.s3.bucket": self.bucket}
                 ):
-                    await asyncio.to_thread(
-                        self.client.upload_file,
-                        str(path),
-                        self.bucket,
-                        key,
-                        ExtraArgs={"Metadata": {"sha256": sha}},
-                        Config=self.transfer,
-                        Callback=progress,
-                    )
+
+                    def upload() -> None:
+                        with _classified("multipart upload", uri):
+                            self.client.upload_file(
+                                str(path),
+                                self.bucket,
+                                key,
+                                ExtraArgs={"Metadata": {"sha256": sha}},
+                                Config=self.transfer,
+                                Callback=progress,
+                            )
+
+                    await asyncio.to_thread(upload)
         elif progress:
             progress(size)
-        return ArtifactRef(uri=f"s3://{self.bucket}/{key}", sha256=sha, size=size)
+        return ArtifactRef(uri=uri, sha256=sha, size=size)
 
     async def get_bytes(self, uri: str, sha256: str | None = None) -> bytes:
         key, relative = self._locate(uri)
@@ -146,32 +174,45 @@ class S3Store(ArtifactStore):
         def read() -> bytes:
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in _MISSING:
-                    raise NotFound(f"artifact {uri} does not exist") from None
-                raise Unavailable(f"S3 read of {uri} failed: {error}") from error
+            except (BotoCoreError, ClientError) as error:
+                raise store_error(error, "read", uri) from error
 
         data = await asyncio.to_thread(read)
         verify(uri, expected, hashlib.sha256(data).hexdigest())
         return data
 
     async def get_file(self, uri: str, dest: Path, sha256: str | None = None) -> Path:
-        key, relative = self._locate(uri)
+        _, relative = self._locate(uri)
         expected = expected_sha256(relative, sha256)
 
         def fetch(handle) -> None:
             # One streamed GetObject in a thread that carries the caller's trace context.
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in _MISSING:
-                    raise NotFound(f"artifact {uri} does not exist") from None
-                raise Unavailable(f"S3 download of {uri} failed: {error}") from error
-            for chunk in body.iter_chunks(1 << 20):
-                handle.write(chunk)
+            with self.open_stream(uri) as chunks:
+                for chunk in chunks:
+                    handle.write(chunk)
 
         await asyncio.to_thread(download_verified, uri, dest, expected, fetch)
         return dest
+
+    @contextmanager
+    def open_stream(self, uri: str) -> Iterator[Iterator[bytes]]:
+        key, _ = self._locate(uri)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except (BotoCoreError, ClientError) as error:
+            raise store_error(error, "read", uri) from error
+        try:
+            yield self._chunks(body, uri)
+        finally:
+            body.close()
+
+    @staticmethod
+    def _chunks(body, uri: str) -> Iterator[bytes]:
+        # A connection dropped mid-body surfaces here, long after get_object returned.
+        try:
+            yield from body.iter_chunks(CHUNK)
+        except (BotoCoreError, ClientError) as error:
+            raise store_error(error, "read", uri) from error
 
     async def exists(self, uri: str) -> bool:
         key, _ = self._locate(uri)
