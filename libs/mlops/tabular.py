@@ -4,11 +4,17 @@ spec, split deterministically, turned into feature matrices.
 The split is a function of each row's content alone (a stable hash of its feature and label
 values), so a row keeps its split across data set versions, and a champion and a challenger are
 always compared on the same held-out rows.
+
+It also describes a data set as it is committed (column names, types, nulls, row count) from a
+stream of chunks, in memory that does not grow with the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.errors import InvalidArgument
+from mlops.events.v1 import common_pb2
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test"}
@@ -178,3 +185,165 @@ def label_vector(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
         index = {c: i for i, c in enumerate(schema.classes)}
         return target.map(lambda v: index.get(_label_text(v), -1)).to_numpy(dtype=np.int64)
     return target.to_numpy(dtype=np.float32)
+
+
+# Describing a committed data set ---------------------------------------------------------------
+
+CSV_SAMPLE_ROWS = 10_000
+"""CSV column types come from this many first rows; the row count covers every row."""
+PARQUET_MAX_TAIL = 8 << 20
+"""The most of a Parquet file's end kept while it streams past: its footer must fit in it."""
+_READ_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """What a committed file says about itself: columns in file order, and its data rows."""
+
+    columns: list[common_pb2.Column]
+    row_count: int
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks, so that the C readers can pull from it."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def describe(chunks: Iterable[bytes], data_format: str) -> TableFacts:
+    """Columns and row count of a `csv` or `parquet` file read once, chunk by chunk, to its end."""
+    if data_format == "csv":
+        return csv_facts(chunks)
+    if data_format == "parquet":
+        return parquet_facts(chunks)
+    raise InvalidArgument(f"format {data_format!r} is not supported; use csv or parquet")
+
+
+def csv_facts(chunks: Iterable[bytes], sample_rows: int = CSV_SAMPLE_ROWS) -> TableFacts:
+    """Column names and types (int64, float64, string) from the first `sample_rows` rows, nulls among
+    them, and the count of every row.
+
+    A column is int64 while every value in the sample parses as a Python int, float64 while every
+    one parses as a float, string otherwise; nullable if a sampled value is empty.
+    """
+    # newline="\n": lines end at "\n" only and keep it, so that quoted line breaks reach csv intact.
+    text = io.TextIOWrapper(
+        io.BufferedReader(_ChunkReader(chunks), _READ_BUFFER), encoding="utf-8-sig", newline="\n"
+    )
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise InvalidArgument("the CSV file is empty: no header row")
+        kinds = ["int64"] * len(header)
+        nullable = [False] * len(header)
+        rows = 0
+        for rows, row in enumerate(reader, start=1):
+            if rows > sample_rows:
+                continue  # past the sample only the count matters
+            for index, cell in enumerate(row[: len(header)]):
+                if cell == "":
+                    nullable[index] = True
+                    continue
+                if kinds[index] == "int64":
+                    try:
+                        int(cell)
+                        continue
+                    except ValueError:
+                        kinds[index] = "float64"
+                if kinds[index] == "float64":
+                    try:
+                        float(cell)
+                    except ValueError:
+                        kinds[index] = "string"
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(f"the CSV file is not UTF-8 text: {error}") from None
+    except csv.Error as error:
+        raise InvalidArgument(f"the CSV file is malformed at line {reader.line_num}: {error}") from None
+    columns = [
+        common_pb2.Column(name=name, type=kind, nullable=null)
+        for name, kind, null in zip(header, kinds, nullable, strict=True)
+    ]
+    return TableFacts(columns=columns, row_count=rows)
+
+
+def _tail(chunks: Iterable[bytes], limit: int) -> bytes:
+    """The last bytes of a stream, at least `limit` of them when there are that many."""
+    kept: deque[bytes] = deque()
+    size = 0
+    for chunk in chunks:
+        kept.append(chunk)
+        size += len(chunk)
+        while size - len(kept[0]) >= limit:
+            size -= len(kept.popleft())
+    return b"".join(kept)
+
+
+def parquet_facts(chunks: Iterable[bytes], max_tail: int = PARQUET_MAX_TAIL) -> TableFacts:
+    """Columns, nulls and row count from a Parquet file's footer, the only part of it kept in memory.
+
+    A Parquet file ends with its metadata, its length (4 bytes, little-endian) and `PAR1`; the
+    metadata holds the schema, each row group's row count and its columns' null counts.
+    """
+    tail = _tail(chunks, max_tail)
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        raise InvalidArgument("the file is not Parquet: it does not end with the PAR1 magic bytes")
+    length = int.from_bytes(tail[-8:-4], "little")
+    if length + 8 > len(tail):
+        if len(tail) >= max_tail:
+            raise InvalidArgument(
+                f"the Parquet footer is {length} bytes; the registry reads footers of at most "
+                f"{max_tail - 8} bytes (a file with fewer row groups or columns has a smaller one)"
+            )
+        raise InvalidArgument(f"the Parquet footer claims {length} bytes, more than the file holds")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlops.cli.schema import arrow_type_name
+
+    # The footer alone, behind the leading magic bytes, is all pyarrow reads to know the schema.
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(b"PAR1" + tail[-length - 8 :]))
+    except Exception as error:  # pyarrow raises its own ArrowInvalid and OSError variants
+        raise InvalidArgument(f"the Parquet footer cannot be read: {error}") from None
+    metadata = parquet.metadata
+    arrow_schema = parquet.schema_arrow
+    flat = metadata.num_columns == len(arrow_schema)
+    columns = []
+    for index, arrow_field in enumerate(arrow_schema):
+        nulls = _null_count(metadata, index) if flat else None
+        columns.append(
+            common_pb2.Column(
+                name=arrow_field.name,
+                type=arrow_type_name(str(arrow_field.type)),
+                nullable=arrow_field.nullable if nulls is None else nulls > 0,
+            )
+        )
+    return TableFacts(columns=columns, row_count=metadata.num_rows)
+
+
+def _null_count(metadata, column: int) -> int | None:
+    """Nulls in one column from the row groups' statistics; None when any row group lacks them."""
+    total = 0
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_null_count:
+            return None
+        total += stats.null_count
+    return total
