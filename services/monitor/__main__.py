@@ -58,7 +58,12 @@ async def main() -> None:
     registry = RegistryClient(channel, timeout_s=settings.registry_timeout_s)
     store = open_store(ArtifactSettings())
     catalog = ModelCatalog(
-        registry, store, spec_ttl_s=settings.spec_cache_s, unknown_ttl_s=settings.unknown_model_cache_s
+        registry,
+        store,
+        spec_ttl_s=settings.spec_cache_s,
+        unknown_ttl_s=settings.unknown_model_cache_s,
+        max_models=settings.max_cached_models,
+        max_versions=settings.max_cached_versions,
     )
     core = MonitorCore(
         database=runtime.database,

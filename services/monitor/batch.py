@@ -43,6 +43,14 @@ class BatchRows:
         return len(self.request_ids)
 
 
+MIN_SAMPLING_RATE = 1e-6
+"""Below one in a million, a logged row would stand for so many requests that the health counts
+(integers in GetHealth) overflow."""
+MAX_NAME = 253
+"""Longest model name accepted (the longest Kubernetes object name); the registry's are shorter."""
+LAST_SECOND = 253402300799
+"""9999-12-31T23:59:59Z, the last second a Python datetime (and so the prediction store) can hold."""
+
 _PACKED = ("features", "outputs")
 _SECONDS = operator.attrgetter("seconds")
 _NANOS = operator.attrgetter("nanos")
@@ -102,17 +110,40 @@ def _matrix(runs: list[bytes], lengths: np.ndarray, width: int) -> np.ndarray:
     return matrix
 
 
-def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
-    """Arrays of one batch. One pass over the records in Python, the rest in numpy."""
-    if not event.model:
+def _check_names(field: str, names: tuple[str, ...]) -> None:
+    """PostgreSQL stores no NUL in text: a name with one would fail every commit after it."""
+    for i, name in enumerate(names):
+        if "\0" in name:
+            raise InvalidBatch(f"InferenceLogged.{field}[{i}] ({name!r}) has a NUL character")
+
+
+def decode_batch(
+    event: monitoring_pb2.InferenceLogged, *, now: float | None = None, max_skew_s: float = 300.0
+) -> BatchRows:
+    """Arrays of one batch. One pass over the records in Python, the rest in numpy.
+
+    Every value is checked here, before it reaches a conversion that would raise later (a datetime,
+    a PostgreSQL text, a protobuf integer in GetHealth): a request time after the epoch and at most
+    `max_skew_s` ahead of `now` (without `now`, within the calendar), nanos within a second, a
+    latency not negative, a sampling rate in [MIN_SAMPLING_RATE, 1], names without NUL."""
+    model = event.model
+    if not model:
         raise InvalidBatch("InferenceLogged.model is empty")
+    if "\0" in model:
+        raise InvalidBatch(f"InferenceLogged.model ({model[:64]!r}) has a NUL character")
+    if len(model) > MAX_NAME:
+        raise InvalidBatch(f"InferenceLogged.model is {len(model)} characters long; at most {MAX_NAME}")
     rate = event.sampling_rate or 1.0
-    if not 0 < rate <= 1:
-        raise InvalidBatch(f"InferenceLogged.sampling_rate must be in (0, 1], got {event.sampling_rate}")
+    if not MIN_SAMPLING_RATE <= rate <= 1:  # NaN fails this too
+        raise InvalidBatch(
+            f"InferenceLogged.sampling_rate must be in [{MIN_SAMPLING_RATE:g}, 1], got {event.sampling_rate}"
+        )
     names = tuple(event.feature_names)
     if len(set(names)) != len(names):
         raise InvalidBatch("InferenceLogged.feature_names has duplicates")
+    _check_names("feature_names", names)
     classes = tuple(event.class_labels)
+    _check_names("class_labels", classes)
     # Serialising the parsed event costs far less than reading a float at a time from it; whatever
     # encoding the producer chose, the serialised form packs the doubles.
     records = _COLUMNS.FromString(event.SerializeToString()).records
@@ -166,11 +197,38 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
     if n and versions.min() < 1:
         bad = int(np.argmin(versions))
         raise InvalidBatch(f"record {bad} ({request_ids[bad]!r}) has no model version")
-    timestamps = np.fromiter(map(_SECONDS, stamps), dtype=np.float64, count=n)
-    timestamps += np.fromiter(map(_NANOS, stamps), dtype=np.float64, count=n) * 1e-9
+    seconds = np.fromiter(map(_SECONDS, stamps), dtype=np.int64, count=n)
+    nanos = np.fromiter(map(_NANOS, stamps), dtype=np.int64, count=n)
+    bad_nanos = (nanos < 0) | (nanos >= 1_000_000_000)
+    if bad_nanos.any():
+        i = int(np.argmax(bad_nanos))
+        raise InvalidBatch(
+            f"record {i} ({request_ids[i]!r}) has timestamp.nanos={nanos[i]}; nanos run from 0 to 999999999"
+        )
+    timestamps = seconds + nanos * 1e-9
     if n and timestamps.min() <= 0:
-        bad = int(np.argmin(timestamps))
-        raise InvalidBatch(f"record {bad} ({request_ids[bad]!r}) has no timestamp")
+        i = int(np.argmin(timestamps))
+        raise InvalidBatch(
+            f"record {i} ({request_ids[i]!r}) has no valid timestamp (seconds={seconds[i]}, "
+            f"nanos={nanos[i]}): a request time is after 1970-01-01"
+        )
+    latest = LAST_SECOND if now is None else min(now + max_skew_s, LAST_SECOND)
+    if n and timestamps.max() > latest:
+        i = int(np.argmax(timestamps))
+        if now is None or seconds[i] > LAST_SECOND:
+            raise InvalidBatch(
+                f"record {i} ({request_ids[i]!r}) has timestamp seconds={seconds[i]}, past the last "
+                "second a request time can have (9999-12-31T23:59:59Z)"
+            )
+        raise InvalidBatch(
+            f"record {i} ({request_ids[i]!r}) has timestamp seconds={seconds[i]}, "
+            f"{timestamps[i] - now:.0f} s ahead of the monitor's clock (at most {max_skew_s:g} s: "
+            "MLOPS_MONITOR_MAX_CLOCK_SKEW_S)"
+        )
+    latency_us = np.asarray(latencies, dtype=np.int64)
+    if n and latency_us.min() < 0:
+        i = int(np.argmin(latency_us))
+        raise InvalidBatch(f"record {i} ({request_ids[i]!r}) has latency_us={latency_us[i]}; not negative")
     return BatchRows(
         model=event.model,
         feature_names=names,
@@ -179,7 +237,7 @@ def decode_batch(event: monitoring_pb2.InferenceLogged) -> BatchRows:
         request_ids=request_ids,
         versions=versions,
         timestamps=timestamps,
-        latency_us=np.asarray(latencies, dtype=np.int64),
+        latency_us=latency_us,
         failed=failed,
         features=features,
         outputs=outputs,

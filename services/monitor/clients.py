@@ -1,7 +1,9 @@
 """The registry as the monitor uses it, and the cache that keeps it off the hot paths.
 
 Specs are re-read after `spec_cache_s` (a newly applied spec takes effect within that); a version's
-profile never changes, so it is read once, from the artifact store with its sha256 verified.
+profile never changes, so it is read once, from the artifact store with its sha256 verified. Model
+names and version numbers come from events, so every map here is an LRU with a bound of its own
+(`max_cached_models`, `max_cached_versions`): a name forgotten is read again when next needed.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from mlops.errors import NotFound
+from mlops.errors import FailedPrecondition, NotFound
 from mlops.grpc import raise_typed
 from mlops.grpc.registry import RegistryPeer
 from mlops.profile import ReferenceProfile
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
+from services.monitor.lru import LRU
 from services.monitor.reference import Reference
 
 
@@ -35,22 +38,31 @@ class VersionInfo:
 
 class ModelCatalog:
     def __init__(
-        self, registry: RegistryClient, store: ArtifactStore, *, spec_ttl_s: float, unknown_ttl_s: float
+        self,
+        registry: RegistryClient,
+        store: ArtifactStore,
+        *,
+        spec_ttl_s: float,
+        unknown_ttl_s: float,
+        max_models: int = 10_000,
+        max_versions: int = 1_000,
     ) -> None:
         self.registry = registry
         self.store = store
         self.spec_ttl_s = spec_ttl_s
         self.unknown_ttl_s = unknown_ttl_s
-        self._specs: dict[str, tuple[float, pb.ModelSpecVersion | None]] = {}
-        self._versions: dict[tuple[str, int], VersionInfo] = {}
-        self._locks: dict[object, asyncio.Lock] = {}
+        self._specs: LRU[str, tuple[float, pb.ModelSpecVersion | None]] = LRU(max_models)
+        self._versions: LRU[tuple[str, int], VersionInfo] = LRU(max_versions)
+        # One lock per name being looked up. A lock pushed out while held only lets a second caller
+        # read the same thing from the registry once more.
+        self._locks: LRU[object, asyncio.Lock] = LRU(max_models + max_versions)
 
     def cached_spec(self, model: str) -> pb.ModelSpecVersion | None:
-        entry = self._specs.get(model)
+        entry = self._specs.peek(model)
         return entry[1] if entry else None
 
     def cached_version(self, model: str, version: int) -> VersionInfo | None:
-        return self._versions.get((model, version))
+        return self._versions.peek((model, version))
 
     async def spec(self, model: str) -> pb.ModelSpecVersion:
         """The model's latest spec; NotFound if the registry has none (remembered for a few seconds)."""
@@ -85,8 +97,13 @@ class ModelCatalog:
                 reference = None
                 if registered.profile_uri:
                     text = await self.store.get_bytes(registered.profile_uri, registered.profile_sha256)
-                    profile = ReferenceProfile.from_json(text)
-                    reference = Reference.of(profile, registered.profile_sha256)
+                    try:
+                        reference = Reference.of(ReferenceProfile.from_json(text), registered.profile_sha256)
+                    except Exception as error:  # the stored profile's fault, not the batch's
+                        raise FailedPrecondition(
+                            f"the training profile of {model} v{version} ({registered.profile_uri}) "
+                            f"does not parse: {type(error).__name__}: {error}"
+                        ) from error
                 info = self._versions[(model, version)] = VersionInfo(registered, reference)
         return info
 

@@ -49,6 +49,7 @@ from services.monitor import prometheus
 from services.monitor.batch import BatchRows, InvalidBatch, predicted_classes
 from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
 from services.monitor.health import VersionHealth, prediction_psi_classes, prediction_psi_values
+from services.monitor.lru import LRU
 from services.monitor.predictions import TIMES, PredictionBatch, StagedPredictions, copy_predictions
 from services.monitor.reference import Judgement, Reference, advance_run
 from services.monitor.settings import MonitorSettings
@@ -321,11 +322,17 @@ class MonitorCore:
         self.settings = settings
         self.consumer_group = consumer_group
         self.windows: dict[tuple[str, int, int], OpenWindow] = {}
-        self.closed: dict[tuple[str, int], int] = {}
-        """Per version, the start of its newest closed window: older rows are late."""
-        self.states: dict[tuple[str, int], VersionState] = {}
-        self.health: dict[tuple[str, int], VersionHealth] = {}
-        self.live_metrics: dict[tuple[str, int], dict[str, float]] = {}
+        # Per-version state is keyed by the versions events name: each map holds at most
+        # `max_tracked_versions`, the least recently used forgotten past that.
+        tracked = settings.max_tracked_versions
+        self.closed: LRU[tuple[str, int], int] = LRU(tracked)
+        """Per version, the start of its newest closed window: older rows are late. A version
+        forgotten here has its next rows counted as new; the stored closed window is not reopened."""
+        self.states: LRU[tuple[str, int], VersionState] = LRU(tracked)
+        """Alarm runs, read from PostgreSQL when a window of a version not held here closes."""
+        self.health: LRU[tuple[str, int], VersionHealth] = LRU(tracked, on_evict=self._forget_health)
+        self.live_metrics: LRU[tuple[str, int], dict[str, float]] = LRU(tracked)
+        prometheus.SERIES.resize(settings.max_metric_series)
         self.pending_predictions: list[PredictionBatch] = []
         self.staging: StagedPredictions | None = None
         """The next commit's transaction, holding a prefix of `pending_predictions`."""
@@ -374,18 +381,6 @@ class MonitorCore:
                 )
             ).all()
             self.closed.update({(m, v): s for m, v, s in closed})
-            states = (
-                await session.exec(
-                    text(
-                        f"SELECT s.model, s.version, s.consecutive, extract(epoch FROM s.last_alarm_at) "
-                        f"FROM {SCHEMA}.version_state s"
-                    )
-                )
-            ).all()
-            for model, version, consecutive, last_alarm in states:
-                self.states[(model, version)] = VersionState(
-                    consecutive, float(last_alarm) if last_alarm is not None else None
-                )
             stored = (
                 await session.exec(
                     text(
@@ -399,6 +394,31 @@ class MonitorCore:
         for partition, offset in resume.items():
             self.offsets[(topic, partition)] = offset
         return resume
+
+    async def _state(self, model: str, version: int) -> VersionState:
+        """A version's alarm run: in memory, or else as last committed (nothing stored: none yet)."""
+        state = self.states.get((model, version))
+        if state is not None:
+            return state
+        async with self.database.session() as session:
+            row = (
+                await session.exec(
+                    text(
+                        f"SELECT consecutive, extract(epoch FROM last_alarm_at) FROM {SCHEMA}.version_state "
+                        "WHERE model = :m AND version = :v"
+                    ),
+                    params={"m": model, "v": version},
+                )
+            ).first()
+        state = VersionState(row[0], float(row[1]) if row[1] is not None else None) if row else VersionState()
+        self.states[(model, version)] = state
+        return state
+
+    @staticmethod
+    def _forget_health(key: tuple[str, int], _: VersionHealth) -> None:
+        model, version = key
+        prometheus.SERIES.remove(prometheus.ERROR_RATE, model, str(version))
+        prometheus.SERIES.remove(prometheus.LATENCY_P99, model, str(version))
 
     def release(self, topic: str, partitions: Iterable[int]) -> None:
         """Forget partitions given to another replica (after a commit): their windows are theirs now."""
@@ -480,11 +500,11 @@ class MonitorCore:
                     window.links.append(counted.traceparent)
             window.dirty = True
         if late:
-            prometheus.LATE_ROWS.labels(counted.model).inc(late)
+            prometheus.SERIES.labels(prometheus.LATE_ROWS, counted.model).inc(late)
         self.pending_predictions.extend(counted.predictions)
         if counted.latest > self.watermarks.get(counted.partition, 0.0):
             self.watermarks[counted.partition] = counted.latest
-        prometheus.ROWS_INGESTED.labels(counted.model).inc(counted.rows)
+        prometheus.SERIES.labels(prometheus.ROWS_INGESTED, counted.model).inc(counted.rows)
 
     def due(self, now: float) -> list[OpenWindow]:
         """Windows to close: `window_grace_ms` past their end, and their partition read up to its end
@@ -599,10 +619,12 @@ class MonitorCore:
             raise
         for closing in closings:
             window = closing.window
-            state = self.states.setdefault((window.model, window.version), VersionState())
-            state.consecutive = closing.consecutive
-            if closing.alarm:
-                state.last_alarm_at = now
+            # A state pushed out since it was judged is read back, as committed, when next needed.
+            state = self.states.peek((window.model, window.version))
+            if state is not None:
+                state.consecutive = closing.consecutive
+                if closing.alarm:
+                    state.last_alarm_at = now
             closing.end_spans()
         return len(closings)
 
@@ -661,7 +683,7 @@ class MonitorCore:
             log.warning(
                 "closing a window of %s v%d without its spec: %s", window.model, window.version, error
             )
-        state = self.states.get((window.model, window.version), VersionState())
+        state = await self._state(window.model, window.version)
         body = monitor_pb2.DriftWindow(
             window=_time_window(window.start, window.end), sample_count=window.samples
         )
@@ -788,7 +810,8 @@ class MonitorCore:
             text(
                 f"UPDATE {SCHEMA}.windows SET closed = true, drifted = :drifted, body = :body, "
                 "sample_count = :samples WHERE consumer_group = :g AND model = :model AND version = :version "
-                "AND window_start = :start"
+                # a late row of a version no longer tracked reopens its window in memory only
+                "AND window_start = :start AND NOT closed"
             ),
             params={
                 "drifted": closing.drifted,
@@ -816,8 +839,12 @@ class MonitorCore:
         )
         labels = (window.model, str(window.version))
         for item in closing.body.statistics:
-            prometheus.DRIFT_SCORE.labels(*labels, item.feature, item.method).set(item.score)
-        prometheus.PREDICTION_DRIFT.labels(*labels).set(closing.body.prediction_drift_score)
+            prometheus.SERIES.labels(prometheus.DRIFT_SCORE, *labels, item.feature, item.method).set(
+                item.score
+            )
+        prometheus.SERIES.labels(prometheus.PREDICTION_DRIFT, *labels).set(
+            closing.body.prediction_drift_score
+        )
         if not closing.alarm:
             return
         assert closing.spec is not None
@@ -836,7 +863,7 @@ class MonitorCore:
             detected_at=_ts(now),
         )
         cause = await self.outbox.add(session, detected)
-        prometheus.DRIFT_ALARMS.labels(*labels).inc()
+        prometheus.SERIES.labels(prometheus.DRIFT_ALARMS, *labels).inc()
         span = trace.get_current_span()
         span.set_attribute("mlops.drift.event_id", cause)
         if monitor.on_drift != "retrain" or closing.retrain_skipped:
@@ -1163,8 +1190,10 @@ class MonitorCore:
             spec = self.catalog.cached_spec(model)
             width = max(int(spec.spec.spec.monitor.window_seconds), 1) if spec else 30
             figures = board.figures(now - width, now)
-            prometheus.ERROR_RATE.labels(model, str(version)).set(figures.error_rate)
-            prometheus.LATENCY_P99.labels(model, str(version)).set(figures.latency_p99_ms / 1000)
+            prometheus.SERIES.labels(prometheus.ERROR_RATE, model, str(version)).set(figures.error_rate)
+            prometheus.SERIES.labels(prometheus.LATENCY_P99, model, str(version)).set(
+                figures.latency_p99_ms / 1000
+            )
             board.expire(now)
 
     async def get_drift_status(

@@ -235,7 +235,13 @@ class InferenceLogIngest:
             if records:
                 fresh.extend(records)
                 last[tp.partition] = records[-1].offset
-        decoded = await asyncio.to_thread(_decode_all, fresh, self.bus.topic_prefix)
+        decoded = await asyncio.to_thread(
+            _decode_all,
+            fresh,
+            self.bus.topic_prefix,
+            now=time.time(),
+            max_skew_s=self.settings.max_clock_skew_s,
+        )
         prepared: list[tuple[ConsumerRecord, Prepared]] = []
         for record, rows in zip(fresh, decoded, strict=True):
             item = await self._prepare(record, rows)
@@ -245,13 +251,17 @@ class InferenceLogIngest:
         counted = await asyncio.to_thread(_count_all, [p for _, p in prepared], store)
         for (record, _), result in zip(prepared, counted, strict=True):
             if isinstance(result, CountedBatch):
-                self.core.merge(result)
+                try:
+                    self.core.merge(result)
+                except Exception as error:  # a defect met by this batch's data: the next batches go on
+                    log.exception("inference logs: merging offset %d failed", record.offset)
+                    await self._dead_letter(record, error)
             else:
                 await self._dead_letter(record, result)
         for partition, offset in last.items():
             self.core.offsets[(self.topic, partition)] = offset + 1
 
-    async def _prepare(self, record: ConsumerRecord, rows: BatchRows | MlopsError) -> Prepared | None:
+    async def _prepare(self, record: ConsumerRecord, rows: BatchRows | Exception) -> Prepared | None:
         """Registry look-ups for one decoded record; None when it was dead-lettered. A record whose
         trace is sampled gets its CONSUMER span `process <topic>`, a child of the producer's."""
         traceparent = None
@@ -259,6 +269,13 @@ class InferenceLogIngest:
             if name == "traceparent" and value:
                 traceparent = value.decode("ascii", "replace")
         parent = parse_traceparent(traceparent)
+        # The window keeps the link in PostgreSQL (jsonb, which takes no NUL): keep it only as the
+        # canonical form of a valid context, whatever else the header carried.
+        traceparent = (
+            f"00-{parent.trace_id:032x}-{parent.span_id:016x}-{parent.trace_flags:02x}"
+            if parent is not None
+            else None
+        )
         span = None
         if parent is not None and parent.trace_flags.sampled:
             span = start_span(f"process {record.topic}", extract(record.headers), SpanKind.CONSUMER)
@@ -275,9 +292,9 @@ class InferenceLogIngest:
         delay = self.bus.retry_backoff_ms / 1000
         try:
             with trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext():
-                if isinstance(rows, MlopsError):
+                if isinstance(rows, Exception):
                     if span is not None:
-                        span.set_status(Status(StatusCode.ERROR, rows.message))
+                        span.set_status(Status(StatusCode.ERROR, str(rows)))
                     await self._dead_letter(record, rows)
                     return None
                 if span is not None:
@@ -302,7 +319,16 @@ class InferenceLogIngest:
                         await self._dead_letter(record, error)
                         return None
                     except Exception as error:
-                        if not is_outage(error) or self._stopping.is_set():
+                        if not is_outage(error):
+                            # Not the broker's or the database's doing: something about this batch
+                            # (or its version's profile) met a defect. The batch is set aside with the
+                            # error's text, logged in full, and the next batches go on.
+                            log.exception("inference logs: preparing offset %d failed", record.offset)
+                            if span is not None:
+                                span.set_status(Status(StatusCode.ERROR, str(error)))
+                            await self._dead_letter(record, error)
+                            return None
+                        if self._stopping.is_set():
                             raise
                         log.warning("inference logs: offset %d waits for an outage: %s", record.offset, error)
                         await asyncio.sleep(delay)
@@ -327,14 +353,32 @@ class InferenceLogIngest:
             ("mlops_dlq_time", rfc3339().encode()),
         ]
         log.error("dead-lettering %s offset %d: %s", record.topic, record.offset, reason)
-        await self.publisher.publish_encoded(
-            record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers
-        )
+        delay = self.bus.retry_backoff_ms / 1000
+        while True:
+            try:
+                await self.publisher.publish_encoded(
+                    record.topic + DLQ_SUFFIX, record.key, record.value or b"", headers
+                )
+                return
+            except Exception as publishing:
+                # The record is not dropped: the broker's outage is waited out like any other.
+                if not is_outage(publishing) or self._stopping.is_set():
+                    raise
+                log.warning(
+                    "inference logs: dead-lettering offset %d waits for an outage: %s",
+                    record.offset,
+                    publishing,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.bus.retry_backoff_max_ms / 1000)
 
 
-def _decode_all(records: list[ConsumerRecord], prefix: str) -> list[BatchRows | MlopsError]:
-    """Envelope and payload of every record, or why it cannot be counted."""
-    results: list[BatchRows | MlopsError] = []
+def _decode_all(
+    records: list[ConsumerRecord], prefix: str, *, now: float, max_skew_s: float
+) -> list[BatchRows | Exception]:
+    """Envelope and payload of every record, or why it cannot be counted. Decoding touches nothing
+    but the record, so whatever it raises is that record's result, never the loop's."""
+    results: list[BatchRows | Exception] = []
     for record in records:
         try:
             _, event = envelope.decode(
@@ -345,17 +389,25 @@ def _decode_all(records: list[ConsumerRecord], prefix: str) -> list[BatchRows | 
                 headers=record.headers,
                 value=record.value,
             )
-            results.append(decode_batch(event))
+            results.append(decode_batch(event, now=now, max_skew_s=max_skew_s))
         except MlopsError as error:
+            results.append(error)
+        except Exception as error:  # a check decode_batch lacks: logged in full, the record set aside
+            log.exception("inference logs: decoding offset %d failed", record.offset)
             results.append(error)
     return results
 
 
 def _count_all(prepared: list[Prepared], store_predictions: bool) -> list[CountedBatch | Exception]:
+    """Count every prepared batch. Counting is pure (no I/O), so what it raises comes from that
+    batch's data and is its result: the batch goes to the dead-letter topic, the others are counted."""
     results: list[CountedBatch | Exception] = []
     for item in prepared:
         try:
             results.append(count_batch(item, store_predictions=store_predictions))
         except MlopsError as error:
+            results.append(error)
+        except Exception as error:  # a check decode_batch lacks: logged in full, the batch set aside
+            log.exception("inference logs: counting a batch of %s failed", item.rows.model)
             results.append(error)
     return results

@@ -14,6 +14,7 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from opentelemetry import trace
 from sqlalchemy import text
@@ -119,17 +120,19 @@ class PerformanceTracker:
             )
         if kind == "value" and not math.isfinite(event.value):
             raise InvalidArgument(f"GroundTruthLogged.value must be a finite number, got {event.value}")
+        # PostgreSQL stores no NUL in text: refused here, not retried against the database.
+        for name in ("model", "request_id", "label"):
+            if "\0" in getattr(event, name):
+                raise InvalidArgument(
+                    f"GroundTruthLogged.{name} ({getattr(event, name)[:64]!r}) has a NUL character"
+                )
+        observed = self._observed_at(event, event_time)
         spec = await self.catalog.spec(event.model)  # NotFound: the model does not exist
         task = spec.spec.spec.task
         if task == "classification" and kind != "label":
             raise InvalidArgument(f"{event.model} is a classification model: send the truth as `label`")
         if task == "regression" and kind != "value":
             raise InvalidArgument(f"{event.model} is a regression model: send the truth as `value`")
-        observed = (
-            event.observed_at.ToDatetime(tzinfo=_dt(0).tzinfo)
-            if event.HasField("observed_at")
-            else _parse_time(event_time)
-        )
         await session.exec(
             text(
                 f"INSERT INTO {SCHEMA}.labels (model, request_id, label, value, observed_at, matched) "
@@ -143,6 +146,33 @@ class PerformanceTracker:
                 "observed": observed,
             },
         )
+
+    def _observed_at(self, event: monitoring_pb2.GroundTruthLogged, event_time: str) -> datetime:
+        """When the truth was observed: `observed_at`, checked as the inference logs' request times
+        are (after the epoch, at most `max_clock_skew_s` ahead), or else the envelope's `ce_time`."""
+        if not event.HasField("observed_at"):
+            try:
+                return _parse_time(event_time)
+            except ValueError:
+                raise InvalidArgument(
+                    f"ce_time {event_time!r} is not an RFC 3339 time (and observed_at is not set)"
+                ) from None
+        stamp = event.observed_at
+        if not 0 <= stamp.nanos < 1_000_000_000:
+            raise InvalidArgument(
+                f"GroundTruthLogged.observed_at nanos={stamp.nanos}; nanos run from 0 to 999999999"
+            )
+        if stamp.seconds <= 0:
+            raise InvalidArgument(
+                f"GroundTruthLogged.observed_at seconds={stamp.seconds} is not after 1970-01-01"
+            )
+        ahead = stamp.seconds - time.time()
+        if ahead > self.settings.max_clock_skew_s:
+            raise InvalidArgument(
+                f"GroundTruthLogged.observed_at seconds={stamp.seconds} is {ahead:.0f} s ahead of the "
+                f"monitor's clock (at most {self.settings.max_clock_skew_s:g} s: MLOPS_MONITOR_MAX_CLOCK_SKEW_S)"
+            )
+        return stamp.ToDatetime(tzinfo=UTC)
 
     async def tick(self, now: float | None = None) -> None:
         """Join pending labels, close due performance windows, and apply retention."""
@@ -303,7 +333,7 @@ class PerformanceTracker:
         )
         self.core.live_metrics[(model, version)] = metrics
         for name, value in metrics.items():
-            prometheus.LIVE_METRIC.labels(model, str(version), name).set(value)
+            prometheus.SERIES.labels(prometheus.LIVE_METRIC, model, str(version), name).set(value)
         if not alarm:
             return
         assert bound is not None and spec is not None
@@ -336,7 +366,7 @@ class PerformanceTracker:
                 detected_at=_ts(now),
             )
             cause = await self.outbox.add(session, degradation)
-            prometheus.DEGRADATION_ALARMS.labels(model, str(version)).inc()
+            prometheus.SERIES.labels(prometheus.DEGRADATION_ALARMS, model, str(version)).inc()
             if spec.spec.spec.monitor.on_degradation == "retrain":
                 side = ">=" if bound.comparison == common_pb2.COMPARISON_GREATER_OR_EQUAL else "<="
                 await self.outbox.add(
@@ -389,7 +419,7 @@ class PerformanceTracker:
             return 30
 
 
-def _parse_time(value: str):
-    from datetime import datetime
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def _parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    # CloudEvents times carry their offset; one without is read as UTC, as PostgreSQL would store it.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

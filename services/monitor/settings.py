@@ -37,6 +37,22 @@ class MonitorSettings(RegistryPeerSettings):
     """How long a model's spec is reused before it is read from the registry again."""
     unknown_model_cache_s: float = Field(5.0, gt=0)
     """How long a model the registry does not know is remembered as unknown."""
+    max_cached_models: int = Field(10_000, ge=1)
+    """Model names whose spec (or absence from the registry) is cached, and look-up locks kept; event
+    producers choose the names, so the least recently used past this are forgotten and read again."""
+    max_cached_versions: int = Field(1_000, ge=1)
+    """Model versions whose compiled training profile is cached (the least recently used past this
+    are read again from the artifact store when next needed)."""
+    max_tracked_versions: int = Field(1_000, ge=1)
+    """Versions whose health, alarm run, newest closed window and live metrics are held in memory;
+    past this the least recently used are forgotten (alarm runs are read back from PostgreSQL)."""
+    max_metric_series: int = Field(10_000, ge=1)
+    """Prometheus series (label sets: model, version, feature, ...) the monitor exports; past this
+    the least recently updated series is dropped from the endpoint."""
+    max_clock_skew_s: float = Field(300.0, gt=0)
+    """How far ahead of this monitor's clock a logged request time (or observed ground truth) may
+    be. A later one is a producer's clock or data gone wrong: its batch goes to the dead-letter
+    topic instead of opening a window that would not close for years."""
 
     health_horizon_s: int = Field(900, ge=10)
     """How far back the in-memory health state reaches (the largest GetHealth window)."""
