@@ -22,3 +22,17 @@ FINISHED = Counter(
 ROLLBACKS = Counter(
     "mlops_rollbacks_total", "Rollbacks, automatic (from live health) or asked for", ["model", "automatic"]
 )
+
+
+def keep_traffic_series(model: str, versions: set[str]) -> None:
+    """Drop the model's traffic series of versions other than `versions` (the latest rollout's
+    candidate and baseline): one series per version ever rolled out would grow without bound, and
+    an old version's last value would be shown as if it still served."""
+    stale = {
+        sample.labels["version"]
+        for metric in TRAFFIC_PERCENT.collect()
+        for sample in metric.samples
+        if sample.labels.get("model") == model and sample.labels.get("version") not in versions
+    }
+    for version in stale:
+        TRAFFIC_PERCENT.remove(model, version)

@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.errors import Conflict, InvalidArgument
 from mlops.events.v1 import deployment_pb2
+from services.deployer.policy import DEFAULT_HEALTH_TIMEOUT_S, ROLLBACK_ON_TIMEOUT
 from services.deployer.tables import DesiredStateRow, RolloutRow
 
 RUNNING_STATES = (
@@ -41,6 +42,10 @@ class StoredRollout:
     hold: str = ""
     revision: int = 0
     recorded_moves: int = 0
+    health_timeout_s: int = DEFAULT_HEALTH_TIMEOUT_S
+    on_health_timeout: str = ROLLBACK_ON_TIMEOUT
+    verdict_at: datetime | None = None
+    """The latest health verdict, or a person's resume: the health timeout's clock (see tables)."""
 
     @property
     def running(self) -> bool:
@@ -61,6 +66,9 @@ def _from_row(row: RolloutRow) -> StoredRollout:
         hold=row.hold,
         revision=row.revision,
         recorded_moves=row.recorded_moves,
+        health_timeout_s=row.health_timeout_seconds,
+        on_health_timeout=row.on_health_timeout,
+        verdict_at=row.verdict_at,
     )
 
 
@@ -83,6 +91,9 @@ def _columns(scope: str, stored: StoredRollout) -> dict:
         "hold": stored.hold,
         "moves": len(r.history),
         "recorded_moves": stored.recorded_moves,
+        "health_timeout_seconds": stored.health_timeout_s,
+        "on_health_timeout": stored.on_health_timeout,
+        "verdict_at": stored.verdict_at,
         "traceparent": json.dumps(stored.traceparent),
         "candidate": stored.candidate.SerializeToString(),
         "baseline": stored.baseline.SerializeToString() if stored.baseline is not None else None,

@@ -58,6 +58,17 @@ class RolloutRow(SQLModel, table=True):
     recorded_moves: int
     """Moves the registry has a deployment record of; behind `moves` until `RecordDeployment`
     succeeded, and caught up by the next tick when it failed."""
+    health_timeout_seconds: int = Field(sa_column=sa.Column(sa.Integer, nullable=False, server_default="120"))
+    """The spec's `rollout.health_timeout_seconds` when the rollout started: how long a step may wait
+    for a health verdict after its time."""
+    on_health_timeout: str = Field(sa_column=sa.Column(sa.String, nullable=False, server_default="rollback"))
+    """The spec's `rollout.on_health_timeout`: `rollback` or `pause`."""
+    verdict_at: datetime | None = Field(
+        default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True)
+    )
+    """When the monitor last gave a verdict (healthy or broken) or a person resumed: the health
+    timeout counts from here or from the end of the step's time, whichever is later, so that a
+    restarted deployer keeps the same clock."""
     traceparent: str
     """W3C trace context (JSON) of the event that started the rollout: every later move continues it."""
     candidate: bytes = message_column()

@@ -10,6 +10,7 @@ ONNX files in S3.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import sys
@@ -63,13 +64,15 @@ class FakeMonitor(monitor_pb2_grpc.MonitorServicer):
 
     def __init__(self) -> None:
         self.modes: dict[tuple[str, int], str] = {}
-        self.calls: list[monitor_pb2.GetHealthRequest] = []
+        self.calls: collections.deque[monitor_pb2.GetHealthRequest] = collections.deque(maxlen=10_000)
 
     async def GetHealth(self, request, context):
         self.calls.append(request)
         mode = self.modes.get((request.model, request.version), "healthy")
         if mode == "silent":
             await asyncio.sleep(10)
+        if mode == "unavailable":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the monitor is restarting")
         if mode == "unknown":
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no requests of {request.model} v{request.version}"
@@ -266,6 +269,8 @@ async def new_model(
     versions: int = 2,
     auto_promote: bool = True,
     production: int = 0,
+    health_timeout_seconds: int = 0,
+    on_health_timeout: str = "",
 ) -> tuple[str, list[pb.ModelVersion]]:
     """A model with a spec and `versions` registered versions; `production` puts that version behind
     the registry's production alias (a baseline the deployer has not published itself)."""
@@ -289,6 +294,9 @@ async def new_model(
     body.rollout.min_requests = 20
     body.rollout.auto_promote = auto_promote
     body.rollout.max_prediction_drift = 0.25
+    if health_timeout_seconds:
+        body.rollout.health_timeout_seconds = health_timeout_seconds
+    body.rollout.on_health_timeout = on_health_timeout
     body.monitor.method = "psi"
     body.monitor.threshold = 0.25
     body.serving.max_batch_size = 32
@@ -801,6 +809,97 @@ async def test_a_restarted_deployer_goes_on_with_the_same_step_clock(harness, un
     elapsed = (advanced - started).total_seconds()
     assert step <= elapsed < step + 2.5, f"the step ran {elapsed:.1f}s: its clock restarted with the deployer"
     assert (await finished(h, model)).state == S.ROLLOUT_STATE_PROMOTED
+
+
+@pytest.mark.parametrize(
+    ("mode", "cause"),
+    [("unavailable", "monitor unreachable (UNAVAILABLE)"), ("few", "only 3 of 20 requests")],
+)
+async def test_a_canary_without_a_health_verdict_is_rolled_back_after_its_health_timeout(
+    harness, unique, mode, cause
+):
+    h = harness
+    timeout = 2
+    model, (_v1, v2) = await new_model(
+        h, unique, steps=(50, 100), production=1, health_timeout_seconds=timeout
+    )
+    h.monitor.modes[(model, 2)] = mode
+    await h.publisher.publish(evaluated(v2))
+    rollout = await finished(h, model, 2)
+
+    words = f"no health verdict for {timeout} s after step 1 of 2 (50%): {cause}; rolled back"
+    assert (rollout.state, rollout.reason) == (S.ROLLOUT_STATE_ROLLED_BACK, words)
+    assert any(m.reason.startswith("holding at step 1 of 2 (50%)") for m in rollout.history), (
+        "the hold came first"
+    )
+    waited = (rollout.finished_at.ToDatetime() - rollout.step_started_at.ToDatetime()).total_seconds()
+    assert STEP_SECONDS + timeout <= waited < STEP_SECONDS + timeout + 3, waited
+    (event,) = await published(h, S.ModelRolledBack, model, until=lambda f: len(f) >= 1)
+    assert (event.from_version, event.to_version, event.automatic, event.reason) == (2, 1, True, words)
+    desired = await published(h, S.DesiredState, model, until=lambda f: len(f) >= 2)
+    assert shares(desired[-1]) == [(1, "PRODUCTION", 100)]
+    production = await h.registry.GetModelVersion(pb.GetModelVersionRequest(model=model, alias="production"))
+    assert production.version == 1
+    deployments = await h.registry.ListDeployments(pb.ListDeploymentsRequest(model=model))
+    assert any(d.reason == words for d in deployments.deployments), "the registry's ledger says why"
+
+
+async def test_a_silent_canary_is_paused_when_the_spec_says_so_and_a_resume_restarts_the_clock(
+    harness, unique
+):
+    h = harness
+    model, (_v1, v2) = await new_model(
+        h, unique, steps=(50, 100), production=1, health_timeout_seconds=2, on_health_timeout="pause"
+    )
+    h.monitor.modes[(model, 2)] = "unavailable"
+    await h.publisher.publish(evaluated(v2))
+
+    async def paused():
+        rollout = await rollout_of(h, model)
+        return rollout if rollout.state == S.ROLLOUT_STATE_PAUSED else None
+
+    rollout = await eventually(paused, timeout_s=20, what="the pause")
+    assert rollout.reason == (
+        "no health verdict for 2 s after step 1 of 2 (50%): monitor unreachable (UNAVAILABLE); "
+        "paused: a person resumes or rolls back"
+    )
+    assert rollout.history[-1].actor == "mlops-deployer" and not rollout.HasField("finished_at")
+    production = await h.registry.GetModelVersion(pb.GetModelVersionRequest(model=model, alias="production"))
+    assert production.version == 1
+
+    # A person resumes while the monitor is still away: the timeout counts afresh from the resume,
+    # so the rollout pauses again, not at once.
+    resumed = await h.deployer.Resume(dpb.RolloutActionRequest(model=model, actor="erin"))
+    again = await eventually(paused, timeout_s=20, what="the second pause")
+    waited = (again.updated_at.ToDatetime() - resumed.updated_at.ToDatetime()).total_seconds()
+    assert waited >= 2, f"paused again {waited:.1f}s after the resume: the clock did not restart"
+    await h.deployer.Resume(dpb.RolloutActionRequest(model=model, actor="erin"))
+    h.monitor.modes[(model, 2)] = "healthy"
+    assert (await finished(h, model)).state == S.ROLLOUT_STATE_PROMOTED
+
+
+async def test_the_health_timeout_clock_survives_a_deployer_restart(harness, unique):
+    h = harness
+    timeout = 5
+    model, (_v1, v2) = await new_model(
+        h, unique, steps=(50, 100), production=1, health_timeout_seconds=timeout
+    )
+    h.monitor.modes[(model, 2)] = "unavailable"
+    await h.publisher.publish(evaluated(v2))
+
+    async def held():
+        rollout = await rollout_of(h, model)
+        return rollout if rollout.reason.startswith("holding") else None
+
+    await eventually(held, timeout_s=20, what="the hold")
+    await asyncio.sleep(2)  # part of the timeout passes ...
+    await h.stop_watch()  # ... the deployer goes away ...
+    await asyncio.sleep(1)
+    h.start_watch(h.make_core())  # ... and a new one takes over from the database
+    rollout = await finished(h, model, 2)
+    assert rollout.state == S.ROLLOUT_STATE_ROLLED_BACK
+    waited = (rollout.finished_at.ToDatetime() - rollout.step_started_at.ToDatetime()).total_seconds()
+    assert waited < STEP_SECONDS + timeout + 2.5, f"rolled back {waited:.1f}s in: the clock restarted"
 
 
 async def test_bad_requests_get_clear_statuses(harness, unique):
