@@ -1,23 +1,24 @@
 """Consuming events: a CONSUMER span per record, inbox de-duplication, bounded retries, dead letters.
 
-Records of one partition are handled in order; partitions of a batch are handled concurrently.
-Offsets are committed after the batch is handled and everything it published is acknowledged,
-so a crash redelivers (at least once) and the inbox turns redelivery into a no-op. The
-acknowledgements and commit of one batch overlap the handling of the next (see `run`).
+Each assigned partition has its own task (`PartitionWorker`): its records are handled in order, and
+a slow or stuck partition holds up no other. A partition's offset is committed once its records are
+handled and everything they published is acknowledged, so a crash redelivers (at least once) and
+the inbox turns redelivery into a no-op. On a rebalance the revoked partitions' tasks finish their
+record in hand (or are cancelled after a grace period) before their offsets are committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import (
-    KafkaError,
-)
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
@@ -28,9 +29,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from mlops.bus import envelope, metrics
 from mlops.bus.admin import ensure_topics, with_dead_letters
 from mlops.bus.catalog import DLQ_SUFFIX, spec_for
-from mlops.bus.envelope import Envelope, MalformedEvent, rfc3339
+from mlops.bus.deadletter import dead_letter_headers, reason_of
+from mlops.bus.envelope import Envelope, MalformedEvent
 from mlops.bus.inbox import Inbox
-from mlops.bus.producer import EventPublisher, deferred_deliveries
+from mlops.bus.partitions import PartitionWorker
+from mlops.bus.producer import EventPublisher
 from mlops.bus.tracing import extract, start_span
 from mlops.db import Database
 from mlops.errors import MlopsError
@@ -57,17 +60,6 @@ class EventContext:
 Handler = Callable[[Message, EventContext], Awaitable[None]]
 
 
-async def _settle(task: asyncio.Task | None) -> None:
-    """Wait for an acknowledge-and-commit task; its failure only means the batch will be redelivered."""
-    if task is None:
-        return None
-    try:
-        await task
-    except Exception as error:
-        log.warning("offsets not committed (the records will be redelivered): %s", error)
-    return None
-
-
 @dataclass(frozen=True)
 class _Subscription:
     handler: Handler
@@ -87,6 +79,8 @@ class EventConsumer:
         database: Database | None = None,
         inbox: Inbox | None = None,
         from_end: bool = False,
+        revoke_grace_s: float = 10.0,
+        inbox_prune_interval_s: float = 600.0,
     ) -> None:
         self.kafka = kafka
         self.bus = bus
@@ -96,6 +90,15 @@ class EventConsumer:
         self.inbox = inbox
         self.from_end = from_end
         """Skip history: start at the end of every partition (tools and tests, not services)."""
+        self.revoke_grace_s = revoke_grace_s
+        """How long a revoked or stopping partition may take to finish its record before it is cancelled."""
+        self.inbox_prune_interval_s = inbox_prune_interval_s
+        """How often ids older than `bus.inbox_retention_hours` are deleted from the inbox."""
+        self._workers: dict[TopicPartition, PartitionWorker] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._retry_delay: dict[TopicPartition, float] = {}
+        self._generation = 0
+        """Counts revocations: a batch fetched across one is dropped (its positions were reset)."""
         self._subscriptions: dict[str, _Subscription] = {}
         self._metric_children: dict[str, tuple] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -114,7 +117,6 @@ class EventConsumer:
         topics = list(self._subscriptions)
         await ensure_topics(self.kafka, self.bus, with_dead_letters(topics))
         self._consumer = AIOKafkaConsumer(
-            *topics,
             **self.kafka.client_options(),
             group_id=self.group_id,
             client_id=self.group_id,
@@ -124,9 +126,10 @@ class EventConsumer:
             isolation_level="read_committed",
         )
         await self._consumer.start()
+        self._consumer.subscribe(topics, listener=_Revocations(self))
 
     async def stop(self) -> None:
-        """Finish the batch in hand, commit it, and leave the group."""
+        """Let each partition finish its record in hand, commit what is acknowledged, leave the group."""
         self._stopping.set()
         if self._consumer is not None:
             await self._stopped.wait()
@@ -150,90 +153,162 @@ class EventConsumer:
             await self._consumer.position(tp)
 
     async def run(self) -> None:
-        """Handle batches until stop(); one batch's acknowledgements and commit overlap the next batch.
+        """Fetch and hand records to their partitions' tasks until stop(); commit what they acknowledged.
 
-        Batch N's deliveries are awaited and its offsets committed in a task while batch N+1 is
-        fetched and handled; the task is awaited before batch N+1's own one starts. So at most one
-        commit is in flight, commits go out in order, and an offset is only ever committed once
-        every record before it was handled and everything those records published is acknowledged
-        (at least once, as before). If a delivery or a commit fails, the loop stops with that error
-        and nothing later is committed: the records since then are redelivered.
+        One commit is in flight at a time and never blocks fetching. A partition whose task failed on
+        an outage (its publishes were not acknowledged, or a dead letter could not be written) is read
+        again from its first unacknowledged record after a back-off; the other partitions go on.
         """
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
         committing: asyncio.Task | None = None
-        backoff = self.bus.retry_backoff_ms / 1000
+        pruning = (
+            asyncio.create_task(self._prune_inbox(), name="inbox prune")
+            if self.database is not None and self.inbox is not None
+            else None
+        )
         try:
             while not self._stopping.is_set():
+                generation = self._generation
                 try:
                     batch = await consumer.getmany(timeout_ms=self.bus.poll_timeout_ms)
-                    if committing is not None and committing.done():
-                        committing, finished = None, committing
-                        finished.result()  # raises the failure of the previous batch's acks or commit
-                    if not batch:
-                        continue
-                    with deferred_deliveries() as pending:
-                        done = await asyncio.gather(
-                            *(self._handle_partition(tp, records) for tp, records in batch.items())
+                except KafkaError as error:
+                    log.warning("consumer %s: fetching failed: %s", self.group_id, error)
+                    await asyncio.sleep(self.bus.retry_backoff_ms / 1000)
+                    continue
+                failed = self._reread_failed(consumer)
+                if generation == self._generation:
+                    for tp, records in batch.items():
+                        if tp not in failed and records:
+                            self._worker(consumer, tp).put(records)
+                if committing is None or committing.done():
+                    if committing is not None and not committing.cancelled() and committing.exception():
+                        log.warning(
+                            "consumer %s: offsets not committed yet (retried): %s",
+                            self.group_id,
+                            committing.exception(),
                         )
-                    if committing is not None:
-                        previous, committing = committing, None
-                        await previous
-                    committing = asyncio.create_task(self._acknowledge_and_commit(consumer, pending, done))
-                    backoff = self.bus.retry_backoff_ms / 1000
-                except Exception as error:
-                    if not (isinstance(error, KafkaError) or is_outage(error)) or self._stopping.is_set():
-                        raise
-                    # The broker or a dependency went away mid-batch: nothing after the last commit
-                    # counts. Re-read from there once it is back (the inbox absorbs the repeats).
-                    log.warning(
-                        "consumer %s: %s; re-reading from the last committed offsets", self.group_id, error
-                    )
-                    committing = await _settle(committing)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self.bus.retry_backoff_max_ms / 1000)
-                    await self._rewind(consumer)
+                    committing = self._commit_acknowledged(consumer)
         finally:
             try:
-                await _settle(committing)  # the batch in hand: its acks and its commit, if they can still go
+                if pruning is not None:
+                    pruning.cancel()
+                    await asyncio.gather(pruning, return_exceptions=True)
+                if committing is not None:
+                    await asyncio.gather(committing, return_exceptions=True)
+                workers = list(self._workers.values())
+                self._workers.clear()
+                await asyncio.gather(*(worker.close(self.revoke_grace_s) for worker in workers))
+                final = self._commit_acknowledged(consumer, workers)
+                if final is not None:
+                    await asyncio.gather(final, return_exceptions=True)
             finally:
                 await consumer.stop()
                 self._stopped.set()
 
-    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
-        assignment = list(consumer.assignment())
-        if not assignment:
-            return
+    def _worker(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> PartitionWorker:
+        worker = self._workers.get(tp)
+        if worker is None:
+            worker = self._workers[tp] = PartitionWorker(
+                tp,
+                handle=self._handle_record,
+                pause=lambda tp: self._flow(consumer.pause, tp),
+                resume=lambda tp: self._flow(consumer.resume, tp),
+                limit=self.bus.max_poll_records,
+                delay_s=self._retry_delay.get(tp, 0.0),
+            )
+        return worker
+
+    def _flow(self, pause_or_resume, tp: TopicPartition) -> None:
         try:
-            await consumer.seek_to_committed(*assignment)
-        except KafkaError as error:
-            log.warning("consumer %s could not re-read committed offsets yet: %s", self.group_id, error)
+            pause_or_resume(tp)
+        except (IllegalStateError, KeyError):
+            pass  # revoked meanwhile: its worker is being closed
 
-    async def _acknowledge_and_commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        pending: list[asyncio.Future],
-        done: list[tuple[TopicPartition, int]],
-    ) -> None:
-        if pending:
-            await asyncio.gather(*pending)
-        await consumer.commit({tp: OffsetAndMetadata(offset + 1, "") for tp, offset in done})
-        self._record_lag(consumer, done)
+    def _reread_failed(self, consumer: AIOKafkaConsumer) -> set[TopicPartition]:
+        """Restart the partitions whose task failed on an outage from their first unacknowledged record.
 
-    def _record_lag(self, consumer: AIOKafkaConsumer, handled: list[tuple[TopicPartition, int]]) -> None:
-        for tp, offset in handled:
+        Any other failure is a defect of the service, not of the message: it stops the consumer.
+        """
+        failed: set[TopicPartition] = set()
+        for tp, worker in list(self._workers.items()):
+            error = worker.failure
+            if error is None:
+                continue
+            if not (isinstance(error, KafkaError) or is_outage(error)) or self._stopping.is_set():
+                raise error
+            failed.add(tp)
+            del self._workers[tp]
+            delay = self._retry_delay.get(tp, 0.0)
+            delay = min(
+                max(delay * 2, self.bus.retry_backoff_ms / 1000), self.bus.retry_backoff_max_ms / 1000
+            )
+            self._retry_delay[tp] = delay
+            log.warning(
+                "consumer %s: %s failed (%s); re-reading it from offset %s in %.1fs",
+                self.group_id,
+                tp,
+                error,
+                worker.reread_from,
+                delay,
+            )
+            if worker.reread_from is not None:
+                with contextlib.suppress(IllegalStateError, KeyError):
+                    consumer.seek(tp, worker.reread_from)
+            self._flow(consumer.resume, tp)
+        return failed
+
+    def _commit_acknowledged(
+        self, consumer: AIOKafkaConsumer, workers: list[PartitionWorker] | None = None
+    ) -> asyncio.Task | None:
+        """Commit, in a task, each partition's acknowledged offset that is not committed yet."""
+        offsets: dict[TopicPartition, int] = {}
+        for worker in workers if workers is not None else self._workers.values():
+            if worker.acked is not None and self._committed.get(worker.tp) != worker.acked + 1:
+                offsets[worker.tp] = worker.acked + 1
+                self._retry_delay.pop(worker.tp, None)  # it makes progress again
+        if not offsets:
+            return None
+        return asyncio.create_task(self._commit(consumer, offsets))
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
+        for tp, offset in offsets.items():
+            if tp in self._workers:  # a partition revoked meanwhile keeps no entry
+                self._committed[tp] = offset
             highwater = consumer.highwater(tp)
             if highwater is not None:
-                metrics.LAG.labels(tp.topic, str(tp.partition), self.group_id).set(
-                    max(highwater - offset - 1, 0)
-                )
+                metrics.LAG.labels(tp.topic, str(tp.partition), self.group_id).set(max(highwater - offset, 0))
 
-    async def _handle_partition(
-        self, tp: TopicPartition, records: list[ConsumerRecord]
-    ) -> tuple[TopicPartition, int]:
-        for record in records:
-            await self._handle_record(record)
-        return tp, records[-1].offset
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
+        """Close the revoked partitions' tasks and commit what they acknowledged, before the group moves on."""
+        self._generation += 1
+        workers = [self._workers.pop(tp) for tp in revoked if tp in self._workers]
+        await asyncio.gather(*(worker.close(self.revoke_grace_s) for worker in workers))
+        commit = self._commit_acknowledged(self._consumer, workers) if self._consumer else None
+        if commit is not None:
+            try:
+                await commit
+            except KafkaError as error:
+                log.warning(
+                    "consumer %s: offsets of revoked partitions not committed: %s", self.group_id, error
+                )
+        for tp in revoked:
+            self._committed.pop(tp, None)
+            self._retry_delay.pop(tp, None)
+
+    async def _prune_inbox(self) -> None:
+        """Delete inbox ids older than the retention, now and then every `inbox_prune_interval_s`."""
+        assert self.database is not None and self.inbox is not None
+        retention = timedelta(hours=self.bus.inbox_retention_hours)
+        while True:
+            try:
+                pruned = await self.inbox.prune(self.database, retention)
+                if pruned:
+                    log.info("inbox of %s: %d ids older than %s pruned", self.inbox.schema, pruned, retention)
+            except Exception as error:  # the next round tries again; consuming goes on regardless
+                log.warning("inbox of %s not pruned: %s", self.inbox.schema, error)
+            await asyncio.sleep(self.inbox_prune_interval_s)  # a schedule, not a readiness wait
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
         """Handle one record under a CONSUMER span whose parent is the producer's context.
@@ -370,22 +445,21 @@ class EventConsumer:
         return "handled"
 
     async def _dead_letter(self, record: ConsumerRecord, span, error: Exception, *, attempts: int) -> None:
-        reason = error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
+        reason = reason_of(error)
         span.set_status(Status(StatusCode.ERROR, reason))
         span.set_attribute("mlops.dead_lettered", True)
-        headers = [
-            (name, value or b"") for name, value in record.headers if not name.startswith("mlops_dlq_")
-        ]
-        headers += [
-            ("mlops_dlq_reason", reason.encode()),
-            ("mlops_dlq_error_type", type(error).__name__.encode()),
-            ("mlops_dlq_attempts", str(attempts).encode()),
-            ("mlops_dlq_topic", record.topic.encode()),
-            ("mlops_dlq_partition", str(record.partition).encode()),
-            ("mlops_dlq_offset", str(record.offset).encode()),
-            ("mlops_dlq_consumer", self.group_id.encode()),
-            ("mlops_dlq_time", rfc3339().encode()),
-        ]
+        headers = dead_letter_headers(
+            record.headers,
+            reason=reason,
+            error_type=type(error).__name__,
+            attempts=attempts,
+            topic=record.topic,
+            where=[
+                ("partition", str(record.partition)),
+                ("offset", str(record.offset)),
+                ("consumer", self.group_id),
+            ],
+        )
         log.error(
             "dead-lettering %s offset %d after %d attempts: %s", record.topic, record.offset, attempts, reason
         )
@@ -394,3 +468,16 @@ class EventConsumer:
         )
         if attempts == 0:
             self._metrics(record.topic)[0]["dead_lettered"].inc()
+
+
+class _Revocations(ConsumerRebalanceListener):
+    """Lets the consumer settle revoked partitions before the group reassigns them."""
+
+    def __init__(self, owner: EventConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.owner._revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        return None
