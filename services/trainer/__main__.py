@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from mlops.events.v1 import data_pb2, training_pb2
@@ -15,6 +13,7 @@ from mlops.settings import ArtifactSettings
 from mlops.store import open_store
 from services.trainer.core import RegistryClient, TrainerCore
 from services.trainer.handlers import TrainerHandlers
+from services.trainer.pool import TrainingPool, spawned_executor
 from services.trainer.settings import TrainerSettings
 from services.trainer.tables import SCHEMA
 from services.trainer.training import init_worker
@@ -22,25 +21,16 @@ from services.trainer.training import init_worker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def training_pool(settings: TrainerSettings) -> ProcessPoolExecutor:
-    """Worker processes for training. Spawned, not forked: a fork would copy the event loop, the
-    gRPC and Kafka clients and their threads into the child, and CUDA refuses to start in a fork."""
-    return ProcessPoolExecutor(
-        max_workers=settings.max_parallel_jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_worker,
-        initargs=(settings.torch_threads,),
+def training_pool(settings: TrainerSettings) -> TrainingPool:
+    """One spawned worker process per job that may run at once (see `services.trainer.pool`)."""
+    return TrainingPool(
+        settings.max_parallel_jobs, partial(spawned_executor, init_worker, settings.torch_threads)
     )
 
 
-async def stop_pool(pool: ProcessPoolExecutor) -> None:
+async def stop_pool(pool: TrainingPool) -> None:
     """Stop the workers now: a run in flight is abandoned (its job went back to the queue)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:  # the executor has no public way to stop a busy worker
-        if process.is_alive():
-            process.terminate()
-    await asyncio.to_thread(lambda: [p.join(5) for p in processes])
+    await pool.stop()
 
 
 async def main() -> None:

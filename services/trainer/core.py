@@ -1,8 +1,9 @@
 """The trainer's core: turn events into durable jobs, and jobs into registered, checked model versions.
 
 Transport-neutral: the Kafka handlers call `queue_for_data_commit` / `queue_for_retrain` inside the
-consumer's inbox transaction; `run_workers` claims jobs and runs them. Training itself happens in a
-process pool (`services.trainer.training.train`), so this event loop only waits on it.
+consumer's inbox transaction; `start_workers` claims jobs and runs them. Training itself happens in
+a worker process per job slot (`services.trainer.pool`, `services.trainer.training.train`), so this
+event loop only waits on it; a worker that dies or runs past the job's time limit is replaced.
 """
 
 from __future__ import annotations
@@ -14,26 +15,25 @@ import os
 import socket
 import tempfile
 import time
-from concurrent.futures import Executor
 from pathlib import Path
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import Outbox
-from mlops.bus.tracing import context_from_text, current_traceparent
+from mlops.bus.tracing import context_from_text
 from mlops.db import Database
 from mlops.errors import IntegrityError, MlopsError, NotFound
-from mlops.events.v1 import common_pb2, data_pb2, training_pb2
-from mlops.grpc import raise_typed
-from mlops.jaeger import TRACE_TAG
+from mlops.events.v1 import data_pb2, training_pb2
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
+from services.trainer.intake import JobIntake
 from services.trainer.jobs import Job, JobQueue, trial_run_id
+from services.trainer.pool import RunTimedOut, TrainingPool, TrainingSlot, WorkerKilled
+from services.trainer.runs import JobFailed, RegistryClient, RunBook, now
 from services.trainer.search import better, sample_trials
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import TrainingParams, TrainOutcome, TrainRequest, describe_hardware, train
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.trainer")
 
 JOBS = Counter("mlops_trainer_jobs_total", "Training jobs finished, by outcome", ["outcome"])
-QUEUED = Counter("mlops_trainer_jobs_queued_total", "Training jobs queued, by trigger", ["trigger"])
 RUN_SECONDS = Histogram(
     "mlops_trainer_run_seconds",
     "Wall time of one training run in the worker process (load to profile)",
@@ -52,50 +51,7 @@ RUN_SECONDS = Histogram(
 STAGE = training_pb2.TrainingStage
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-def _stamp_ns(ns: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(ns)
-    return stamp
-
-
-class JobFailed(Exception):
-    """A job ends without a model: the stage, the reason a user can act on, and whether a retry may help."""
-
-    def __init__(self, stage: int, reason: str, error_type: str, *, retryable: bool = False) -> None:
-        super().__init__(reason)
-        self.stage = stage
-        self.reason = reason
-        self.error_type = error_type
-        self.retryable = retryable
-
-
-class RegistryClient:
-    """The registry calls the trainer makes, with a deadline and typed errors."""
-
-    def __init__(self, stub, timeout_s: float) -> None:
-        self.stub = stub
-        self.timeout_s = timeout_s
-
-    async def call(self, method: str, request):
-        with raise_typed():
-            return await getattr(self.stub, method)(request, timeout=self.timeout_s)
-
-    async def specs_for_dataset(self, dataset: str) -> list[pb.ModelSpecVersion]:
-        specs, token = [], ""
-        while True:
-            page = await self.call(
-                "ListModelSpecs", pb.ListModelSpecsRequest(dataset=dataset, page_size=500, page_token=token)
-            )
-            specs.extend(page.specs)
-            token = page.next_page_token
-            if not token:
-                return specs
+__all__ = ["JobFailed", "RegistryClient", "TrainerCore"]
 
 
 class TrainerCore:
@@ -106,7 +62,7 @@ class TrainerCore:
         outbox: Outbox,
         registry: RegistryClient,
         store: ArtifactStore,
-        pool: Executor,
+        pool: TrainingPool,
         settings: TrainerSettings,
     ) -> None:
         self.database = database
@@ -116,125 +72,44 @@ class TrainerCore:
         self.pool = pool
         self.settings = settings
         self.jobs = JobQueue(database, lane=outbox.topic_prefix)
+        self.runs = RunBook(registry, store)
+        self.intake = JobIntake(registry=registry, outbox=outbox, jobs=self.jobs)
         self._hardware: pb.Hardware | None = None
         self._stopping = asyncio.Event()
         self._workers: list[asyncio.Task] = []
+        self._slots: dict[str, TrainingSlot] = {}
+        """Each worker's own process: a killed or stopped one takes no other worker's run with it."""
+        self._running: dict[str, TrainingSlot] = {}
+        """Job id → the slot running it now; at most one entry per slot."""
 
-    # --- Events → jobs (inside the consumer's inbox transaction) ------------------------------
+    # --- Events → jobs (inside the consumer's inbox transaction; see `services.trainer.intake`) --
 
     async def queue_for_data_commit(
         self, event: data_pb2.DataCommitted, *, event_id: str, session: AsyncSession
     ) -> list[str]:
-        """One job per model whose latest spec trains on the committed data set; returns the new job ids."""
-        specs = await self.registry.specs_for_dataset(event.dataset)
-        if not specs:
-            log.info("data set %s committed; no model spec trains on it", event.dataset)
-            return []
-        # Numbered by the registry itself (idempotent on name + sha256), so the trainer never waits
-        # for, or races, the registry's own consumer of the same event.
-        request = pb.RecordDatasetVersionRequest(
-            dataset=event.dataset,
-            uri=event.uri,
-            sha256=event.sha256,
-            format=event.format,
-            row_count=event.row_count,
-            parent_sha256=event.parent_sha256,
-            committed_by=event.committed_by,
-            labels=event.labels,
-            source_event_id=event_id,
-        )
-        if event.HasField("committed_at"):
-            request.committed_at.CopyFrom(event.committed_at)
-        recorded = (await self.registry.call("RecordDatasetVersion", request)).dataset_version
-        trace.get_current_span().set_attribute("mlops.dataset.version", recorded.version)
-        queued = []
-        for spec in specs:
-            job_id = await self._enqueue(
-                session, spec, recorded, common_pb2.TRAINING_TRIGGER_DATA_COMMITTED, event_id
-            )
-            if job_id:
-                queued.append(job_id)
-        return queued
+        return await self.intake.queue_for_data_commit(event, event_id=event_id, session=session)
 
     async def queue_for_retrain(
         self, event: training_pb2.RetrainRequested, *, event_id: str, session: AsyncSession
     ) -> str | None:
-        """A job for the model's latest spec on the requested data set version (or the latest one).
-
-        A request that names an unknown model or data set version is answered with TrainingFailed
-        (stage RESOLVE) rather than retried: nothing will make it succeed later.
-        """
-        span = trace.get_current_span()
-        span.set_attribute("mlops.model.name", event.model)
-        try:
-            spec = await self.registry.call("GetModelSpec", pb.GetModelSpecRequest(model=event.model))
-            lookup = pb.GetDatasetVersionRequest(dataset=spec.spec.spec.dataset)
-            if event.dataset_version:
-                lookup.version = event.dataset_version
-            dataset = await self.registry.call("GetDatasetVersion", lookup)
-        except NotFound as error:
-            await self.outbox.add(
-                session,
-                training_pb2.TrainingFailed(
-                    model=event.model,
-                    trigger=event.trigger,
-                    stage=STAGE.TRAINING_STAGE_RESOLVE,
-                    reason=error.message,
-                    error_type=type(error).__name__,
-                    retryable=False,
-                    failed_at=_now(),
-                ),
-            )
-            return None
-        span.set_attributes({"mlops.dataset.name": dataset.dataset, "mlops.dataset.version": dataset.version})
-        trigger = event.trigger or common_pb2.TRAINING_TRIGGER_MANUAL
-        return await self._enqueue(session, spec, dataset, trigger, event_id)
-
-    async def _enqueue(
-        self,
-        session: AsyncSession,
-        spec: pb.ModelSpecVersion,
-        dataset: pb.DatasetVersion,
-        trigger: int,
-        event_id: str,
-    ) -> str | None:
-        job_id = await self.jobs.enqueue(
-            session,
-            spec=spec,
-            dataset=dataset,
-            trigger=trigger,
-            trigger_event_id=event_id,
-            trace_context=current_traceparent(),
-        )
-        if job_id:
-            QUEUED.labels(common_pb2.TrainingTrigger.Name(trigger)).inc()
-            log.info(
-                "queued training of %s spec v%d on %s v%d (job %s)",
-                spec.model,
-                spec.version,
-                dataset.dataset,
-                dataset.version,
-                job_id,
-            )
-        else:
-            log.info(
-                "%s spec v%d on %s v%d is trained or queued already; nothing to do",
-                spec.model,
-                spec.version,
-                dataset.dataset,
-                dataset.version,
-            )
-        return job_id
+        return await self.intake.queue_for_retrain(event, event_id=event_id, session=session)
 
     # --- Workers -------------------------------------------------------------------------------
 
     def start_workers(self) -> list[asyncio.Task]:
         base = f"{socket.gethostname()}-{os.getpid()}"
+        slots = self.pool.slots[: self.settings.max_parallel_jobs]
+        self._slots = {f"{base}-{index}": slot for index, slot in enumerate(slots)}
         self._workers = [
-            asyncio.create_task(self._work(f"{base}-{index}"), name=f"trainer worker {index}")
-            for index in range(self.settings.max_parallel_jobs)
+            asyncio.create_task(self._work(worker), name=f"trainer worker {index}")
+            for index, worker in enumerate(self._slots)
         ]
         return self._workers
+
+    def worker_pids(self, job_id: str) -> list[int]:
+        """The process ids of the worker running `job_id` now; empty when it is not in a worker."""
+        slot = self._running.get(job_id)
+        return slot.pids() if slot is not None else []
 
     async def stop(self) -> None:
         """Stop claiming; a job in flight is given back (pending) and runs again after the restart."""
@@ -246,15 +121,17 @@ class TrainerCore:
     async def _work(self, worker: str) -> None:
         # Start the worker process and import torch now, not when the first job arrives (seconds).
         with contextlib.suppress(Exception):
-            await self.hardware()
+            await self.hardware(self._slots[worker])
         backoff = 0.5
         while not self._stopping.is_set():
             try:
                 job = await self.jobs.claim(worker, self.settings.job_lease_s)
             except Exception as error:
-                if not is_outage(error):
-                    raise
-                log.warning("cannot claim jobs (%s); retrying in %.1fs", error, backoff)
+                # Never end the loop: a worker task that ends stops the whole service.
+                if is_outage(error):
+                    log.warning("cannot claim jobs (%s); retrying in %.1fs", error, backoff)
+                else:
+                    log.exception("claiming a job failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -301,10 +178,9 @@ class TrainerCore:
             with contextlib.suppress(Exception):
                 await self.jobs.renew(job.job_id, worker, self.settings.job_lease_s)
 
-    async def hardware(self) -> pb.Hardware:
+    async def hardware(self, slot: TrainingSlot) -> pb.Hardware:
         if self._hardware is None:
-            loop = asyncio.get_running_loop()
-            described = await loop.run_in_executor(self.pool, describe_hardware, self.settings.device)
+            described = await slot.run(describe_hardware, self.settings.device)
             self._hardware = pb.Hardware(**described)
         return self._hardware
 
@@ -337,28 +213,68 @@ class TrainerCore:
                 return
             started = time.monotonic()
             try:
-                version, best = await self._train_and_register(job, worker)
+                version, best = await self._train_and_register(job, worker, started + self._max_seconds(job))
             except JobFailed as failure:
                 span.set_status(Status(StatusCode.ERROR, failure.reason))
                 await self._fail(job, worker, failure)
                 return
+            except WorkerKilled as killed:
+                span.set_status(Status(StatusCode.ERROR, killed.reason))
+                await self._after_kill(job, worker, killed)
+                return
             span.set_attribute("mlops.model.version", version.version)
             await self._succeed(job, worker, version, best, time.monotonic() - started)
 
-    async def _train_and_register(self, job: Job, worker: str) -> tuple[pb.ModelVersion, TrainOutcome]:
+    def _max_seconds(self, job: Job) -> int:
+        training = job.spec.spec.spec.training
+        return training.max_seconds if training.HasField("max_seconds") else self.settings.default_max_seconds
+
+    async def _after_kill(self, job: Job, worker: str, killed: WorkerKilled) -> None:
+        """Retry a job whose worker died (its process is replaced already), up to `job_max_attempts`.
+
+        A job that kills its worker every time (a network or data set too large for the memory
+        the OOM killer allows) is failed then, naming the signal, instead of being retried forever.
+        """
+        kills = job.worker_kills + 1
+        if job.attempts >= self.settings.job_max_attempts:
+            times = f"{kills} times" + (f" in {job.attempts} attempts" if kills != job.attempts else "")
+            await self._fail(
+                job,
+                worker,
+                JobFailed(
+                    STAGE.TRAINING_STAGE_TRAIN,
+                    f"{killed.reason} {times}; out of memory? ask for less (smaller hidden_layers or "
+                    "batch_size, fewer rows) or give the trainer more memory",
+                    "WorkerKilled",
+                ),
+            )
+            return
+        log.warning(
+            "job %s: %s on attempt %d of %d; it goes back to the queue",
+            job.job_id,
+            killed.reason,
+            job.attempts,
+            self.settings.job_max_attempts,
+        )
+        await self.jobs.retry(job.job_id, worker, killed.reason)
+
+    async def _train_and_register(
+        self, job: Job, worker: str, deadline: float
+    ) -> tuple[pb.ModelVersion, TrainOutcome]:
         spec = job.spec.spec.spec
         base = TrainingParams.from_spec(spec.training)
         search = spec.training.search if spec.training.HasField("search") else None
-        hardware = await self.hardware()
+        slot = self._slots[worker]
+        hardware = await self.hardware(slot)
         try:
             trials = sample_trials(search, base) if search is not None else [base]
         except MlopsError as error:
             raise JobFailed(STAGE.TRAINING_STAGE_RESOLVE, error.message, type(error).__name__) from error
-        await self._create_run(job, job.job_id, base, hardware)
+        await self.runs.create(job, job.job_id, base, hardware)
         if not job.announced:
             async with self.database.transaction() as tx:
                 if await self.jobs.mark_announced(tx, job.job_id, worker):
-                    await self.outbox.add(tx, self._started(job, base, hardware))
+                    await self.outbox.add(tx, RunBook.started_event(job, base, hardware))
 
         with tempfile.TemporaryDirectory(prefix="mlops-trainer-") as tmp:
             data_path = Path(tmp) / f"data.{job.dataset_format or 'csv'}"
@@ -366,7 +282,7 @@ class TrainerCore:
                 try:
                     await self.store.get_file(job.dataset_uri, data_path, job.dataset_sha256)
                 except (IntegrityError, NotFound) as error:
-                    await self._finish_run(
+                    await self.runs.finish(
                         job.job_id, failure=(STAGE.TRAINING_STAGE_LOAD_DATA, error.message)
                     )
                     raise JobFailed(
@@ -379,9 +295,15 @@ class TrainerCore:
             for index, params in enumerate(trials):
                 run_id = job.job_id if search is None else trial_run_id(job.job_id, index)
                 if search is not None:
-                    await self._create_run(job, run_id, params, hardware, parent_run_id=job.job_id)
+                    await self.runs.create(job, run_id, params, hardware, parent_run_id=job.job_id)
                 outcome = await self._train_one(
-                    job, run_id, params, data_path, trial=index if search else None
+                    job,
+                    run_id,
+                    params,
+                    data_path,
+                    trial=index if search else None,
+                    slot=slot,
+                    deadline=deadline,
                 )
                 if not outcome.ok:
                     first_failure = first_failure or outcome
@@ -398,46 +320,38 @@ class TrainerCore:
                 first_failure.error_type,
             )
             if search is not None:
-                await self._finish_run(
+                await self.runs.finish(
                     job.job_id, failure=(failure.stage, f"every trial failed: {failure.reason}")
                 )
             raise failure
 
         for run_id, outcome in finished:  # trials that lost: done, without a model
             if run_id != best_run:
-                await self._finish_run(run_id, metrics=outcome.metrics, outcome=outcome)
-        version = await self._register(job, best_run, best)
-        await self._finish_run(best_run, metrics=best.metrics, model_version=version.version, outcome=best)
+                await self.runs.finish(run_id, metrics=outcome.metrics, outcome=outcome)
+        version = await self.runs.register(job, best_run, best)
+        await self.runs.finish(best_run, metrics=best.metrics, model_version=version.version, outcome=best)
         if search is not None:
-            await self._finish_run(
+            await self.runs.finish(
                 job.job_id, metrics=best.metrics, model_version=version.version, outcome=best
             )
         return version, best
 
-    async def _create_run(
-        self, job: Job, run_id: str, params: TrainingParams, hardware: pb.Hardware, parent_run_id: str = ""
-    ) -> None:
-        await self.registry.call(
-            "CreateRun",
-            pb.CreateRunRequest(
-                run_id=run_id,
-                model=job.model,
-                spec_version=job.spec_version,
-                dataset=job.dataset,
-                dataset_version=job.dataset_version,
-                dataset_sha256=job.dataset_sha256,
-                params=params.as_strings(),
-                trigger=job.trigger,
-                trigger_event_id=job.trigger_event_id,
-                hardware=hardware,
-                parent_run_id=parent_run_id,
-            ),
-        )
-
     async def _train_one(
-        self, job: Job, run_id: str, params: TrainingParams, data_path: Path, *, trial: int | None
+        self,
+        job: Job,
+        run_id: str,
+        params: TrainingParams,
+        data_path: Path,
+        *,
+        trial: int | None,
+        slot: TrainingSlot,
+        deadline: float,
     ) -> TrainOutcome:
-        """One run in the pool; its epochs become metrics in the registry and spans in this trace."""
+        """One run in the worker; its epochs become metrics in the registry and spans in this trace.
+
+        The run is stopped (its process killed and replaced) at the job's deadline; a worker that
+        dies under it raises WorkerKilled.
+        """
         spec = job.spec.spec.spec
         request = TrainRequest(
             model=job.model,
@@ -449,13 +363,29 @@ class TrainerCore:
             data_format=job.dataset_format,
             params=params,
             device=self.settings.device,
+            max_parameters=self.settings.max_parameters,
         )
         name = "fit" if trial is None else f"fit trial {trial}"
         with tracer.start_as_current_span(
             name, attributes={"mlops.model.name": job.model, "mlops.run.id": run_id}
         ) as span:
-            loop = asyncio.get_running_loop()
-            outcome: TrainOutcome = await loop.run_in_executor(self.pool, train, request)
+            self._running[job.job_id] = slot
+            try:
+                outcome: TrainOutcome = await slot.run(
+                    train, request, timeout_s=max(deadline - time.monotonic(), 0.001)
+                )
+            except RunTimedOut:
+                limit = self._max_seconds(job)
+                reason = (
+                    f"training stopped at its time limit, spec.training.max_seconds = {limit} s; "
+                    "raise it, or ask for less (fewer epochs or trials, smaller hidden_layers)"
+                )
+                span.set_status(Status(StatusCode.ERROR, reason))
+                if trial is not None:
+                    await self.runs.finish(run_id, failure=(STAGE.TRAINING_STAGE_TRAIN, reason))
+                raise JobFailed(STAGE.TRAINING_STAGE_TRAIN, reason, "TrainingTimeout") from None
+            finally:
+                self._running.pop(job.job_id, None)
             RUN_SECONDS.observe(outcome.seconds)
             span.set_attributes(
                 {"mlops.trainer.device": outcome.device, "mlops.trainer.epochs": outcome.epochs_run}
@@ -471,119 +401,14 @@ class TrainerCore:
                 )
                 epoch_span.end(end_time=record.end_ns)
             if outcome.history:
-                await self.registry.call(
-                    "LogRunMetrics",
-                    pb.LogRunMetricsRequest(
-                        run_id=run_id,
-                        epochs=[
-                            pb.EpochMetrics(epoch=r.epoch, metrics=r.metrics, logged_at=_stamp_ns(r.end_ns))
-                            for r in outcome.history
-                        ],
-                    ),
-                )
+                await self.runs.log_epochs(run_id, outcome.history)
             if not outcome.ok:
                 span.set_status(Status(StatusCode.ERROR, outcome.reason))
                 stage = STAGE.Value(f"TRAINING_STAGE_{outcome.stage}")
-                await self._finish_run(run_id, failure=(stage, outcome.reason))
+                await self.runs.finish(run_id, failure=(stage, outcome.reason))
         return outcome
 
-    async def _finish_run(
-        self,
-        run_id: str,
-        *,
-        failure: tuple[int, str] | None = None,
-        metrics: dict[str, float] | None = None,
-        model_version: int = 0,
-        outcome: TrainOutcome | None = None,
-    ) -> None:
-        request = pb.FinishRunRequest(run_id=run_id)
-        if failure is not None:
-            request.status = pb.RUN_STATUS_FAILED
-            request.failed_stage, request.error = failure
-        else:
-            request.status = pb.RUN_STATUS_SUCCEEDED
-            request.metrics.update(metrics or {})
-            if outcome is not None:
-                request.metrics.update(_parity_metrics(outcome))
-            request.model_version = model_version
-        await self.registry.call("FinishRun", request)
-
-    async def _register(self, job: Job, run_id: str, outcome: TrainOutcome) -> pb.ModelVersion:
-        spec = job.spec.spec.spec
-        namespace = f"models/{job.model}"
-        with tracer.start_as_current_span("upload model", attributes={"mlops.model.name": job.model}):
-            try:
-                model_ref = await self.store.put_bytes(namespace, "model.onnx", outcome.onnx)
-                profile_ref = await self.store.put_bytes(
-                    namespace, "profile.json", outcome.profile_json.encode()
-                )
-            except MlopsError as error:
-                raise JobFailed(
-                    STAGE.TRAINING_STAGE_UPLOAD, error.message, type(error).__name__, retryable=True
-                ) from error
-        signature = pb.ModelSignature(
-            inputs=[pb.TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outcome.inputs],
-            outputs=[pb.TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outcome.outputs],
-            feature_names=outcome.feature_names,
-            class_labels=outcome.class_labels,
-            task=spec.task,
-            onnx_opset=outcome.onnx_opset,
-            categories={name: pb.Vocabulary(values=values) for name, values in outcome.categories.items()},
-        )
-        with tracer.start_as_current_span(
-            "register model", attributes={"mlops.model.name": job.model}
-        ) as span:
-            try:
-                response = await self.registry.call(
-                    "RegisterModelVersion",
-                    pb.RegisterModelVersionRequest(
-                        model=job.model,
-                        run_id=run_id,
-                        spec_version=job.spec_version,
-                        dataset=job.dataset,
-                        dataset_version=job.dataset_version,
-                        dataset_sha256=job.dataset_sha256,
-                        artifact_uri=model_ref.uri,
-                        artifact_sha256=model_ref.sha256,
-                        artifact_size_bytes=model_ref.size,
-                        profile_uri=profile_ref.uri,
-                        profile_sha256=profile_ref.sha256,
-                        signature=signature,
-                        metrics={**outcome.metrics, **_parity_metrics(outcome)},
-                        tags={
-                            "trainer.device": outcome.device,
-                            "trainer.epochs": str(outcome.epochs_run),
-                            # The trace this version was made in: `mlops trace NAME@VERSION` draws it.
-                            TRACE_TAG: format(span.get_span_context().trace_id, "032x"),
-                        },
-                    ),
-                )
-            except MlopsError as error:
-                if is_outage(error):
-                    raise
-                raise JobFailed(STAGE.TRAINING_STAGE_REGISTER, error.message, type(error).__name__) from error
-            span.set_attribute("mlops.model.version", response.model_version.version)
-        return response.model_version
-
     # --- Endings -------------------------------------------------------------------------------
-
-    def _started(
-        self, job: Job, params: TrainingParams, hardware: pb.Hardware
-    ) -> training_pb2.TrainingStarted:
-        where = hardware.device + (f":{hardware.accelerator}" if hardware.accelerator else "")
-        return training_pb2.TrainingStarted(
-            model=job.model,
-            spec_version=job.spec_version,
-            dataset=job.dataset,
-            dataset_version=job.dataset_version,
-            dataset_sha256=job.dataset_sha256,
-            run_id=job.job_id,
-            trigger=job.trigger,
-            trigger_event_id=job.trigger_event_id,
-            params=params.as_strings(),
-            hardware=where,
-            started_at=_now(),
-        )
 
     async def _succeed(
         self, job: Job, worker: str, version: pb.ModelVersion, outcome: TrainOutcome, seconds: float
@@ -609,7 +434,7 @@ class TrainerCore:
             task=job.spec.spec.spec.task,
             feature_names=outcome.feature_names,
             class_labels=outcome.class_labels,
-            trained_at=_now(),
+            trained_at=now(),
         )
         event.training_duration.FromNanoseconds(int(seconds * 1e9))
         async with self.database.transaction() as tx:
@@ -637,10 +462,10 @@ class TrainerCore:
             reason=failure.reason,
             error_type=failure.error_type,
             retryable=failure.retryable,
-            failed_at=_now(),
+            failed_at=now(),
         )
         with contextlib.suppress(MlopsError):
-            await self._finish_run(job.job_id, failure=(failure.stage, failure.reason))
+            await self.runs.finish(job.job_id, failure=(failure.stage, failure.reason))
         async with self.database.transaction() as tx:
             if await self.jobs.finish(
                 tx, job.job_id, worker, failed_stage=failure.stage, error=failure.reason
@@ -655,7 +480,3 @@ class TrainerCore:
                     STAGE.Name(failure.stage),
                     failure.reason,
                 )
-
-
-def _parity_metrics(outcome: TrainOutcome) -> dict[str, float]:
-    return {"parity_max_abs_diff": outcome.parity_max_abs_diff, "parity_tolerance": outcome.parity_tolerance}

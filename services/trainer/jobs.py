@@ -53,6 +53,7 @@ class Job:
     trace_context: dict[str, str]
     attempts: int
     announced: bool
+    worker_kills: int = 0
 
     @classmethod
     def from_row(cls, row) -> Job:
@@ -71,12 +72,13 @@ class Job:
             trace_context=json.loads(row.trace_context or "{}"),
             attempts=row.attempts,
             announced=row.announced,
+            worker_kills=row.worker_kills,
         )
 
 
 _COLUMNS = (
     "job_id, model, spec_version, dataset, dataset_version, dataset_sha256, dataset_uri, dataset_format, "
-    "spec, trigger, trigger_event_id, trace_context, attempts, announced"
+    "spec, trigger, trigger_event_id, trace_context, attempts, announced, worker_kills"
 )
 
 
@@ -180,6 +182,19 @@ class JobQueue:
                 params={"id": job_id, "w": worker, "pending": PENDING, "running": RUNNING},
             )
 
+    async def retry(self, job_id: str, worker: str, reason: str) -> bool:
+        """Give back a job whose worker process was killed: pending again, and the attempt counts."""
+        async with self.database.transaction() as tx:
+            result = await tx.exec(
+                q(
+                    "UPDATE {s}.training_jobs SET status = :pending, lease_until = NULL, worker = '', "
+                    "worker_kills = worker_kills + 1, error = :reason, updated_at = now() "
+                    "WHERE job_id = :id AND worker = :w AND status = :running"
+                ),
+                params={"id": job_id, "w": worker, "reason": reason, "pending": PENDING, "running": RUNNING},
+            )
+            return result.rowcount == 1
+
     async def mark_announced(self, session: AsyncSession, job_id: str, worker: str) -> bool:
         result = await session.exec(
             q(
@@ -224,7 +239,7 @@ class JobQueue:
             row = (
                 await session.exec(
                     q(
-                        "SELECT status, attempts, model_version, failed_stage, error FROM {s}.training_jobs "
+                        "SELECT status, attempts, worker_kills, model_version, failed_stage, error FROM {s}.training_jobs "
                         "WHERE job_id = :id"
                     ),
                     params={"id": job_id},

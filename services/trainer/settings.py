@@ -31,3 +31,8 @@ class TrainerSettings(RegistryPeerSettings):
     """How often an idle worker looks for pending jobs."""
     job_max_attempts: int = Field(3, ge=1)
     """Claims of one job before it is failed for good (the worker died each time)."""
+    default_max_seconds: int = Field(1800, ge=1)
+    """Wall time of one job when its spec names no `training.max_seconds` (specs applied before it existed)."""
+    max_parameters: int = Field(20_000_000, ge=1)
+    """Largest network a job may build, counted once the data set's features and classes are known.
+    Mirrors the registry's `MAX_PARAMETERS` (a service does not import another service)."""

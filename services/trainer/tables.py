@@ -46,6 +46,8 @@ class TrainingJobRow(SQLModel, table=True):
     """JSON of the W3C trace headers of the event that queued the job: its work continues that trace."""
     status: str = Field(default=PENDING)
     attempts: int = Field(default=0)
+    worker_kills: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Attempts whose worker process died mid-run (the OOM killer, a crash): retried, up to a bound."""
     announced: bool = Field(default=False)
     """Whether TrainingStarted went out (once per job, however often it is retried)."""
     worker: str = Field(default="")

@@ -8,10 +8,14 @@ never see these events. The registry is the one the local stack runs (`MLOPS_REG
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -31,7 +35,7 @@ from mlops.store import open_store
 from services.trainer.__main__ import MIGRATIONS, stop_pool, training_pool
 from services.trainer.core import RegistryClient, TrainerCore
 from services.trainer.handlers import TrainerHandlers
-from services.trainer.jobs import JobQueue
+from services.trainer.jobs import JobQueue, job_key
 from services.trainer.settings import TrainerSettings
 from services.trainer.tables import SCHEMA
 from services.trainer.training import (
@@ -97,6 +101,15 @@ def trainer_bus() -> BusSettings:
     )
 
 
+@dataclass
+class InProcessTrainer:
+    publisher: EventPublisher
+    core: TrainerCore
+
+    async def publish(self, *args, **kwargs):
+        return await self.publisher.publish(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 async def trainer(database, kafka, trainer_bus, registry, artifact_settings, telemetry):
     """The trainer's consumer, relay and two workers, wired as its composition root wires them."""
@@ -131,7 +144,7 @@ async def trainer(database, kafka, trainer_bus, registry, artifact_settings, tel
     await consumer.start()
     await consumer.wait_assigned()
     tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(relay.run()), *core.start_workers()]
-    yield publisher
+    yield InProcessTrainer(publisher, core)
     await consumer.stop()
     await core.stop()
     await stop_pool(pool)
@@ -465,3 +478,149 @@ async def test_a_job_whose_worker_died_is_claimed_again_and_finished_once(
     assert event.run_id == job_id and event.version == 1
     status = await queue.status(job_id)
     assert status["status"] == "succeeded" and status["attempts"] == 2 and status["model_version"] == 1
+
+
+async def _apply(registry, artifact_settings, tmp_path, name: str, frame, **training) -> tuple[str, str, str]:
+    """A data set and a model spec on it (training settings changed as given); returns (model, uri, sha)."""
+    uri, sha = await upload(artifact_settings, name, frame, tmp_path)
+    spec = spec_for(name, name)
+    for field, value in training.items():
+        if field == "hidden_layers":
+            del spec.spec.training.hidden_layers[:]
+            spec.spec.training.hidden_layers.extend(value)
+        else:
+            setattr(spec.spec.training, field, value)
+    await registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
+    return name, uri, sha
+
+
+async def _kill_worker_of(trainer, job_id: str, spared: set[int]) -> int:
+    """SIGKILL the worker process running `job_id` (the OOM killer's way), once it runs it."""
+    pids = await eventually(
+        lambda: [p for p in trainer.core.worker_pids(job_id) if p not in spared],
+        timeout_s=60,
+        interval_s=0.02,
+        what=f"job {job_id} running in a worker process",
+    )
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
+
+
+async def _trains_fine(trainer, registry, events, artifact_settings, tmp_path, name: str) -> None:
+    trained_reader, _ = events
+    model, uri, sha = await _apply(
+        registry, artifact_settings, tmp_path, name, load_wine(as_frame=True).frame
+    )
+    await trainer.publish(commit(model, uri, sha))
+    event, _ = await wait_trained(trained_reader, model)
+    assert event.version == 1
+
+
+async def test_a_worker_killed_mid_training_is_retried_and_later_jobs_train(
+    trainer, registry, events, artifact_settings, database, tmp_path, unique
+):
+    """The OOM killer's SIGKILL on a busy worker: the job is retried once, registers one version."""
+    trained_reader, _ = events
+    # Long enough to be killed mid-run: no early stopping, many epochs.
+    model, uri, sha = await _apply(
+        registry,
+        artifact_settings,
+        tmp_path,
+        f"killed-{unique}",
+        load_wine(as_frame=True).frame,
+        epochs=1500,
+        early_stopping_patience=0,
+    )
+    job_id = job_key(model=model, spec_version=1, dataset=model, dataset_sha256=sha)
+    await trainer.publish(commit(model, uri, sha))
+    await _kill_worker_of(trainer, job_id, spared=set())
+
+    event, _ = await wait_trained(trained_reader, model, timeout_s=180)
+    assert event.run_id == job_id and event.version == 1 and event.epochs_run == 1500
+    listed = await registry.ListModelVersions(pb.ListModelVersionsRequest(model=model))
+    assert [v.version for v in listed.model_versions] == [1]
+    status = await JobQueue(database, lane=PREFIX).status(job_id)
+    assert status["status"] == "succeeded" and status["attempts"] == 2 and status["worker_kills"] == 1
+
+    await _trains_fine(trainer, registry, events, artifact_settings, tmp_path, f"after-kill-{unique}")
+
+
+async def test_a_job_whose_worker_is_killed_every_time_fails_naming_the_signal(
+    trainer, registry, events, artifact_settings, database, tmp_path, unique
+):
+    _, failed_reader = events
+    model, uri, sha = await _apply(
+        registry,
+        artifact_settings,
+        tmp_path,
+        f"oom-{unique}",
+        load_wine(as_frame=True).frame,
+        epochs=1500,
+        early_stopping_patience=0,
+    )
+    job_id = job_key(model=model, spec_version=1, dataset=model, dataset_sha256=sha)
+    await trainer.publish(commit(model, uri, sha))
+    killed: set[int] = set()
+    for _ in range(trainer.core.settings.job_max_attempts):
+        killed.add(await _kill_worker_of(trainer, job_id, spared=killed))
+
+    record = await read_until(
+        failed_reader, lambda r: training_pb2.TrainingFailed.FromString(r.value).model == model, timeout_s=60
+    )
+    failed = training_pb2.TrainingFailed.FromString(record.value)
+    assert failed.stage == training_pb2.TRAINING_STAGE_TRAIN and failed.error_type == "WorkerKilled"
+    assert "worker killed by signal 9 (SIGKILL) 3 times" in failed.reason, failed.reason
+    status = await JobQueue(database, lane=PREFIX).status(job_id)
+    assert status["status"] == "failed" and status["attempts"] == 3 and status["worker_kills"] == 3
+    listed = await registry.ListModelVersions(pb.ListModelVersionsRequest(model=model))
+    assert not listed.model_versions
+
+
+async def test_a_job_past_max_seconds_is_stopped_and_fails_naming_the_limit(
+    trainer, registry, events, artifact_settings, database, tmp_path, unique
+):
+    _, failed_reader = events
+    model, uri, sha = await _apply(
+        registry,
+        artifact_settings,
+        tmp_path,
+        f"slow-{unique}",
+        load_wine(as_frame=True).frame,
+        epochs=10_000,
+        early_stopping_patience=0,
+        max_seconds=1,
+    )
+    await trainer.publish(commit(model, uri, sha))
+    record = await read_until(
+        failed_reader, lambda r: training_pb2.TrainingFailed.FromString(r.value).model == model, timeout_s=90
+    )
+    failed = training_pb2.TrainingFailed.FromString(record.value)
+    assert failed.stage == training_pb2.TRAINING_STAGE_TRAIN and failed.error_type == "TrainingTimeout"
+    assert "spec.training.max_seconds = 1 s" in failed.reason, failed.reason
+    run = await registry.GetRun(pb.GetRunRequest(run_id=failed.run_id))
+    assert run.status == pb.RUN_STATUS_FAILED
+    # The stopped worker was replaced: the next job trains.
+    await _trains_fine(trainer, registry, events, artifact_settings, tmp_path, f"after-slow-{unique}")
+
+
+async def test_a_network_too_large_for_the_data_set_fails_before_training(
+    trainer, registry, events, artifact_settings, tmp_path, unique
+):
+    """[4096, 4096] passes `mlops apply`; 3,000 categories of a text column make it too large to train."""
+    _, failed_reader = events
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(rng.normal(size=(3000, 4)), columns=["a", "b", "c", "d"])
+    frame["code"] = [f"c{i}" for i in range(3000)]
+    frame["target"] = (frame["a"] > 0).astype(int)
+    model, uri, sha = await _apply(
+        registry, artifact_settings, tmp_path, f"huge-{unique}", frame, hidden_layers=[4096, 4096]
+    )
+    await trainer.publish(commit(model, uri, sha))
+    record = await read_until(
+        failed_reader, lambda r: training_pb2.TrainingFailed.FromString(r.value).model == model, timeout_s=90
+    )
+    failed = training_pb2.TrainingFailed.FromString(record.value)
+    assert failed.stage == training_pb2.TRAINING_STAGE_VALIDATE_DATA
+    assert failed.error_type == "TooManyParameters" and "at most 20,000,000" in failed.reason, failed.reason
+    listed = await registry.ListModelVersions(pb.ListModelVersionsRequest(model=model))
+    assert not listed.model_versions

@@ -7,9 +7,17 @@ import pandas as pd
 import pytest
 
 from mlops.profile import ReferenceProfile
-from services.trainer.training import TrainingParams, TrainRequest, cpu_session, init_worker, train
+from services.trainer.training import (
+    TrainingParams,
+    TrainRequest,
+    cpu_session,
+    init_worker,
+    parameter_count,
+    train,
+)
 
 PARAMS = TrainingParams(hidden_layers=(16,), epochs=15, learning_rate=0.01, batch_size=32, seed=5)
+PARAMS_WIDE = TrainingParams(hidden_layers=(64, 32), epochs=2, learning_rate=0.01, batch_size=32, seed=5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,3 +104,21 @@ def test_parity_beyond_tolerance_fails_the_run_at_the_parity_check(tmp_path, mon
     outcome = train(_request(_classification_csv(tmp_path)))
     assert not outcome.ok and outcome.stage == "PARITY_CHECK"
     assert "onnx parity: max abs diff 0.02 > tolerance 0.0001" in outcome.reason
+
+
+def test_parameter_count_matches_the_network_built():
+    from services.trainer.model import FeatureStats, Network
+
+    stats = FeatureStats.fit(np.zeros((4, 3), dtype=np.float32), [2], [5])  # 2 numeric + 5 categories
+    network = Network(stats, [16, 8], 3, 0.0)
+    assert parameter_count(stats.width, [16, 8], 3) == sum(p.numel() for p in network.parameters())
+
+
+def test_a_network_too_large_for_the_data_fails_validation_naming_the_bound(tmp_path):
+    # 5 inputs after encoding (a, b, 3 colours) → 64 → 32 → 3 classes: 2,563 parameters.
+    outcome = train(_request(_classification_csv(tmp_path), max_parameters=2_000, params=PARAMS_WIDE))
+    assert not outcome.ok and outcome.stage == "VALIDATE_DATA" and outcome.error_type == "TooManyParameters"
+    assert "would have 2,563 parameters (5 inputs after encoding" in outcome.reason
+    assert "at most 2,000" in outcome.reason and "spec.training.hidden_layers [64, 32]" in outcome.reason
+    assert not outcome.history, "nothing was trained"
+    assert train(_request(_classification_csv(tmp_path), max_parameters=2_563, params=PARAMS_WIDE)).ok

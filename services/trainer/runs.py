@@ -1,0 +1,210 @@
+"""The registry's side of a training job: its runs, its model version, the events that announce it.
+
+The core decides what happens to a job; this module says it to the registry (runs with params,
+metrics and endings; the uploaded, registered version) in the shape the registry wants.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
+
+from mlops.errors import MlopsError
+from mlops.events.v1 import training_pb2
+from mlops.grpc import raise_typed
+from mlops.jaeger import TRACE_TAG
+from mlops.outages import is_outage
+from mlops.registry.v1 import registry_pb2 as pb
+from mlops.store import ArtifactStore
+from services.trainer.jobs import Job
+from services.trainer.training import EpochRecord, TrainingParams, TrainOutcome
+
+tracer = trace.get_tracer("mlops.trainer")
+STAGE = training_pb2.TrainingStage
+
+
+def now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def stamp_ns(ns: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(ns)
+    return stamp
+
+
+class JobFailed(Exception):
+    """A job ends without a model: the stage, the reason a user can act on, and whether a retry may help."""
+
+    def __init__(self, stage: int, reason: str, error_type: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+        self.error_type = error_type
+        self.retryable = retryable
+
+
+class RegistryClient:
+    """The registry calls the trainer makes, with a deadline and typed errors."""
+
+    def __init__(self, stub, timeout_s: float) -> None:
+        self.stub = stub
+        self.timeout_s = timeout_s
+
+    async def call(self, method: str, request):
+        with raise_typed():
+            return await getattr(self.stub, method)(request, timeout=self.timeout_s)
+
+    async def specs_for_dataset(self, dataset: str) -> list[pb.ModelSpecVersion]:
+        specs, token = [], ""
+        while True:
+            page = await self.call(
+                "ListModelSpecs", pb.ListModelSpecsRequest(dataset=dataset, page_size=500, page_token=token)
+            )
+            specs.extend(page.specs)
+            token = page.next_page_token
+            if not token:
+                return specs
+
+
+class RunBook:
+    """Runs and model versions of training jobs, in the registry (and the artifact store)."""
+
+    def __init__(self, registry: RegistryClient, store: ArtifactStore) -> None:
+        self.registry = registry
+        self.store = store
+
+    async def create(
+        self, job: Job, run_id: str, params: TrainingParams, hardware: pb.Hardware, parent_run_id: str = ""
+    ) -> None:
+        await self.registry.call(
+            "CreateRun",
+            pb.CreateRunRequest(
+                run_id=run_id,
+                model=job.model,
+                spec_version=job.spec_version,
+                dataset=job.dataset,
+                dataset_version=job.dataset_version,
+                dataset_sha256=job.dataset_sha256,
+                params=params.as_strings(),
+                trigger=job.trigger,
+                trigger_event_id=job.trigger_event_id,
+                hardware=hardware,
+                parent_run_id=parent_run_id,
+            ),
+        )
+
+    async def log_epochs(self, run_id: str, history: list[EpochRecord]) -> None:
+        await self.registry.call(
+            "LogRunMetrics",
+            pb.LogRunMetricsRequest(
+                run_id=run_id,
+                epochs=[
+                    pb.EpochMetrics(epoch=r.epoch, metrics=r.metrics, logged_at=stamp_ns(r.end_ns))
+                    for r in history
+                ],
+            ),
+        )
+
+    async def finish(
+        self,
+        run_id: str,
+        *,
+        failure: tuple[int, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        model_version: int = 0,
+        outcome: TrainOutcome | None = None,
+    ) -> None:
+        request = pb.FinishRunRequest(run_id=run_id)
+        if failure is not None:
+            request.status = pb.RUN_STATUS_FAILED
+            request.failed_stage, request.error = failure
+        else:
+            request.status = pb.RUN_STATUS_SUCCEEDED
+            request.metrics.update(metrics or {})
+            if outcome is not None:
+                request.metrics.update(parity_metrics(outcome))
+            request.model_version = model_version
+        await self.registry.call("FinishRun", request)
+
+    async def register(self, job: Job, run_id: str, outcome: TrainOutcome) -> pb.ModelVersion:
+        spec = job.spec.spec.spec
+        namespace = f"models/{job.model}"
+        with tracer.start_as_current_span("upload model", attributes={"mlops.model.name": job.model}):
+            try:
+                model_ref = await self.store.put_bytes(namespace, "model.onnx", outcome.onnx)
+                profile_ref = await self.store.put_bytes(
+                    namespace, "profile.json", outcome.profile_json.encode()
+                )
+            except MlopsError as error:
+                raise JobFailed(
+                    STAGE.TRAINING_STAGE_UPLOAD, error.message, type(error).__name__, retryable=True
+                ) from error
+        signature = pb.ModelSignature(
+            inputs=[pb.TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outcome.inputs],
+            outputs=[pb.TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outcome.outputs],
+            feature_names=outcome.feature_names,
+            class_labels=outcome.class_labels,
+            task=spec.task,
+            onnx_opset=outcome.onnx_opset,
+            categories={name: pb.Vocabulary(values=values) for name, values in outcome.categories.items()},
+        )
+        with tracer.start_as_current_span(
+            "register model", attributes={"mlops.model.name": job.model}
+        ) as span:
+            try:
+                response = await self.registry.call(
+                    "RegisterModelVersion",
+                    pb.RegisterModelVersionRequest(
+                        model=job.model,
+                        run_id=run_id,
+                        spec_version=job.spec_version,
+                        dataset=job.dataset,
+                        dataset_version=job.dataset_version,
+                        dataset_sha256=job.dataset_sha256,
+                        artifact_uri=model_ref.uri,
+                        artifact_sha256=model_ref.sha256,
+                        artifact_size_bytes=model_ref.size,
+                        profile_uri=profile_ref.uri,
+                        profile_sha256=profile_ref.sha256,
+                        signature=signature,
+                        metrics={**outcome.metrics, **parity_metrics(outcome)},
+                        tags={
+                            "trainer.device": outcome.device,
+                            "trainer.epochs": str(outcome.epochs_run),
+                            # The trace this version was made in: `mlops trace NAME@VERSION` draws it.
+                            TRACE_TAG: format(span.get_span_context().trace_id, "032x"),
+                        },
+                    ),
+                )
+            except MlopsError as error:
+                if is_outage(error):
+                    raise
+                raise JobFailed(STAGE.TRAINING_STAGE_REGISTER, error.message, type(error).__name__) from error
+            span.set_attribute("mlops.model.version", response.model_version.version)
+        return response.model_version
+
+    @staticmethod
+    def started_event(
+        job: Job, params: TrainingParams, hardware: pb.Hardware
+    ) -> training_pb2.TrainingStarted:
+        where = hardware.device + (f":{hardware.accelerator}" if hardware.accelerator else "")
+        return training_pb2.TrainingStarted(
+            model=job.model,
+            spec_version=job.spec_version,
+            dataset=job.dataset,
+            dataset_version=job.dataset_version,
+            dataset_sha256=job.dataset_sha256,
+            run_id=job.job_id,
+            trigger=job.trigger,
+            trigger_event_id=job.trigger_event_id,
+            params=params.as_strings(),
+            hardware=where,
+            started_at=now(),
+        )
+
+
+def parity_metrics(outcome: TrainOutcome) -> dict[str, float]:
+    return {"parity_max_abs_diff": outcome.parity_max_abs_diff, "parity_tolerance": outcome.parity_tolerance}
