@@ -23,6 +23,10 @@ from mlops.settings import BusSettings, KafkaSettings
 _deliveries: ContextVar[list[asyncio.Future] | None] = ContextVar("mlops_bus_deliveries", default=None)
 
 
+_MAX_CACHED_TOPICS = 1024
+"""Metric children kept per publisher; topics past that are looked up each time (outbox rows name any)."""
+
+
 @contextmanager
 def deferred_deliveries() -> Iterator[list[asyncio.Future]]:
     pending: list[asyncio.Future] = []
@@ -98,7 +102,9 @@ class EventPublisher:
             )
             counter = self._published.get(topic)
             if counter is None:
-                counter = self._published[topic] = metrics.PUBLISHED.labels(topic)
+                counter = metrics.PUBLISHED.labels(topic)
+                if len(self._published) < _MAX_CACHED_TOPICS:
+                    self._published[topic] = counter
             counter.inc()
             pending = _deliveries.get()
             if pending is not None:
