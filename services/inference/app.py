@@ -64,6 +64,7 @@ class InferenceApp:
                 batch_records=settings.log_batch_records,
                 flush_interval_ms=settings.log_flush_interval_ms,
                 queue_size=settings.log_queue_size,
+                max_message_bytes=settings.log_max_message_bytes,
                 publish_timeout_s=settings.log_publish_timeout_s,
             )
         self.registry_channel = (
@@ -87,8 +88,13 @@ class InferenceApp:
             prediction_log=self.logger,
             retry_s=settings.desired_state_retry_s,
             inline_below_us=settings.inline_run_us,
+            max_queued_requests=settings.max_queued_requests,
+            max_shadow_calls=settings.max_shadow_calls,
             **core_options,
         )
+        self.core.readiness_listener = self._readiness_changed
+        self._health_changed = asyncio.Event()
+        self._readiness_task: asyncio.Task | None = None
         self.servicer = InferenceServicer(
             self.core,
             Limits(max_rows=settings.max_request_rows, max_bytes=settings.max_request_bytes),
@@ -119,11 +125,34 @@ class InferenceApp:
             self.tasks.append(asyncio.create_task(self.logger.run(), name="inference log"))
         await self.reader.wait_caught_up(ready_timeout_s)
         self.servicer.ready = True
-        await self.server.set_serving()
-        log.info("inference ready: gRPC on %s:%d", self.settings.grpc_host, self.port)
+        await self.server.set_serving(self.core.ready)
+        self._readiness_task = asyncio.create_task(self._follow_readiness(), name="readiness")
+        self.tasks.append(self._readiness_task)
+        if self.core.ready:
+            log.info("inference ready: gRPC on %s:%d", self.settings.grpc_host, self.port)
+        else:
+            log.warning(
+                "inference listening on %s:%d but not ready: %s",
+                self.settings.grpc_host,
+                self.port,
+                self.core.not_ready(),
+            )
         return self.port
 
+    def _readiness_changed(self, ready: bool) -> None:
+        self._health_changed.set()
+
+    async def _follow_readiness(self) -> None:
+        """gRPC health follows the core's readiness: NOT_SERVING while a model the desired state names
+        answers nothing. One task sets it, always to the latest value, so updates cannot reorder."""
+        while True:
+            await self._health_changed.wait()
+            self._health_changed.clear()
+            await self.server.set_serving(self.core.ready)
+
     async def stop(self) -> None:
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()  # health goes NOT_SERVING with the server's stop
         steps = [
             ("gRPC server", self.server.stop),
             ("desired state reader", self.reader.stop),

@@ -25,6 +25,8 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from mlops.errors import ResourceExhausted
+
 Outputs = dict[str, np.ndarray]
 INLINE_ROWS = 64
 """Largest call that may run on the event loop when batching allows less (a call's cost grows with rows)."""
@@ -43,9 +45,13 @@ class Batcher:
         observe_batch: Callable[[int], None],
         inline_below_us: int = 0,
         estimated_call_s: float | None = None,
+        max_pending: int = 1_000,
+        name: str = "this version",
     ) -> None:
         """`estimated_call_s`: what a call is expected to take (the warm-up's slowest); None times the
-        first calls on the threads before any runs on the loop."""
+        first calls on the threads before any runs on the loop. `max_pending`: requests that may wait
+        (queued for a batch or for a thread) before more are refused with RESOURCE_EXHAUSTED: the
+        thread pool's own queue has no bound, and a caller is better told at once than after a minute."""
         self._run = run
         self._executor = executor
         self.max_batch_size = max_batch_size
@@ -59,6 +65,9 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._closed = False
+        self.max_pending = max_pending
+        self.name = name
+        self._pending = 0
 
     @property
     def enabled(self) -> bool:
@@ -70,21 +79,34 @@ class Batcher:
         count = rows.shape[0]
         inline = self.runs_inline(count)
         at_once = inline and not self._queue and not self.max_wait_s  # no one to join, no wait for others
-        if self._closed or not self.enabled or count >= self.max_batch_size or at_once:
-            if not inline:
-                return loop.run_in_executor(self._executor, self._run_observed, rows)
+        direct = self._closed or not self.enabled or count >= self.max_batch_size or at_once
+        if direct and inline:
             future = loop.create_future()
             try:
                 future.set_result(self._run_observed(rows))
             except Exception as error:
                 future.set_exception(error)
             return future
+        if self._pending >= self.max_pending:
+            raise ResourceExhausted(
+                f"{self.name} has {self._pending} requests waiting, at most {self.max_pending}; "
+                "the server is overloaded, retry later"
+            )
+        self._pending += 1
+        if direct:
+            future = loop.run_in_executor(self._executor, self._run_observed, rows)
+            future.add_done_callback(self._left)
+            return future
         future = loop.create_future()
+        future.add_done_callback(self._left)
         self._queue.append((rows, future))
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="batcher")
         self._arrived.set()
         return future
+
+    def _left(self, _: asyncio.Future) -> None:
+        self._pending -= 1
 
     def close(self) -> None:
         """Stop taking requests; those already queued are still answered."""

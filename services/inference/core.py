@@ -73,6 +73,8 @@ class Serving:
     loaded: LoadedModel
     categories: dict[str, tuple[str, ...]]
     batcher: Batcher
+    metrics: tuple | None = field(default=None, init=False, repr=False)
+    """This version's request counter and latency histogram children, made on its first request."""
     version_text: str = field(init=False)
     feature_index: dict[str, int] = field(init=False)
     label_values: tuple[str, ...] = field(init=False)
@@ -112,6 +114,15 @@ class ModelRoutes:
         if len(self._answering) == 1:
             return self._answering[0]
         return self._answering[bisect.bisect_right(self._bounds, random.random() * self._total)]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a desired state: applied, stale (an older generation) or refused, and why."""
+
+    kind: str
+    reason: str = ""
+    error_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -163,8 +174,12 @@ class InferenceCore:
         read_categories: CategoriesReader = _no_categories,
         retry_s: float = 2.0,
         inline_below_us: int = 0,
+        max_queued_requests: int = 1_000,
+        max_shadow_calls: int = 256,
     ) -> None:
-        """`inline_below_us`: calls of a version that take less than this run on the event loop (`Batcher`)."""
+        """`inline_below_us`: calls of a version that take less than this run on the event loop (`Batcher`).
+        `max_queued_requests`: requests one version may have waiting; `max_shadow_calls`: shadow calls in
+        flight, past which a shadow's copy is shed (counted), never waited for."""
         self.runtime = runtime
         self.read_artifact = read_artifact
         self.executor = executor
@@ -172,12 +187,16 @@ class InferenceCore:
         self.read_categories = read_categories
         self.retry_s = retry_s
         self.inline_below_us = inline_below_us
+        self.max_queued_requests = max_queued_requests
+        self.max_shadow_calls = max_shadow_calls
+        self.readiness_listener: Callable[[bool], None] | None = None
+        """Called with the new readiness whenever it changes (the composition root sets gRPC health)."""
+        self._ready = True
         self._table: dict[str, ModelRoutes] = {}
         self._generations: dict[str, int] = {}
         self._not_ready: dict[str, str] = {}
         """Models named by a desired state that serve nothing yet, and why."""
         self._background: set[asyncio.Task] = set()
-        self._batch_metrics: dict[tuple[str, str], object] = {}
 
     # --- what serves ------------------------------------------------------------------------
 
@@ -188,32 +207,59 @@ class InferenceCore:
     def generation(self, model: str) -> int | None:
         return self._generations.get(model)
 
-    async def apply(self, state: ModelState) -> str:
-        """Serve `state` if its generation is newer: "applied", "stale" or "refused" (the old routes stay)."""
+    @property
+    def ready(self) -> bool:
+        """Able to answer what the desired state asks: every model it names serves a version (an older
+        generation counts: it still answers, and a replica taken out of service for a refused new
+        version would leave callers with none when every replica refuses it)."""
+        return all(model in self._table for model in self._not_ready)
+
+    def not_ready(self) -> dict[str, str]:
+        """Models named by the desired state that answer nothing, and why."""
+        return {model: reason for model, reason in self._not_ready.items() if model not in self._table}
+
+    def _readiness_changed(self) -> None:
+        ready = self.ready
+        if ready != self._ready:
+            self._ready = ready
+            log.info("inference %s", "ready" if ready else f"not ready: {self.not_ready()}")
+            if self.readiness_listener is not None:
+                self.readiness_listener(ready)
+
+    async def apply(self, state: ModelState) -> Outcome:
+        """Serve `state` if its generation is newer: applied, stale or refused (the old routes stay).
+
+        Only an outage of the artifact store is waited out; any other failure to load (a permanent
+        store error, a checksum mismatch, bytes that are no model) refuses this state at once, so that
+        the desired states behind it are not held up."""
         model = state.model
         current = self._generations.get(model)
         if current is not None and state.generation <= current:
             log.info("%s: generation %d ignored, generation %d serves", model, state.generation, current)
-            return "stale"
+            return Outcome("stale")
         if model not in self._table:
             self._not_ready[model] = f"model {model!r} is loading (generation {state.generation})"
+            self._readiness_changed()
         old = self._table.get(model)
         try:
             versions = [await self._serving_for(state, spec, old) for spec in state.versions]
-        except MlopsError as error:
+        except Exception as error:
+            message = error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
             prometheus.LOAD_FAILURES.labels(model, type(error).__name__).inc()
             log.error(
                 "%s: desired state generation %d refused, the previous serving set stays: %s",
                 model,
                 state.generation,
-                error.message,
+                message,
             )
             if model not in self._table:
-                self._not_ready[model] = f"model {model!r} cannot be loaded: {error.message}"
+                self._not_ready[model] = f"model {model!r} cannot be loaded: {message}"
             span = trace.get_current_span()
             span.record_exception(error)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
-            return "refused"
+            span.set_status(trace.Status(trace.StatusCode.ERROR, message))
+            return Outcome(
+                "refused", f"generation {state.generation} refused: {message}", type(error).__name__
+            )
         routes = ModelRoutes(state, versions)
         self._swap(model, routes)
         self._generations[model] = state.generation
@@ -223,6 +269,7 @@ class InferenceCore:
             self._not_ready[model] = f"model {model!r} has no version answering traffic, only shadows"
         else:
             self._not_ready.pop(model, None)
+        self._readiness_changed()
         log.info(
             "%s: generation %d serves %s",
             model,
@@ -230,7 +277,7 @@ class InferenceCore:
             ", ".join(f"v{s.spec.version} {s.spec.role} {s.spec.traffic_percent}%" for s in versions)
             or "nothing",
         )
-        return "applied"
+        return Outcome("applied")
 
     def remove(self, model: str) -> None:
         """A tombstone: the model no longer serves."""
@@ -238,6 +285,8 @@ class InferenceCore:
             self._swap(model, None)
         self._generations.pop(model, None)
         self._not_ready.pop(model, None)
+        prometheus.forget_model(model)
+        self._readiness_changed()
         log.info("%s: no longer served", model)
 
     async def _serving_for(self, state: ModelState, spec: VersionSpec, old: ModelRoutes | None) -> Serving:
@@ -265,6 +314,8 @@ class InferenceCore:
                 observe_batch=self._batch_observer(state.model, str(spec.version)),
                 inline_below_us=self.inline_below_us,
                 estimated_call_s=loaded.call_s,
+                max_pending=self.max_queued_requests,
+                name=f"model {state.model!r} v{spec.version}",
             ),
         )
 
@@ -321,12 +372,15 @@ class InferenceCore:
         self._table = table  # the one assignment every request sees either side of
         prometheus.SWAPS.labels(model).inc()
         kept = set(map(id, routes.by_version.values())) if routes is not None else set()
+        served = routes.by_version if routes is not None else {}
         if old is not None:
             for serving in old.by_version.values():
                 if id(serving) not in kept:
                     serving.batcher.close()
                     with contextlib.suppress(KeyError):
                         prometheus.TRAFFIC_PERCENT.remove(model, serving.version_text, serving.spec.role)
+                if serving.version_text not in served:
+                    prometheus.forget_version(model, serving.version_text)
         if routes is not None:
             for serving in routes.by_version.values():
                 percent = 0 if serving.spec.role == SHADOW else serving.spec.traffic_percent
@@ -337,6 +391,11 @@ class InferenceCore:
         return prometheus.BATCH_SIZE.labels(model, version).observe
 
     # --- requests -----------------------------------------------------------------------------
+
+    def metric_model(self, model: str) -> str:
+        """The `model` label for a request naming `model`: itself when the desired state names it,
+        else one shared value, so that callers cannot add series by inventing names."""
+        return model if model in self._table or model in self._not_ready else prometheus.UNKNOWN_MODEL
 
     def is_ready(self, model: str, version: str = "") -> bool:
         routes = self._table.get(model)
@@ -376,6 +435,9 @@ class InferenceCore:
         if sampled and not request_id:
             request_id = new_event_id()
         for shadow in target.shadows:
+            if len(self._background) >= self.max_shadow_calls:
+                prometheus.SHADOW_SHED.labels(shadow.model).inc()
+                continue
             self._in_background(self._shadow(shadow, rows, request_id, arrived_ns, sampled))
         outputs = await future
         if sampled:

@@ -3,8 +3,10 @@
 No consumer group: each replica assigns itself every partition and reads from the beginning, so
 that any number of replicas converge on the same state (the latest record per model). A record is
 handled under a CONSUMER span that continues the deployer's trace; loading a version is a child of
-it. A tombstone (null value) stops serving its model. A record that cannot be parsed goes to the
-dead-letter topic with the reason, and the reader moves on.
+it. A tombstone (null value) stops serving its model. A record that cannot be parsed, and a state
+that cannot be served (an artifact whose sha256 does not match, bytes that are no model, a permanent
+store error), go to the dead-letter topic with the reason, and the reader moves on: what served
+before keeps serving.
 """
 
 from __future__ import annotations
@@ -190,19 +192,21 @@ class DesiredStateReader:
                 raise MalformedEvent("the desired state names no model")
             state = model_state(event)
         except MalformedEvent as error:
-            await self._dead_letter(record, error)
+            log.error(
+                "desired state at %s offset %d is malformed: %s", record.topic, record.offset, error.message
+            )
+            await self._dead_letter(record, error.message, type(error).__name__)
             span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
             return
         span.set_attributes(
             {"mlops.model.name": state.model, "mlops.deployment.generation": state.generation}
         )
         outcome = await self.core.apply(state)
-        span.set_attribute("mlops.deployment.outcome", outcome)
+        span.set_attribute("mlops.deployment.outcome", outcome.kind)
+        if outcome.kind == "refused":
+            await self._dead_letter(record, outcome.reason, outcome.error_type)
 
-    async def _dead_letter(self, record: ConsumerRecord, error: MalformedEvent) -> None:
-        log.error(
-            "desired state at %s offset %d is malformed: %s", record.topic, record.offset, error.message
-        )
+    async def _dead_letter(self, record: ConsumerRecord, reason: str, error_type: str) -> None:
         if self.publisher is None:
             return
         headers = [
@@ -211,8 +215,8 @@ class DesiredStateReader:
             if not name.startswith("mlops_dlq_")
         ]
         headers += [
-            ("mlops_dlq_reason", error.message.encode()),
-            ("mlops_dlq_error_type", type(error).__name__.encode()),
+            ("mlops_dlq_reason", reason.encode()),
+            ("mlops_dlq_error_type", error_type.encode()),
             ("mlops_dlq_attempts", b"1"),
             ("mlops_dlq_topic", record.topic.encode()),
             ("mlops_dlq_partition", str(record.partition).encode()),

@@ -2,9 +2,12 @@
 
 A request only appends a tuple to a bounded queue (or counts a drop when it is full); building the
 `InferenceLogged` messages and publishing them happens in a task of its own, one message per model
-with up to `log_batch_records` records, when the batch is full or its oldest record is
-`log_flush_interval_ms` old. When Kafka is slow or down the queue fills and records are dropped
-and counted (`mlops_inference_log_dropped_total`), and inference goes on at full speed.
+with up to `log_batch_records` requests, when the batch is full or its oldest record is
+`log_flush_interval_ms` old. A request may carry thousands of rows, so messages are bounded by bytes
+too (`log_max_message_bytes`, below the producer's largest request): a batch is split into as many
+messages as it takes, and a single record over the bound is dropped. When Kafka is slow or down the
+queue fills and records are dropped. Every drop is counted (`mlops_inference_log_dropped_total`, by
+reason), and inference goes on at full speed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import NamedTuple
 
 import numpy as np
@@ -61,6 +64,7 @@ class InferenceLogger(PredictionLog):
         queue_size: int = 20_000,
         publish_timeout_s: float = 10.0,
         start_retry_s: float = 2.0,
+        max_message_bytes: int = 512 * 1024,
     ) -> None:
         self.kafka = kafka
         self.bus = bus
@@ -72,6 +76,7 @@ class InferenceLogger(PredictionLog):
         self.queue_size = queue_size
         self.publish_timeout_s = publish_timeout_s
         self.start_retry_s = start_retry_s
+        self.max_message_bytes = max_message_bytes
         self._queue: deque[_Entry] = deque()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -180,7 +185,18 @@ class InferenceLogger(PredictionLog):
             ):
                 return
             entries = [queue.popleft() for _ in range(count)]
-            for model, message in await _messages(entries, self.sampling_rate, self.server_id):
+            messages, shed = await _messages(
+                entries, self.sampling_rate, self.server_id, max_bytes=self.max_message_bytes
+            )
+            for model, records in shed.items():
+                log.warning(
+                    "inference log: %d records of %s over %d bytes each dropped",
+                    records,
+                    model,
+                    self.max_message_bytes,
+                )
+                self._drop(model, "record_too_large", records)
+            for model, message in messages:
                 await self._publish(model, message)
             if not flush:
                 return
@@ -213,40 +229,73 @@ BUILD_SLICE = 32
 held requests up for milliseconds, which showed in the p99."""
 
 
-async def _messages(entries: list[_Entry], sampling_rate: float, server_id: str):
-    """One InferenceLogged per model and per (feature names, class labels), in arrival order."""
-    messages: dict[tuple, monitoring_pb2.InferenceLogged] = {}
+RECORD_OVERHEAD = 72
+"""Bytes a record may take besides its features, outputs and strings: the integers at their largest
+varint (version and latency 11 each, timestamp 19, role 6), a tag and a 3-byte length for each of the
+five variable fields and for the record itself in the message (3 bytes hold lengths up to 2 MiB, over
+any message this logger makes). With it a record's size is bounded without serialising it."""
+
+
+def _record_bound(fields: dict) -> int:
+    numbers = len(fields.get("features", ())) + len(fields.get("outputs", ()))
+    strings = sum(len(fields.get(name, "").encode()) for name in ("request_id", "label", "error"))
+    return RECORD_OVERHEAD + 8 * numbers + strings
+
+
+async def _messages(
+    entries: list[_Entry], sampling_rate: float, server_id: str, *, max_bytes: int
+) -> tuple[list[tuple[str, monitoring_pb2.InferenceLogged]], Counter]:
+    """InferenceLogged messages of at most `max_bytes`, one series per model and per (feature names,
+    class labels), records in arrival order; and the count of records per model that were too large
+    for any message."""
+    done: list[tuple[str, monitoring_pb2.InferenceLogged]] = []
+    open_messages: dict[tuple, list] = {}  # key -> [message, size bound, size of the message without records]
+    shed: Counter = Counter()
     for position, entry in enumerate(entries, 1):
         if position % BUILD_SLICE == 0:
             await asyncio.sleep(0)
+        model = entry.serving.model
         spec = entry.serving.spec
-        key = (entry.serving.model, spec.feature_names, spec.class_labels)
-        message = messages.get(key)
-        if message is None:
-            message = messages[key] = monitoring_pb2.InferenceLogged(
-                model=entry.serving.model,
-                feature_names=spec.feature_names,
-                class_labels=spec.class_labels,
-                sampling_rate=sampling_rate,
-                server_id=server_id,
-            )
-        _add_records(message.records, entry)
-    return [(key[0], message) for key, message in messages.items()]
+        key = (model, spec.feature_names, spec.class_labels)
+        for fields in _record_fields(entry):
+            size = _record_bound(fields)
+            current = open_messages.get(key)
+            if current is not None and current[1] + size > max_bytes:
+                done.append((model, current[0]))
+                current = None
+            if current is None:
+                message = monitoring_pb2.InferenceLogged(
+                    model=model,
+                    feature_names=spec.feature_names,
+                    class_labels=spec.class_labels,
+                    sampling_rate=sampling_rate,
+                    server_id=server_id,
+                )
+                header = message.ByteSize()
+                current = open_messages[key] = [message, header, header]
+            if current[2] + size > max_bytes:
+                shed[model] += 1
+                continue
+            current[0].records.add(**fields)
+            current[1] += size
+    done.extend((key[0], current[0]) for key, current in open_messages.items() if current[0].records)
+    return done, shed
 
 
-def _add_records(records, entry: _Entry) -> None:
+def _record_fields(entry: _Entry):
+    """The fields of each record of an entry: one per row, or one for a failed request."""
     spec = entry.serving.spec
     arrived = _timestamp(entry.answered_wall_ns - entry.latency_us * 1000)
     role = ROLES.get(entry.role, common_pb2.SERVING_ROLE_UNSPECIFIED)
     if entry.rows is None or entry.outputs is None:
-        records.add(
-            request_id=entry.request_id,
-            version=spec.version,
-            timestamp=arrived,
-            latency_us=entry.latency_us,
-            error=entry.error or "failed",
-            role=role,
-        )
+        yield {
+            "request_id": entry.request_id,
+            "version": spec.version,
+            "timestamp": arrived,
+            "latency_us": entry.latency_us,
+            "error": entry.error or "failed",
+            "role": role,
+        }
         return
     features = entry.rows.tolist()
     outputs = entry.outputs
@@ -261,14 +310,14 @@ def _add_records(records, entry: _Entry) -> None:
         scores = [[value] for value in outputs["prediction"].reshape(-1).tolist()]
         texts = [""] * count
     for row in range(count):
-        records.add(
-            request_id=entry.request_id if count == 1 else f"{entry.request_id}/{row}",
-            version=spec.version,
-            timestamp=arrived,
-            features=features[row],
-            outputs=scores[row],
-            label=texts[row],
-            latency_us=entry.latency_us,
-            error=entry.error,
-            role=role,
-        )
+        yield {
+            "request_id": entry.request_id if count == 1 else f"{entry.request_id}/{row}",
+            "version": spec.version,
+            "timestamp": arrived,
+            "features": features[row],
+            "outputs": scores[row],
+            "label": texts[row],
+            "latency_us": entry.latency_us,
+            "error": entry.error,
+            "role": role,
+        }

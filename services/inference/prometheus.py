@@ -1,6 +1,38 @@
-"""Prometheus metrics of the inference server, under the names the dashboards query."""
+"""Prometheus metrics of the inference server, under the names the dashboards query.
+
+Series are labelled only with what this server serves: a model name a caller typed that names no
+served model counts as `UNKNOWN_MODEL`, and a version's series go when it leaves the desired state,
+so that the number of series follows the desired state, not the callers.
+"""
+
+import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
+
+UNKNOWN_MODEL = "_unknown"
+"""The model label of requests for a model this server was never asked to serve."""
+CODES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+"""gRPC status names, the values of the `code` label."""
+LOG_DROP_REASONS = ("queue_full", "publish_failed", "record_too_large")
+"""Why prediction records were not published (`mlops_inference_log_dropped_total`)."""
 
 REQUESTS = Counter(
     "mlops_inference_requests_total",
@@ -29,7 +61,8 @@ SWAPS = Counter("mlops_inference_swaps_total", "Routing tables swapped in for a 
 LOG_RECORDS = Counter("mlops_inference_log_records_total", "Prediction records published", ["model"])
 LOG_DROPPED = Counter(
     "mlops_inference_log_dropped_total",
-    "Prediction records dropped instead of slowing inference (queue_full, publish_failed)",
+    "Prediction records not published: queue_full (instead of slowing inference), publish_failed "
+    "(Kafka did not take them in time), record_too_large (one record over the message size bound)",
     ["model", "reason"],
 )
 LOAD_FAILURES = Counter(
@@ -37,3 +70,23 @@ LOAD_FAILURES = Counter(
     "Desired states refused because a version could not be loaded",
     ["model", "reason"],
 )
+SHADOW_SHED = Counter(
+    "mlops_inference_shadow_shed_total",
+    "Shadow calls not made because the bound on shadow calls in flight was reached",
+    ["model"],
+)
+
+
+def forget_version(model: str, version: str) -> None:
+    """Drop the series of a version that no longer serves."""
+    for code in CODES:
+        with contextlib.suppress(KeyError):
+            REQUESTS.remove(model, version, code)
+    for metric in (REQUEST_SECONDS, BATCH_SIZE):
+        with contextlib.suppress(KeyError):
+            metric.remove(model, version)
+
+
+def forget_model(model: str) -> None:
+    """Drop the model-level series of a model that no longer serves (its versions' go with them)."""
+    forget_version(model, "")

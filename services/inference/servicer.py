@@ -84,7 +84,6 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self.server_version = server_version
         self.ready = False
         """Set by the composition root once the desired state has been read up to its end."""
-        self._metrics: dict[tuple[str, str], tuple] = {}
 
     def register(self, server) -> None:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -95,7 +94,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_served
     async def ServerReady(self, request, context):
-        return oip.ServerReadyResponse(ready=self.ready)
+        return oip.ServerReadyResponse(ready=self.ready and self.core.ready)
 
     @_served
     async def ServerMetadata(self, request, context):
@@ -139,12 +138,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 target = self.core.route(model, request.model_version)
             except MlopsError as error:
-                prometheus.REQUESTS.labels(model, "", error.grpc_code.name).inc()
+                prometheus.REQUESTS.labels(self.core.metric_model(model), "", error.grpc_code.name).inc()
                 await _abort(context, span, "ModelInfer", error)
             serving = target.serving
             if span.is_recording():
                 span.set_attributes({"mlops.model.name": model, "mlops.model.version": serving.version_text})
-            counted, seconds = self._children(model, serving.version_text)
+            counted, seconds = serving.metrics or self._children(serving)
             try:
                 rows = codec.decode_inputs(request, serving, self.limits)
                 names = codec.requested_outputs(request, serving)
@@ -168,12 +167,11 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             span.end()
 
-    def _children(self, model: str, version: str) -> tuple:
-        key = (model, version)
-        children = self._metrics.get(key)
-        if children is None:
-            children = self._metrics[key] = (
-                prometheus.REQUESTS.labels(model, version, "OK"),
-                prometheus.REQUEST_SECONDS.labels(model, version),
-            )
-        return children
+    @staticmethod
+    def _children(serving) -> tuple:
+        """Kept on the version itself, so that they go when it leaves the routing table."""
+        serving.metrics = (
+            prometheus.REQUESTS.labels(serving.model, serving.version_text, "OK"),
+            prometheus.REQUEST_SECONDS.labels(serving.model, serving.version_text),
+        )
+        return serving.metrics

@@ -10,6 +10,9 @@ from pydantic_settings import SettingsConfigDict
 
 from mlops.settings import RegistryPeerSettings
 
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576
+"""aiokafka's default `max_request_size`, which the platform's producers keep: a larger message fails whole."""
+
 
 class InferenceSettings(RegistryPeerSettings):
     model_config = SettingsConfigDict(
@@ -41,6 +44,12 @@ class InferenceSettings(RegistryPeerSettings):
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1)
     """Tensor bytes one request may carry; more is RESOURCE_EXHAUSTED (the gRPC limit is `MLOPS_GRPC_MAX_MESSAGE_MB`)."""
 
+    max_queued_requests: int = Field(1_000, ge=1)
+    """Requests one version may have waiting for a batch or an inference thread; more is RESOURCE_EXHAUSTED."""
+    max_shadow_calls: int = Field(256, ge=1)
+    """Shadow calls in flight; past it a shadow's copy of a request is shed and counted
+    (`mlops_inference_shadow_shed_total`), never waited for."""
+
     log_enabled: bool = True
     """Publish sampled predictions as `InferenceLogged`."""
     log_sampling_rate: float = Field(1.0, gt=0.0, le=1.0)
@@ -49,6 +58,10 @@ class InferenceSettings(RegistryPeerSettings):
     """Records per `InferenceLogged` message; a full batch is published at once."""
     log_flush_interval_ms: int = Field(1_000, ge=1)
     """Oldest a buffered record gets before its batch is published anyway."""
+    log_max_message_bytes: int = Field(512 * 1024, ge=4096, le=PRODUCER_MAX_REQUEST_BYTES - 64 * 1024)
+    """Largest `InferenceLogged` message: batches are split to fit. Below the producer's largest request
+    (1 MiB), with room for the envelope's headers; a single record larger than this is dropped and
+    counted (`record_too_large`)."""
     log_queue_size: int = Field(20_000, ge=1)
     """Records waiting for the logger; beyond it records are dropped and counted, never waited for."""
     log_publish_timeout_s: float = Field(10.0, gt=0)
