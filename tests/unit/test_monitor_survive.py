@@ -268,3 +268,69 @@ def test_prometheus_series_stay_within_their_bound_and_evicted_versions_leave_th
         if s.labels["model"] == "bounded"
     }
     assert exported == {"3", "4"}
+
+
+# --- the ingest loop ------------------------------------------------------------------------------
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+
+    async def publish_encoded(self, topic: str, key, value: bytes, headers) -> None:
+        self.sent.append((topic, value, headers))
+
+
+class _Core:
+    """The core's `prepare`, failing as told: `errors` are raised in turn, then it answers."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+
+    async def prepare(self, rows, *, partition: int, traceparent: str | None):
+        if self.errors:
+            raise self.errors.pop(0)
+        return Prepared(rows, 10, "classification", {}, partition, traceparent)
+
+
+def _ingest(core: _Core, publisher: _Publisher):
+    from mlops.settings import BusSettings, KafkaSettings
+    from services.monitor.ingest import InferenceLogIngest
+
+    return InferenceLogIngest(
+        KafkaSettings(),
+        BusSettings(retry_backoff_ms=0),
+        core=core,
+        publisher=publisher,
+        settings=MonitorSettings(metrics_port=None),
+    )
+
+
+async def test_an_unexpected_error_preparing_a_batch_dead_letters_it_with_the_error_text():
+    publisher = _Publisher()
+    ingest = _ingest(_Core(KeyError("no such slot")), publisher)
+    record = _record(_batch().SerializeToString(), offset=7)
+    assert await ingest._prepare(record, decode_batch(_batch())) is None
+    ((topic, value, headers),) = publisher.sent
+    assert topic == "mlops.inference.logged.dlq" and value == record.value
+    assert dict(headers)["mlops_dlq_reason"] == b"KeyError: 'no such slot'"
+    assert dict(headers)["ce_type"] == b"mlops.inference.logged.v1"  # the original headers kept
+
+
+async def test_an_outage_while_preparing_a_batch_is_waited_out_not_dead_lettered():
+    publisher = _Publisher()
+    ingest = _ingest(_Core(ConnectionError("registry down"), ConnectionError("still down")), publisher)
+    prepared = await ingest._prepare(_record(_batch().SerializeToString()), decode_batch(_batch()))
+    assert prepared is not None and len(prepared.rows) == 3 and publisher.sent == []
+
+
+async def test_a_traceparent_is_kept_only_as_the_canonical_form_of_a_valid_context():
+    publisher = _Publisher()
+    ingest = _ingest(_Core(), publisher)
+    trace_id, span_id = "ab" * 16, "cd" * 8
+    record = _record(_batch().SerializeToString())
+    record.headers = [("traceparent", f"01-{trace_id}-{span_id}-00-\0junk".encode())]
+    prepared = await ingest._prepare(record, decode_batch(_batch()))
+    assert prepared.traceparent == f"00-{trace_id}-{span_id}-00"  # no NUL for jsonb to refuse
+    record.headers = [("traceparent", b"not a traceparent\0")]
+    assert (await ingest._prepare(record, decode_batch(_batch()))).traceparent is None
