@@ -13,7 +13,7 @@ WITH_STACK_ENV := set -a; [ -f .stack/env ] && . .stack/env; set +a;
 
 export PYTHON := $(abspath $(PY))
 
-.PHONY: help setup up down status test test-unit test-integration test-stack bench demo protos protos-check lint clean image manifests dashboard
+.PHONY: help setup up down status test test-unit test-integration test-fault test-stack soak bench demo protos protos-check lint clean image manifests dashboard
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger, deployment checkers (cached)
 	bash infra/local/install.sh
+	bash infra/local/install.sh ghz
 	bash infra/k8s/install-tools.sh
 	bash tests/install-tritonclient.sh
 
@@ -40,8 +41,9 @@ down: ## Stop the services and the stack (data is kept; `bash infra/local/stack.
 status: ## Show what is running and ready
 	bash $(STACK) status; s=$$?; bash $(SERVICES) status && exit $$s
 
-test: up ## Run every test (unit, integration and end-to-end against the real stack, stack lifecycle)
+test: up ## Run every test (unit, integration, end-to-end, fault injection against the real stack, stack lifecycle)
 	$(PY) -m pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+	$(PY) -m pytest tests/fault -s $(PYTEST_ARGS)
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed ## Unit tests only (no services needed)
@@ -49,6 +51,12 @@ test-unit: $(VENV)/.installed ## Unit tests only (no services needed)
 
 test-integration: up ## Integration tests against the running stack
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-fault: up ## The fault-injection suite (R1-R10): kills and restarts real processes of the running stack
+	$(PY) -m pytest tests/fault -s $(PYTEST_ARGS)
+
+soak: up ## R10 for 30 minutes: 80% of the inference server's measured maximum, memory and p99 watched
+	MLOPS_SOAK_SECONDS=$${MLOPS_SOAK_SECONDS:-1800} $(PY) -m pytest tests/fault/test_soak.py -s $(PYTEST_ARGS)
 
 bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ and the README
 	bash tests/bench/setup.sh

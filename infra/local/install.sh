@@ -4,6 +4,7 @@
 #   kafka      Apache Kafka broker jars resolved from Maven Central (KRaft mode, no ZooKeeper)
 #   versitygw  Versity S3 gateway, an S3-compatible server (go install)
 #   jaeger     Jaeger v2 all-in-one (go build of the released module)
+#   ghz        gRPC load generator the soak test (R10) and the benchmarks drive (go install; only when named)
 #
 # Usage: infra/local/install.sh [component ...]     (default: all four)
 #
@@ -19,6 +20,7 @@ VERSITYGW_VERSION="${MLOPS_VERSITYGW_VERSION:-v1.8.0}"
 # The Jaeger module has no /v2 path, so the v2 binary (cmd/jaeger) is built from the
 # v1.x tag released together with it: v1.76.0 is released with Jaeger v2.13.0.
 JAEGER_VERSION="${MLOPS_JAEGER_VERSION:-v1.76.0}"
+GHZ_VERSION="${GHZ_VERSION:-v0.121.0}"   # the same pin as tests/bench/setup.sh
 GO_MIN="1.25"
 
 BIN_DIR="$MLOPS_CACHE/bin"
@@ -229,6 +231,23 @@ install_jaeger() {
   say jaeger "installed: module $JAEGER_VERSION at $bin"
 }
 
+install_ghz() {
+  local bin="$BIN_DIR/ghz" stamp="$BIN_DIR/.ghz-version"
+  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$GHZ_VERSION" ]; then
+    say ghz "present: $GHZ_VERSION at $bin"
+    return 0
+  fi
+  go_env_for_build
+  local log="$LOG_DIR/ghz-build.log"
+  say ghz "building $GHZ_VERSION with go install (log: $log)"
+  if ! GOBIN="$BIN_DIR" go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    die "ghz build failed (log: $log)"
+  fi
+  echo "$GHZ_VERSION" >"$stamp"
+  say ghz "installed: $GHZ_VERSION at $bin"
+}
+
 # --- main -------------------------------------------------------------------------------
 
 main() {
@@ -236,7 +255,7 @@ main() {
   [ $# -gt 0 ] || set -- "${all[@]}"
   for c in "$@"; do
     case "$c" in
-      postgres|kafka|versitygw|jaeger) ;;
+      postgres|kafka|versitygw|jaeger|ghz) ;;
       -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
       *) die "unknown component '$c' (known: ${all[*]})" ;;
     esac
