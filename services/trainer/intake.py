@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import Outbox
 from mlops.bus.tracing import current_traceparent
-from mlops.errors import NotFound
+from mlops.errors import InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.trainer.jobs import JobQueue
@@ -73,8 +73,15 @@ class JobIntake:
         """A job for the model's latest spec on the requested data set version (or the latest one).
 
         A request that names an unknown model or data set version is answered with TrainingFailed
-        (stage RESOLVE) rather than retried: nothing will make it succeed later.
+        (stage RESOLVE) rather than retried: nothing will make it succeed later. A trigger this
+        trainer does not know is refused (the event goes to the dead-letter topic): it would be
+        carried into every event of the job, and label the queued-jobs metric with any number.
         """
+        if event.trigger not in common_pb2.TrainingTrigger.values():
+            known = ", ".join(common_pb2.TrainingTrigger.keys())
+            raise InvalidArgument(
+                f"RetrainRequested.trigger {event.trigger} is not a TrainingTrigger ({known})"
+            )
         span = trace.get_current_span()
         span.set_attribute("mlops.model.name", event.model)
         try:

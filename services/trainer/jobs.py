@@ -10,6 +10,7 @@ the worker that still holds the job may finish it.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -17,8 +18,11 @@ from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.db import Database
+from mlops.events.v1 import training_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.trainer.tables import FAILED, PENDING, RUNNING, SCHEMA, SUCCEEDED
+
+log = logging.getLogger(__name__)
 
 _NAMESPACE = uuid.UUID("6f1d3c2e-8a4b-5e9f-b0c1-2d3e4f5a6b7c")
 
@@ -157,7 +161,19 @@ class JobQueue:
                     },
                 )
             ).one_or_none()
-        return Job.from_row(row) if row is not None else None
+        if row is None:
+            return None
+        try:
+            return Job.from_row(row)
+        except Exception as error:
+            # A row no worker can read would be claimed again at every lease, forever: fail it now.
+            reason = f"unreadable job row: {type(error).__name__}: {error}"
+            log.error("job %s: %s; failed without training", row.job_id, reason)
+            async with self.database.transaction() as tx:
+                await self.finish(
+                    tx, row.job_id, worker, failed_stage=training_pb2.TRAINING_STAGE_RESOLVE, error=reason
+                )
+            return None
 
     async def renew(self, job_id: str, worker: str, lease_s: float) -> bool:
         async with self.database.transaction() as tx:

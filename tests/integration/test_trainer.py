@@ -624,3 +624,25 @@ async def test_a_network_too_large_for_the_data_set_fails_before_training(
     assert failed.error_type == "TooManyParameters" and "at most 20,000,000" in failed.reason, failed.reason
     listed = await registry.ListModelVersions(pb.ListModelVersionsRequest(model=model))
     assert not listed.model_versions
+
+
+async def test_a_job_row_no_worker_can_read_is_failed_once_not_claimed_forever(database, unique):
+    queue = JobQueue(database, lane=f"tests.unreadable.{unique}.")  # no trainer works this lane
+    job_id = f"unreadable-{unique}"
+    async with database.transaction() as tx:
+        await tx.exec(
+            text(
+                f'INSERT INTO "{SCHEMA}".training_jobs (job_id, model, spec_version, dataset, dataset_version, '
+                "dataset_sha256, dataset_uri, dataset_format, spec, trigger, trigger_event_id, trace_context, "
+                "status, attempts, announced, worker, model_version, failed_stage, error, lane) VALUES "
+                "(:id, :id, 1, :id, 1, :id, 'file:///x', 'csv', :spec, 0, '', '{}', 'pending', 0, false, "
+                "'', 0, 0, '', :lane)"
+            ),
+            params={"id": job_id, "spec": b"\xff\xff not a protobuf", "lane": queue.lane},
+        )
+    assert await queue.claim("w", lease_s=0.01) is None
+    status = await queue.status(job_id)
+    assert status["status"] == "failed" and status["attempts"] == 1
+    assert status["failed_stage"] == training_pb2.TRAINING_STAGE_RESOLVE
+    assert status["error"].startswith("unreadable job row: DecodeError"), status["error"]
+    assert await queue.claim("w", lease_s=0.01) is None and (await queue.status(job_id))["attempts"] == 1
