@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -254,9 +255,8 @@ def csv_facts(chunks: Iterable[bytes], sample_rows: int = CSV_SAMPLE_ROWS) -> Ta
         kinds = ["int64"] * len(header)
         nullable = [False] * len(header)
         rows = 0
-        for rows, row in enumerate(reader, start=1):
-            if rows > sample_rows:
-                continue  # past the sample only the count matters
+        for row in reader:
+            rows += 1
             for index, cell in enumerate(row[: len(header)]):
                 if cell == "":
                     nullable[index] = True
@@ -272,6 +272,9 @@ def csv_facts(chunks: Iterable[bytes], sample_rows: int = CSV_SAMPLE_ROWS) -> Ta
                         float(cell)
                     except ValueError:
                         kinds[index] = "string"
+            if rows == sample_rows:
+                rows += _count_records(text)  # past the sample only the count matters
+                break
     except UnicodeDecodeError as error:
         raise InvalidArgument(f"the CSV file is not UTF-8 text: {error}") from None
     except csv.Error as error:
@@ -281,6 +284,24 @@ def csv_facts(chunks: Iterable[bytes], sample_rows: int = CSV_SAMPLE_ROWS) -> Ta
         for name, kind, null in zip(header, kinds, nullable, strict=True)
     ]
     return TableFacts(columns=columns, row_count=rows)
+
+
+def _count_records(text: io.TextIOBase) -> int:
+    """CSV records from here to the end, where "here" is the start of a record.
+
+    Text without a quote character holds one record per line, so it is counted in blocks; from
+    the first quote on, where a line break may sit inside a field, the csv module reads the rest.
+    A Python object per row would make counting the rest of a large file most of its cost.
+    """
+    records = 0
+    partial = ""  # the block's last line, unfinished
+    while block := text.read(_READ_BUFFER):
+        block = partial + block
+        if '"' in block:
+            return records + sum(1 for _ in csv.reader(itertools.chain(io.StringIO(block), text)))
+        records += block.count("\n")
+        partial = block[block.rfind("\n") + 1 :]
+    return records + (1 if partial else 0)
 
 
 def _tail(chunks: Iterable[bytes], limit: int) -> bytes:

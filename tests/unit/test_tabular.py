@@ -145,12 +145,22 @@ TRICKY_CSV = [
 ]
 
 
+TRICKY_CSV += [
+    # Past a sample of two rows: blank lines, CRLF, no final newline, then a quoted line break.
+    "a,b\n1,2\n3,4\n\n5,6\r\n7,8",
+    "a,b\n1,2\n3,4\n5,6\n" * 3 + '7,"x\ny"\n8,9\n\n',
+    "a,b\n1,2\n",
+]
+
+
 @pytest.mark.parametrize("text", TRICKY_CSV)
 @pytest.mark.parametrize("chunk_size", [1, 7, 4096, 1 << 20])
-def test_streamed_csv_facts_equal_the_former_whole_file_inference(text, chunk_size):
+@pytest.mark.parametrize("sample_rows", [2, 10_000])
+def test_streamed_csv_facts_equal_the_former_whole_file_inference(text, chunk_size, sample_rows):
     data = text.encode()
-    facts = csv_facts(chunked(data, chunk_size))
-    assert ([(c.name, c.type, c.nullable) for c in facts.columns], facts.row_count) == former_csv_schema(data)
+    facts = csv_facts(chunked(data, chunk_size), sample_rows=sample_rows)
+    described = ([(c.name, c.type, c.nullable) for c in facts.columns], facts.row_count)
+    assert described == former_csv_schema(data, sample_rows=sample_rows)
 
 
 def test_a_generated_frame_is_described_like_the_former_inference():
