@@ -10,6 +10,7 @@ from mlops.service import ServiceRuntime, run
 from mlops.settings import ArtifactSettings
 from mlops.store import open_store
 from services.registry.core import RegistryCore
+from services.registry.datasets import DatasetChecker
 from services.registry.handlers import RegistryHandlers
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
@@ -22,8 +23,10 @@ async def main() -> None:
     settings = RegistrySettings()
     runtime = ServiceRuntime("registry", settings, schema=SCHEMA, migrations=MIGRATIONS)
     await runtime.start()
-    core = RegistryCore(runtime.database, runtime.outbox, settings)
-    handlers = RegistryHandlers(core, open_store(ArtifactSettings()), verify=settings.verify_data_commits)
+    # Data sets recorded over gRPC are checked as those committed on Kafka are.
+    datasets = DatasetChecker(open_store(ArtifactSettings())) if settings.verify_data_commits else None
+    core = RegistryCore(runtime.database, runtime.outbox, settings, datasets)
+    handlers = RegistryHandlers(core)
     runtime.subscribe(data_pb2.DataCommitted, handlers.on_data_committed)
     runtime.subscribe(monitoring_pb2.DriftDetected, handlers.on_monitor_event)
     runtime.subscribe(monitoring_pb2.PerformanceDegraded, handlers.on_monitor_event)

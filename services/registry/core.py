@@ -29,6 +29,7 @@ from mlops.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, data_pb2, model_pb2, monitoring_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry import spec as specs
+from services.registry.datasets import DatasetChecker
 from services.registry.settings import RegistrySettings
 from services.registry.tables import SCHEMA
 
@@ -163,10 +164,18 @@ def _check_uri(value: str, field: str) -> None:
 
 
 class RegistryCore:
-    def __init__(self, database: Database, outbox: Outbox, settings: RegistrySettings) -> None:
+    def __init__(
+        self,
+        database: Database,
+        outbox: Outbox,
+        settings: RegistrySettings,
+        datasets: DatasetChecker | None = None,
+    ) -> None:
         self.database = database
         self.outbox = outbox
         self.settings = settings
+        self.datasets = datasets
+        """Checks every data set before it is recorded, from any caller; None records claims unread."""
 
     @asynccontextmanager
     async def _tx(self, session: AsyncSession | None) -> AsyncIterator[AsyncSession]:
@@ -208,6 +217,9 @@ class RegistryCore:
         _need(request.row_count >= 0, "row_count must not be negative")
         if request.parent_sha256:
             _check_sha(request.parent_sha256, "parent_sha256")
+        # A version already recorded was checked then; a redelivered commit is not read again.
+        if self.datasets is not None and not await self._dataset_recorded(request, session):
+            request = await self.datasets.described(request)
         async with self._tx(session) as tx:
             await tx.exec(
                 q("INSERT INTO {s}.datasets (name) VALUES (:n) ON CONFLICT DO NOTHING"),
@@ -283,6 +295,16 @@ class RegistryCore:
             )
             await self.outbox.add(tx, same_fields(record, data_pb2.DatasetVersionRecorded))
             return pb.RecordDatasetVersionResponse(dataset_version=record, created=True)
+
+    async def _dataset_recorded(
+        self, request: pb.RecordDatasetVersionRequest, session: AsyncSession | None
+    ) -> bool:
+        sql = q("SELECT 1 FROM {s}.dataset_versions WHERE dataset = :d AND sha256 = :h")
+        params = {"d": request.dataset, "h": request.sha256}
+        if session is not None:
+            return (await session.exec(sql, params=params)).first() is not None
+        async with self.database.session() as own:
+            return (await own.exec(sql, params=params)).first() is not None
 
     async def get_dataset_version(self, request: pb.GetDatasetVersionRequest) -> pb.DatasetVersion:
         selector = request.WhichOneof("selector")

@@ -16,6 +16,7 @@ class RegistrySettings(ServiceSettings):
     metrics_port: int | None = 9101
     consumer_group: str = "mlops-registry"
     verify_data_commits: bool = True
-    """Read every committed data set back and check its sha256 before recording it."""
+    """Read every data set back (committed on Kafka or recorded over gRPC) and check its sha256 and
+    describe its columns before recording it."""
     max_page_size: int = 1000
     default_page_size: int = 50

@@ -24,6 +24,7 @@ from mlops.settings import BusSettings, GrpcServerSettings
 from mlops.store import open_store
 from services.registry.__main__ import MIGRATIONS
 from services.registry.core import RegistryCore
+from services.registry.datasets import DatasetChecker
 from services.registry.handlers import RegistryHandlers
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import RegistrySettings
@@ -413,10 +414,14 @@ async def test_lineage_ties_data_run_evaluation_deployment_aliases_and_drift(reg
 
 @pytest.fixture
 async def commit_consumer(registry, kafka, database, artifact_settings):
-    """The registry's DataCommitted handler on the real topic, in a consumer group of its own."""
-    _, core, publisher = registry
+    """The registry's DataCommitted handler on the real topic, in a consumer group of its own, with
+    a core that reads every data set back from the real S3 as the service's does."""
+    _, _, publisher = registry
     store = open_store(artifact_settings)
-    handlers = RegistryHandlers(core, store, verify=True)
+    core = RegistryCore(
+        database, Outbox(SCHEMA, source="mlops-registry-tests"), RegistrySettings(), DatasetChecker(store)
+    )
+    handlers = RegistryHandlers(core)
     plain_bus = BusSettings(max_attempts=2, retry_backoff_ms=20)
     consumer = EventConsumer(
         kafka,

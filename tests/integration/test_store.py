@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import boto3
 import pytest
 
-from mlops.errors import IntegrityError, InvalidArgument, NotFound
+from mlops.errors import IntegrityError, InvalidArgument, NotFound, PermissionDenied
+from mlops.outages import is_outage
 from mlops.settings import ArtifactSettings
 from mlops.store import FileStore, S3Store, open_store
 
@@ -120,3 +122,24 @@ async def test_multipart_upload_above_the_threshold_is_verified_on_the_way_back(
     dest = tmp_path / "back.bin"
     await store.get_file(ref.uri, dest)
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == ref.sha256
+
+
+async def test_a_wrong_secret_key_is_refused_for_good_and_promptly(monkeypatch, unique):
+    """403 from the real server: PermissionDenied at once, not an outage to wait out."""
+    endpoint = os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    good = open_store(ArtifactSettings(root="s3://mlops/tests", s3_endpoint_url=endpoint))
+    ref = await good.put_bytes(f"datasets/{unique}", "data.csv", b"a,b\n1,2\n")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-" + unique)
+    wrong = open_store(ArtifactSettings(root="s3://mlops/tests", s3_endpoint_url=endpoint))
+    started = time.monotonic()
+    with pytest.raises(PermissionDenied) as caught:
+        await wrong.get_bytes(ref.uri)
+    with pytest.raises(PermissionDenied), wrong.open_stream(ref.uri):
+        pass
+    with pytest.raises(PermissionDenied):
+        await wrong.put_bytes(f"datasets/{unique}", "other.csv", b"c\n3\n")
+    elapsed = time.monotonic() - started
+    print(f"\nwrong secret: {caught.value.message} ({elapsed:.2f} s for three calls)")
+    assert "SignatureDoesNotMatch" in caught.value.message or "InvalidAccessKeyId" in caught.value.message
+    assert not is_outage(caught.value) and not caught.value.retryable
+    assert elapsed < 5, f"a refusal must not be retried like an outage ({elapsed:.1f} s)"

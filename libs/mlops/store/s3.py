@@ -71,7 +71,9 @@ class S3Store(ArtifactStore):
         self.config = config
         self.bucket = config.bucket
         self.prefix = config.prefix.strip("/")
-        self.client = boto3.client(
+        # A session of its own reads the credentials (AWS_* variables, profile) as the store opens;
+        # the process-wide default session would keep whatever it found first.
+        self.client = boto3.session.Session().client(
             "s3",
             endpoint_url=config.endpoint_url,
             region_name=config.region,
