@@ -999,3 +999,97 @@ async def test_a_cheap_version_answers_on_the_event_loop_while_a_slow_one_runs_o
     np.testing.assert_allclose(probabilities(slow_answer)[0], expected[0], rtol=1e-5, atol=1e-6)
     for i, answer in enumerate(cheap_answers, 1):
         np.testing.assert_allclose(probabilities(answer)[0], expected[i], rtol=1e-5, atol=1e-6)
+
+
+# --- readiness, refused desired states, the inference log's byte bound ----------------------------------
+
+
+async def _health(port: int) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_a_replica_whose_named_model_cannot_load_is_not_ready_and_dead_letters_the_state(
+    kafka, artifact_settings, models
+):
+    """Its own topics: every other test's desired states would count towards this replica's readiness."""
+    from tests.integration.bus_helpers import read_until
+
+    bus = BusSettings(topic_prefix=f"tests.inference.ready.{uuid.uuid4().hex[:8]}.")
+    publisher = EventPublisher(kafka, bus, source="mlops-deployer-tests")
+    await publisher.start()
+    good, broken = name(), name()
+    bad = version(models.wine_a, 1)
+    bad.artifact_uri, bad.artifact_sha256 = models.not_onnx_uri, models.not_onnx_sha256
+    desired = bus.topic_prefix + spec_for(deployment_pb2.DesiredState).topic
+    app = InferenceApp(
+        server_settings(log_enabled=False), kafka=kafka, bus=bus, store=open_store(artifact_settings)
+    )
+    try:
+        async with raw_reader(kafka, desired + ".dlq") as dead_letters:
+            await publisher.publish(state(good, 1, version(models.wine_a, 1)))
+            await publisher.publish(state(broken, 1, bad))
+            port = await app.start(ready_timeout_s=60)
+            letter = await read_until(dead_letters, lambda record: record.key == broken.encode())
+        headers = dict(letter.headers)
+        assert b"ONNX" in headers["mlops_dlq_reason"], headers
+        assert headers["mlops_dlq_error_type"] == b"ModelRejected"
+        assert await _health(port) == "NOT_SERVING"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert not (await stub.ServerReady(oip.ServerReadyRequest())).ready
+            assert not (await stub.ModelReady(oip.ModelReadyRequest(name=broken))).ready
+            assert (await stub.ModelReady(oip.ModelReadyRequest(name=good))).ready
+            answer = await stub.ModelInfer(request(good, models.wine_a.rows[:1]), timeout=10)
+            assert answer.model_version == "1", "what loaded keeps serving"
+            await publisher.publish_encoded(desired, broken, None, [])  # type: ignore[arg-type]
+            await eventually(lambda: not app.core.not_ready(), what="the broken model withdrawn")
+            deadline = asyncio.get_running_loop().time() + 10  # health follows in a task of its own
+            while await _health(port) != "SERVING":
+                assert asyncio.get_running_loop().time() < deadline, "health did not turn SERVING"
+                await asyncio.sleep(0.05)
+            assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
+    finally:
+        await app.stop()
+        await publisher.stop()
+
+
+async def test_a_large_request_is_logged_in_messages_under_the_byte_bound(
+    kafka, topics_bus, artifact_settings, harness, models
+):
+    model = name()
+    await harness.serve(state(model, 1, version(models.wine_a, 1)))
+    app = InferenceApp(
+        server_settings(log_max_message_bytes=8_192, log_batch_records=10),
+        kafka=kafka,
+        bus=topics_bus,
+        store=open_store(artifact_settings),
+    )
+    topic = topics_bus.topic_prefix + spec_for(monitoring_pb2.InferenceLogged).topic
+    rows = np.repeat(models.wine_a.rows, 10, axis=0)[:600]
+    port = await app.start(ready_timeout_s=60)
+    try:
+        async with (
+            raw_reader(kafka, topic) as reader,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            await stub.ModelInfer(request(model, rows, request_id="big-1"), timeout=10)
+            sizes: list[int] = []
+            seen: list = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while len(seen) < 600 and loop.time() < deadline:
+                for records in (await reader.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        message = monitoring_pb2.InferenceLogged.FromString(record.value)
+                        if message.model == model:
+                            sizes.append(len(record.value))
+                            seen.extend(message.records)
+        assert [r.request_id for r in seen] == [f"big-1/{i}" for i in range(600)], len(seen)
+        assert len(sizes) > 1 and max(sizes) <= 8_192, sizes
+    finally:
+        await app.stop()
