@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import time
 import uuid
@@ -44,9 +43,12 @@ def eventually(check, timeout_s: float = 60.0):
     raise AssertionError(f"not recovered within {timeout_s}s (last error: {last})")
 
 
+async def upload(dataset: str, data: bytes):
+    return await open_store(ArtifactSettings()).put_bytes(f"datasets/{dataset}", "data.csv", data)
+
+
 async def publish_commit(dataset: str) -> None:
-    store = open_store(ArtifactSettings())
-    ref = await store.put_bytes(f"datasets/{dataset}", "data.csv", b"x,y\n1,2\n3,4\n")
+    ref = await upload(dataset, b"x,y\n1,2\n3,4\n")
     publisher = EventPublisher(KafkaSettings(), BusSettings(), source="mlops-tests")
     await publisher.start()
     try:
@@ -77,12 +79,9 @@ def test_the_registry_keeps_running_through_a_database_and_broker_restart():
         assert back.returncode == 0, back.stdout + back.stderr
 
         name = f"outage-{uuid.uuid4().hex[:8]}"
-        request = pb.RecordDatasetVersionRequest(
-            dataset=name,
-            uri="s3://mlops/x.csv",
-            sha256=hashlib.sha256(name.encode()).hexdigest(),
-            format="csv",
-        )
+        # The registry reads the object back and checks its sha256, so the data must really be there.
+        ref = asyncio.run(upload(name, f"name\n{name}\n".encode()))
+        request = pb.RecordDatasetVersionRequest(dataset=name, uri=ref.uri, sha256=ref.sha256, format="csv")
         recorded = eventually(lambda: stub.RecordDatasetVersion(request, timeout=5))
         assert recorded.dataset_version.version == 1
 
