@@ -388,6 +388,7 @@ def _decode_all(
                 timestamp_ms=record.timestamp,
                 headers=record.headers,
                 value=record.value,
+                check=False,  # decode_batch checks every field itself, without a walk per record
             )
             results.append(decode_batch(event, now=now, max_skew_s=max_skew_s))
         except MlopsError as error:

@@ -101,3 +101,18 @@ def test_malformed_records_say_why(value, headers, reason):
 def test_unknown_topic_is_malformed():
     with pytest.raises(MalformedEvent, match="no known event type"):
         decode(topic="elsewhere", partition=0, offset=0, timestamp_ms=None, headers=[], value=b"")
+
+
+def test_an_event_that_decodes_but_can_never_be_handled_is_malformed_naming_the_field():
+    value = json.dumps(
+        {"dataset": "wine", "uri": "s3://b/k", "sha256": "a" * 64, "committedAt": "9999-12-31T23:59:59Z"}
+    ).encode()
+    decode(**record(value, []))
+    far = json.dumps({"dataset": "wine", "sha256": "nope"}).encode()
+    with pytest.raises(MalformedEvent, match=r"sha256: 'nope' is not a sha256"):
+        decode(**record(far, []))
+    unnamed = json.dumps({"uri": "s3://b/k"}).encode()
+    with pytest.raises(MalformedEvent, match=r"dataset: is required"):
+        decode(**record(unnamed, []))
+    _, event = decode(**record(far, []), check=False)
+    assert event.sha256 == "nope"

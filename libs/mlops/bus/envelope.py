@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mlops.bus.catalog import EventSpec, spec_for_topic
 from mlops.errors import InvalidArgument
+from mlops.event_checks import EventCheckFailed, check_event
 
 SPECVERSION = "1.0"
 PROTOBUF = "application/protobuf"
@@ -152,8 +153,13 @@ def decode(
     headers: Sequence[tuple[str, bytes | None]],
     value: bytes | None,
     key: bytes | None = None,
+    check: bool = True,
 ) -> tuple[Envelope, Message]:
-    """Parse one record into its envelope and message, or raise `MalformedEvent` saying why."""
+    """Parse one record into its envelope and message, or raise `MalformedEvent` saying why.
+
+    `check` applies `mlops.event_checks` to the message (dates, versions, digests, names); a
+    consumer that checks each field itself on a hot path (the monitor's inference logs) turns it off.
+    """
     spec = spec_for_topic(topic)
     if spec is None:
         raise MalformedEvent(f"topic {topic!r} carries no known event type")
@@ -187,6 +193,11 @@ def decode(
             ) from None
     else:
         raise MalformedEvent(f"content-type {content_type!r} is not supported; use {PROTOBUF} or {JSON}")
+    if check:
+        try:
+            check_event(message, key_field=spec.key_field)
+        except EventCheckFailed as error:
+            raise MalformedEvent(error.message) from None
 
     event_time = text.get("ce_time")
     if not event_time:  # formatted only when missing: most records carry their ce_time
