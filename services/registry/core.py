@@ -1137,6 +1137,18 @@ class RegistryCore:
     async def record_monitor_event(self, event_id: str, event: Message, session: AsyncSession) -> None:
         """Keep a DriftDetected or PerformanceDegraded event for the version's lineage (idempotent)."""
         kind = "drift" if isinstance(event, monitoring_pb2.DriftDetected) else "degradation"
+        # A lineage entry for a version the registry never made would be a fact with nothing to hang on:
+        # refused (dead-lettered with the reason), not kept.
+        known = (
+            await session.exec(
+                q("SELECT 1 FROM {s}.model_versions WHERE model = :m AND version = :v"),
+                params={"m": event.model, "v": event.version},
+            )
+        ).first()
+        if known is None:
+            raise NotFound(
+                f"{type(event).__name__} names {event.model}@{event.version}, which the registry does not hold"
+            )
         detected = moment(event.detected_at, now())
         await session.exec(
             q(

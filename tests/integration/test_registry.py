@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf import json_format
 
 from mlops.bus import DLQ_SUFFIX, EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay
+from mlops.errors import NotFound
 from mlops.events.v1 import common_pb2, data_pb2, evaluation_pb2, monitoring_pb2
 from mlops.grpc import GrpcServer, open_channel
 from mlops.registry.v1 import registry_pb2 as pb
@@ -383,6 +384,11 @@ async def test_lineage_ties_data_run_evaluation_deployment_aliases_and_drift(reg
             ),
             session,
         )
+    with pytest.raises(NotFound, match=rf"names {model}@99, which the registry does not hold"):
+        async with core.database.transaction() as session:
+            await core.record_monitor_event(
+                f"drift-{unique}-ghost", monitoring_pb2.DriftDetected(model=model, version=99), session
+            )
 
     again = await stub.RecordEvaluation(
         pb.RecordEvaluationRequest(
