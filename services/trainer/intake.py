@@ -72,8 +72,10 @@ class JobIntake:
     ) -> str | None:
         """A job for the model's latest spec on the requested data set version (or the latest one).
 
-        A request that names an unknown model or data set version is answered with TrainingFailed
-        (stage RESOLVE) rather than retried: nothing will make it succeed later. A trigger this
+        A request that names a model with no spec is refused (the event goes to the dead-letter topic
+        with the reason): there is nobody to answer. One that names a data set version the model's data
+        set lacks is answered with TrainingFailed (stage RESOLVE) rather than retried: nothing will make
+        it succeed later. A trigger this
         trainer does not know is refused (the event goes to the dead-letter topic): it would be
         carried into every event of the job, and label the queued-jobs metric with any number.
         """
@@ -86,6 +88,11 @@ class JobIntake:
         span.set_attribute("mlops.model.name", event.model)
         try:
             spec = await self.registry.call("GetModelSpec", pb.GetModelSpecRequest(model=event.model))
+        except NotFound as error:
+            raise NotFound(
+                f"RetrainRequested names model {event.model!r}, which has no spec: {error.message}"
+            ) from None
+        try:
             lookup = pb.GetDatasetVersionRequest(dataset=spec.spec.spec.dataset)
             if event.dataset_version:
                 lookup.version = event.dataset_version

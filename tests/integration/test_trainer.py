@@ -364,15 +364,17 @@ async def test_data_without_the_label_fails_validation_and_registers_nothing(
     )
 
 
-async def test_retrain_request_for_an_unknown_model_answers_training_failed(trainer, events, unique):
-    _, failed_reader = events
+async def test_retrain_request_for_an_unknown_model_is_dead_lettered_with_the_reason(kafka, trainer, unique):
     model = f"ghost-{unique}"
-    await trainer.publish(training_pb2.RetrainRequested(model=model, reason="tests"))
-    record = await read_until(
-        failed_reader, lambda r: training_pb2.TrainingFailed.FromString(r.value).model == model, timeout_s=30
-    )
-    failed = training_pb2.TrainingFailed.FromString(record.value)
-    assert failed.stage == training_pb2.TRAINING_STAGE_RESOLVE and "no spec" in failed.reason
+    async with raw_reader(kafka, PREFIX + "mlops.retrain.requested.dlq") as dead_letters:
+        await trainer.publish(training_pb2.RetrainRequested(model=model, reason="tests"))
+        record = await read_until(
+            dead_letters,
+            lambda r: training_pb2.RetrainRequested.FromString(r.value).model == model,
+            timeout_s=30,
+        )
+    reason = dict(record.headers)["mlops_dlq_reason"].decode()
+    assert f"names model {model!r}, which has no spec" in reason
 
 
 async def test_retrain_request_trains_the_latest_spec_once(
