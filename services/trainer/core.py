@@ -247,6 +247,7 @@ class TrainerCore:
                     "batch_size, fewer rows) or give the trainer more memory",
                     "WorkerKilled",
                 ),
+                worker_killed=True,
             )
             return
         log.warning(
@@ -449,7 +450,7 @@ class TrainerCore:
                     "job %s was taken over by another worker; its result is theirs to announce", job.job_id
                 )
 
-    async def _fail(self, job: Job, worker: str, failure: JobFailed) -> None:
+    async def _fail(self, job: Job, worker: str, failure: JobFailed, *, worker_killed: bool = False) -> None:
         event = training_pb2.TrainingFailed(
             model=job.model,
             spec_version=job.spec_version,
@@ -468,7 +469,12 @@ class TrainerCore:
             await self.runs.finish(job.job_id, failure=(failure.stage, failure.reason))
         async with self.database.transaction() as tx:
             if await self.jobs.finish(
-                tx, job.job_id, worker, failed_stage=failure.stage, error=failure.reason
+                tx,
+                job.job_id,
+                worker,
+                failed_stage=failure.stage,
+                error=failure.reason,
+                worker_killed=worker_killed,
             ):
                 await self.outbox.add(tx, event)
                 JOBS.labels("failed").inc()

@@ -230,12 +230,16 @@ class JobQueue:
         model_version: int = 0,
         failed_stage: int = 0,
         error: str = "",
+        worker_killed: bool = False,
     ) -> bool:
-        """Close the job in the caller's transaction; False when this worker no longer holds it."""
+        """Close the job in the caller's transaction; False when this worker no longer holds it.
+
+        `worker_killed`: this last attempt ended because its worker process died (counted too)."""
         result = await session.exec(
             q(
                 "UPDATE {s}.training_jobs SET status = :status, model_version = :mv, failed_stage = :fs, "
-                "error = :e, lease_until = NULL, updated_at = now() "
+                "error = :e, lease_until = NULL, updated_at = now(), "
+                "worker_kills = worker_kills + CASE WHEN :killed THEN 1 ELSE 0 END "
                 "WHERE job_id = :id AND worker = :w AND status = :running"
             ),
             params={
@@ -243,6 +247,7 @@ class JobQueue:
                 "mv": model_version,
                 "fs": failed_stage,
                 "e": error,
+                "killed": worker_killed,
                 "id": job_id,
                 "w": worker,
                 "running": RUNNING,
