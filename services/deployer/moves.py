@@ -85,6 +85,11 @@ class RolloutMoves:
                 ),
                 100 if any(s.version == r.candidate_version for s in shares) else 0,
             )
+        if shares is not None and not finished:
+            # A step's time runs from the desired state that gives the candidate its share, not from
+            # the decision: the alias moves before it take a while, and a step must never be shorter
+            # than step_seconds of traffic.
+            r.step_started_at.CopyFrom(now)
         r.state = state
         r.reason = reason
         r.updated_at.CopyFrom(now)

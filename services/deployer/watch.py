@@ -16,7 +16,6 @@ from mlops.errors import Conflict, FailedPrecondition, MlopsError, NotFound
 from mlops.events.v1 import common_pb2, deployment_pb2
 from services.deployer import policy, storage
 from services.deployer.policy import Action
-from services.deployer.serving import now_ts
 from services.deployer.storage import StoredRollout
 from services.deployer.transitions import RolloutTransitions
 
@@ -150,8 +149,7 @@ class RolloutWatch(RolloutTransitions):
             return True
         if action is Action.ADVANCE:
             await self._fill_baseline_health(stored)
-            r.step_index += 1
-            r.step_started_at.CopyFrom(now_ts())
+            r.step_index += 1  # its time starts with the move's desired state
             stored.hold = ""
             shares = policy.shares_at(
                 r.strategy,

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import itertools
 import os
+import re
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -811,9 +812,14 @@ async def test_a_restarted_deployer_goes_on_with_the_same_step_clock(harness, un
     assert (await finished(h, model)).state == S.ROLLOUT_STATE_PROMOTED
 
 
+UNREACHABLE = r"monitor unreachable \((UNAVAILABLE|DEADLINE_EXCEEDED)\)"
+"""A monitor answering UNAVAILABLE: the channel retries it with back-off, so under the harness's
+0.5 s deadline the call ends with either status, and the reason names the one the deployer got."""
+
+
 @pytest.mark.parametrize(
     ("mode", "cause"),
-    [("unavailable", "monitor unreachable (UNAVAILABLE)"), ("few", "only 3 of 20 requests")],
+    [("unavailable", UNREACHABLE), ("few", r"only 3 of 20 requests")],
 )
 async def test_a_canary_without_a_health_verdict_is_rolled_back_after_its_health_timeout(
     harness, unique, mode, cause
@@ -827,8 +833,11 @@ async def test_a_canary_without_a_health_verdict_is_rolled_back_after_its_health
     await h.publisher.publish(evaluated(v2))
     rollout = await finished(h, model, 2)
 
-    words = f"no health verdict for {timeout} s after step 1 of 2 (50%): {cause}; rolled back"
-    assert (rollout.state, rollout.reason) == (S.ROLLOUT_STATE_ROLLED_BACK, words)
+    words = rollout.reason
+    assert rollout.state == S.ROLLOUT_STATE_ROLLED_BACK, rollout
+    assert re.fullmatch(
+        rf"no health verdict for {timeout} s after step 1 of 2 \(50%\): {cause}; rolled back", words
+    ), words
     assert any(m.reason.startswith("holding at step 1 of 2 (50%)") for m in rollout.history), (
         "the hold came first"
     )
@@ -859,10 +868,11 @@ async def test_a_silent_canary_is_paused_when_the_spec_says_so_and_a_resume_rest
         return rollout if rollout.state == S.ROLLOUT_STATE_PAUSED else None
 
     rollout = await eventually(paused, timeout_s=20, what="the pause")
-    assert rollout.reason == (
-        "no health verdict for 2 s after step 1 of 2 (50%): monitor unreachable (UNAVAILABLE); "
-        "paused: a person resumes or rolls back"
-    )
+    assert re.fullmatch(
+        rf"no health verdict for 2 s after step 1 of 2 \(50%\): {UNREACHABLE}; "
+        r"paused: a person resumes or rolls back",
+        rollout.reason,
+    ), rollout.reason
     assert rollout.history[-1].actor == "mlops-deployer" and not rollout.HasField("finished_at")
     production = await h.registry.GetModelVersion(pb.GetModelVersionRequest(model=model, alias="production"))
     assert production.version == 1
@@ -990,7 +1000,10 @@ async def test_malformed_model_evaluated_events_go_to_the_dead_letters(harness, 
         )
     finally:
         await producer.stop()
+    # Refused at decode by the bus's event checks, before the deployer sees it ...
     await h.publisher.publish(evaluation_pb2.ModelEvaluated(model="", version=0, passed=True), key=key)
+    # ... and refused by the deployer itself: a version 0 is well formed but names nothing to roll out.
+    await h.publisher.publish(evaluation_pb2.ModelEvaluated(model=key, version=0, passed=True), key=key)
 
     reader = AIOKafkaConsumer(**h.kafka.client_options(), group_id=None, enable_auto_commit=False)
     await reader.start()
@@ -1006,15 +1019,16 @@ async def test_malformed_model_evaluated_events_go_to_the_dead_letters(harness, 
                 for record in records:
                     if record.key == key.encode():
                         reasons.append(dict(record.headers)["mlops_dlq_reason"].decode())
-            return len(reasons) >= 2
+            return len(reasons) >= 3
 
-        await eventually(both, timeout_s=30, what="two dead letters")
+        await eventually(both, timeout_s=30, what="three dead letters")
     finally:
         await reader.stop()
+    assert any("does not parse as ModelEvaluated" in r for r in reasons), reasons
+    assert any("model: is required" in r for r in reasons), reasons
     assert any(
-        "ModelEvaluated cannot be rolled out: model is empty; version must be 1 or more, got 0" in r
-        for r in reasons
-    )
+        "ModelEvaluated cannot be rolled out: version must be 1 or more, got 0" in r for r in reasons
+    ), reasons
 
 
 async def test_the_cli_steers_a_rollout(harness, unique):
