@@ -26,7 +26,14 @@ import numpy as np
 from opentelemetry import trace
 
 from mlops.bus.envelope import new_event_id
-from mlops.errors import MlopsError, NotFound, Unavailable
+from mlops.errors import (
+    FailedPrecondition,
+    IntegrityError,
+    InvalidArgument,
+    MlopsError,
+    NotFound,
+    Unavailable,
+)
 from mlops.outages import is_outage
 from services.inference import prometheus
 from services.inference.batching import Batcher, Outputs
@@ -163,6 +170,12 @@ async def _no_categories(model: str, version: int) -> dict[str, tuple[str, ...]]
     return {}
 
 
+ARTIFACT_FAULTS = (IntegrityError, NotFound, InvalidArgument, FailedPrecondition)
+"""Refusals that come from the artifact itself (missing, tampered, not a model): no replica can do better.
+Anything else (no permission to read it, no memory to load it) is this replica's own fault: it is not
+ready until the state is withdrawn or a later one loads."""
+
+
 class InferenceCore:
     def __init__(
         self,
@@ -253,7 +266,13 @@ class InferenceCore:
                 message,
             )
             if model not in self._table:
-                self._not_ready[model] = f"model {model!r} cannot be loaded: {message}"
+                if isinstance(error, ARTIFACT_FAULTS):
+                    # Every replica would refuse these bytes: the state is dead-lettered, and taking this
+                    # replica out of service would only take the models it does serve away as well.
+                    self._not_ready.pop(model, None)
+                else:
+                    self._not_ready[model] = f"model {model!r} cannot be loaded here: {message}"
+                self._readiness_changed()
             span = trace.get_current_span()
             span.record_exception(error)
             span.set_status(trace.Status(trace.StatusCode.ERROR, message))

@@ -1012,10 +1012,12 @@ async def _health(port: int) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-async def test_a_replica_whose_named_model_cannot_load_is_not_ready_and_dead_letters_the_state(
+async def test_an_artifact_no_replica_can_load_is_dead_lettered_and_the_replica_stays_ready(
     kafka, artifact_settings, models
 ):
-    """Its own topics: every other test's desired states would count towards this replica's readiness."""
+    """Its own topics: every other test's desired states would count towards this replica's readiness.
+    Bytes that are not a model would be refused by every replica: the state is dead-lettered and the
+    replica keeps serving what it can, rather than leave the Service with no replica at all."""
     from tests.integration.bus_helpers import read_until
 
     bus = BusSettings(topic_prefix=f"tests.inference.ready.{uuid.uuid4().hex[:8]}.")
@@ -1037,21 +1039,50 @@ async def test_a_replica_whose_named_model_cannot_load_is_not_ready_and_dead_let
         headers = dict(letter.headers)
         assert b"ONNX" in headers["mlops_dlq_reason"], headers
         assert headers["mlops_dlq_error_type"] == b"ModelRejected"
+        assert await _health(port) == "SERVING"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
+            assert not (await stub.ModelReady(oip.ModelReadyRequest(name=broken))).ready
+            answer = await stub.ModelInfer(request(good, models.wine_a.rows[:1]), timeout=10)
+            assert answer.model_version == "1", "what loaded keeps serving"
+    finally:
+        await app.stop()
+        await publisher.stop()
+
+
+async def test_a_replica_that_cannot_read_what_it_is_asked_to_serve_is_not_ready(
+    kafka, artifact_settings, models, monkeypatch
+):
+    """A refusal that is this replica's own (a wrong S3 secret: PERMISSION_DENIED) takes it out of
+    service: another replica may well serve the same state. It comes back once the state is withdrawn."""
+    from tests.integration.bus_helpers import read_until
+
+    bus = BusSettings(topic_prefix=f"tests.inference.denied.{uuid.uuid4().hex[:8]}.")
+    publisher = EventPublisher(kafka, bus, source="mlops-deployer-tests")
+    await publisher.start()
+    model = name()
+    desired = bus.topic_prefix + spec_for(deployment_pb2.DesiredState).topic
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    app = InferenceApp(
+        server_settings(log_enabled=False), kafka=kafka, bus=bus, store=open_store(artifact_settings)
+    )
+    try:
+        async with raw_reader(kafka, desired + ".dlq") as dead_letters:
+            await publisher.publish(state(model, 1, version(models.wine_a, 1)))
+            port = await app.start(ready_timeout_s=60)
+            letter = await read_until(dead_letters, lambda record: record.key == model.encode())
+        assert dict(letter.headers)["mlops_dlq_error_type"] == b"PermissionDenied"
         assert await _health(port) == "NOT_SERVING"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert not (await stub.ServerReady(oip.ServerReadyRequest())).ready
-            assert not (await stub.ModelReady(oip.ModelReadyRequest(name=broken))).ready
-            assert (await stub.ModelReady(oip.ModelReadyRequest(name=good))).ready
-            answer = await stub.ModelInfer(request(good, models.wine_a.rows[:1]), timeout=10)
-            assert answer.model_version == "1", "what loaded keeps serving"
-            await publisher.publish_encoded(desired, broken, None, [])  # type: ignore[arg-type]
-            await eventually(lambda: not app.core.not_ready(), what="the broken model withdrawn")
+            await publisher.publish_encoded(desired, model, None, [])  # type: ignore[arg-type]
+            await eventually(lambda: not app.core.not_ready(), what="the state withdrawn")
             deadline = asyncio.get_running_loop().time() + 10  # health follows in a task of its own
             while await _health(port) != "SERVING":
                 assert asyncio.get_running_loop().time() < deadline, "health did not turn SERVING"
                 await asyncio.sleep(0.05)
-            assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
     finally:
         await app.stop()
         await publisher.stop()
