@@ -77,8 +77,10 @@ up() {
     cd "$REPO"
     # Each service names itself in traces (mlops-<name>); a caller's OTEL_SERVICE_NAME is not theirs.
     rm -f "$STACK/run/$name.state"
-    nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \
-      "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 &
+    # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI job)
+    # that ran `up` does not take the services with it.
+    setsid nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \
+      "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 </dev/null &
     echo $! >"$STACK/run/$name.pid"
     started+=("$entry")
   done
