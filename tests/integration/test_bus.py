@@ -553,3 +553,37 @@ async def test_a_record_without_ce_id_at_a_reused_position_of_a_recreated_topic_
 
 async def _gone(admin, topic: str) -> bool:
     return topic not in await admin.list_topics()
+
+
+async def test_records_waiting_when_a_consumer_joins_are_all_handled(kafka, bus, unique):
+    """A service runs its consumer as soon as it starts, while the group is still being joined: a
+    batch fetched across that join must not be lost (it was, once: dropped, with the position past it)."""
+    from mlops.bus import EventConsumer
+
+    own_bus = bus.model_copy(update={"topic_prefix": f"tests.joining.{unique}."})
+    handled: list[str] = []
+
+    async def handle(event, ctx):
+        handled.append(event.dataset)
+
+    async with publisher(kafka, own_bus) as pub:
+        names = [f"{unique}-{index}" for index in range(12)]
+        for name in names:
+            await pub.publish(committed(name))
+        for attempt in range(3):  # a fresh group each time: the join's timing varies
+            handled.clear()
+            consumer = EventConsumer(
+                kafka, own_bus, group_id=f"tests-joining-{unique}-{attempt}", publisher=pub, database=None
+            )
+            consumer.subscribe(data_pb2.DataCommitted, handle, idempotent=False)
+            await consumer.start()
+            task = asyncio.create_task(consumer.run())  # no wait for the assignment, as services run
+            try:
+                await eventually(
+                    lambda: sorted(handled) == sorted(names),
+                    timeout_s=30,
+                    what=f"all 12 waiting records handled (attempt {attempt}, got {len(handled)})",
+                )
+            finally:
+                await consumer.stop()
+                await task

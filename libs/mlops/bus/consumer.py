@@ -181,6 +181,8 @@ class EventConsumer:
                     for tp, records in batch.items():
                         if tp not in failed and records:
                             self._worker(consumer, tp).put(records)
+                else:
+                    self._unread(consumer, batch)
                 if committing is None or committing.done():
                     if committing is not None and not committing.cancelled() and committing.exception():
                         log.warning(
@@ -205,6 +207,16 @@ class EventConsumer:
             finally:
                 await consumer.stop()
                 self._stopped.set()
+
+    def _unread(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Put back a batch fetched across a rebalance: its records were handed to nobody, yet the
+        consumer's position has moved past them, so each partition still ours is read again from the
+        batch's first record (the inbox makes a second handling harmless)."""
+        assigned = consumer.assignment()
+        for tp, records in batch.items():
+            if records and tp in assigned:
+                with contextlib.suppress(IllegalStateError, KeyError):
+                    consumer.seek(tp, records[0].offset)
 
     def _worker(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> PartitionWorker:
         worker = self._workers.get(tp)
@@ -282,6 +294,8 @@ class EventConsumer:
 
     async def _revoke(self, revoked: set[TopicPartition]) -> None:
         """Close the revoked partitions' tasks and commit what they acknowledged, before the group moves on."""
+        if not revoked:
+            return  # the first join revokes nothing: no position was reset
         self._generation += 1
         workers = [self._workers.pop(tp) for tp in revoked if tp in self._workers]
         await asyncio.gather(*(worker.close(self.revoke_grace_s) for worker in workers))
