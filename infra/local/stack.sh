@@ -527,7 +527,8 @@ wait_ready() {
   local c="$1" t0="$2" deadline=$((SECONDS + READY_TIMEOUT)) pid
   while :; do
     pid="$("${c}_pid")"
-    if ! pid_is "$pid" "$("${c}_sig")"; then
+    # Only whether it runs: its command line may be empty for an instant while setsid and nohup exec it.
+    if ! pid_running "$pid"; then
       echo "exited during start-up"
       return 1
     fi
