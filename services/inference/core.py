@@ -208,6 +208,9 @@ class InferenceCore:
         self._table: dict[str, ModelRoutes] = {}
         self._generations: dict[str, int] = {}
         self._not_ready: dict[str, str] = {}
+        self._refused: dict[str, str] = {}
+        """Models whose every desired state so far was refused for its artifact, and why: callers are
+        told so, but the replica stays ready (no replica could load them)."""
         """Models named by a desired state that serve nothing yet, and why."""
         self._background: set[asyncio.Task] = set()
 
@@ -270,6 +273,7 @@ class InferenceCore:
                     # Every replica would refuse these bytes: the state is dead-lettered, and taking this
                     # replica out of service would only take the models it does serve away as well.
                     self._not_ready.pop(model, None)
+                    self._refused[model] = f"model {model!r} cannot be loaded: {message}"
                 else:
                     self._not_ready[model] = f"model {model!r} cannot be loaded here: {message}"
                 self._readiness_changed()
@@ -280,6 +284,7 @@ class InferenceCore:
                 "refused", f"generation {state.generation} refused: {message}", type(error).__name__
             )
         routes = ModelRoutes(state, versions)
+        self._refused.pop(model, None)
         self._swap(model, routes)
         self._generations[model] = state.generation
         if not routes.by_version:
@@ -304,6 +309,7 @@ class InferenceCore:
             self._swap(model, None)
         self._generations.pop(model, None)
         self._not_ready.pop(model, None)
+        self._refused.pop(model, None)
         prometheus.forget_model(model)
         self._readiness_changed()
         log.info("%s: no longer served", model)
@@ -414,7 +420,8 @@ class InferenceCore:
     def metric_model(self, model: str) -> str:
         """The `model` label for a request naming `model`: itself when the desired state names it,
         else one shared value, so that callers cannot add series by inventing names."""
-        return model if model in self._table or model in self._not_ready else prometheus.UNKNOWN_MODEL
+        named = model in self._table or model in self._not_ready or model in self._refused
+        return model if named else prometheus.UNKNOWN_MODEL
 
     def is_ready(self, model: str, version: str = "") -> bool:
         routes = self._table.get(model)
@@ -429,7 +436,7 @@ class InferenceCore:
         Unavailable naming the problem."""
         routes = self._table.get(model)
         if routes is None:
-            reason = self._not_ready.get(model)
+            reason = self._not_ready.get(model) or self._refused.get(model)
             if reason is not None:
                 raise Unavailable(reason)
             served = ", ".join(sorted(self._table)) or "none"

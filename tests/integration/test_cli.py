@@ -150,7 +150,7 @@ def test_a_bad_spec_exits_4_listing_every_field_path(registry, model, tmp_path):
     path.write_text(bad)
     result = mlops(registry, "apply", "-f", str(path))
     assert result.returncode == 4, result.stderr
-    assert "spec.training.epochs: must be at least 1, got 0" in result.stderr
+    assert "spec.training.epochs: must be 1 to 10000, got 0" in result.stderr
     assert "spec.task: must be one of classification, regression, got 'clustering'" in result.stderr
     assert result.stdout == ""
 

@@ -572,9 +572,7 @@ async def test_bad_input_gets_its_code_and_the_server_keeps_answering(
         assert (
             sample("mlops_inference_requests_total", model=model, version="1", code="INVALID_ARGUMENT") >= 10
         )
-        assert (
-            sample("mlops_inference_requests_total", model="no-such-model", version="", code="NOT_FOUND") >= 1
-        )
+        assert sample("mlops_inference_requests_total", model="_unknown", version="", code="NOT_FOUND") >= 1
     finally:
         await app.stop()
 
@@ -595,6 +593,7 @@ async def test_a_model_known_but_not_loaded_is_unavailable(harness, models):
         await asyncio.sleep(0.1)
     assert unavailable is not None, "a model whose only version cannot load should answer UNAVAILABLE"
     assert "ONNX" in unavailable.details()
+    assert harness.app.core.ready, "no replica could load it: this one stays in service for the others"
 
 
 # --- desired state: served, replaced, ignored when older, removed, refused when bad ---------------
