@@ -81,13 +81,17 @@ class TrainingSlot:
             # The process died while idle (nothing of a call was lost): replace it before it is used.
             log.warning("a training worker died while idle; starting a new one")
             await self._replace()
+        # Taken before and after the submission: the executor's manager thread forgets its processes
+        # as soon as it sees one die, which may be before this line runs again.
+        before = self._processes()
         try:
             future = self._executor.submit(fn, *args)
         except BrokenProcessPool:
             log.warning("a training worker died while idle; starting a new one")
             await self._replace()
+            before = self._processes()
             future = self._executor.submit(fn, *args)
-        processes = self._processes()
+        processes = list({id(p): p for p in [*before, *self._processes()]}.values())
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except BrokenProcessPool as error:
