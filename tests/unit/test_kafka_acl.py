@@ -1,0 +1,78 @@
+"""The ACL table (mlops.bus.acl): every topic of the catalog has exactly the writers and readers
+DESIGN.md names, and the bindings give each principal that and nothing more."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlops.bus import acl
+from mlops.bus.catalog import DLQ_SUFFIX, all_events
+
+
+def allowed(identity: str, operation: str, topic: str, prefix: str = "") -> bool:
+    return acl.AclBinding(identity, "TOPIC", topic, "LITERAL", operation) in set(acl.bindings(prefix))
+
+
+def test_every_event_of_the_catalog_has_one_writer_and_a_dead_letter_topic() -> None:
+    access = acl.topic_access()
+    for spec in all_events():
+        assert len(access[spec.topic].writers) == 1, spec.topic
+        assert spec.topic + DLQ_SUFFIX in access
+    assert len(access) == 2 * len(all_events())
+
+
+def test_only_the_evaluator_writes_evaluations_and_only_the_deployer_desired_state() -> None:
+    for identity in acl.IDENTITIES:
+        assert allowed(identity, "WRITE", "mlops.model.evaluated") == (identity == "evaluator"), identity
+        assert allowed(identity, "WRITE", "mlops.deployments.desired") == (identity == "deployer"), identity
+
+
+def test_upstream_writes_its_two_intents_and_nothing_else() -> None:
+    upstream = acl.bindings_of("upstream")
+    written = {b.resource_name for b in upstream if b.operation == "WRITE"}
+    assert written == {"mlops.data.committed", "mlops.groundtruth.logged"}
+    assert {b.operation for b in upstream} == {"WRITE", "DESCRIBE", "CREATE"}, "upstream reads nothing"
+    assert {b.resource_type for b in upstream} == {"TOPIC"}
+
+
+def test_each_service_reads_what_it_subscribes_to_and_writes_its_dead_letters() -> None:
+    assert allowed("evaluator", "READ", "mlops.model.trained")
+    assert allowed("evaluator", "WRITE", "mlops.model.trained.dlq")
+    assert not allowed("evaluator", "WRITE", "mlops.model.trained")
+    assert not allowed("evaluator", "READ", "mlops.deployments.desired")
+    assert allowed("monitor", "READ", "mlops.inference.logged")
+    assert allowed("monitor", "WRITE", "mlops.groundtruth.logged.dlq")
+    assert allowed("inference", "READ", "mlops.deployments.desired")
+    assert allowed("inference", "WRITE", "mlops.deployments.desired.dlq")
+    readers = acl.topic_access()["mlops.data.committed"].readers
+    assert readers == {"registry", "trainer"}
+
+
+def test_consumer_groups_are_prefixed_per_service_and_inference_has_none() -> None:
+    groups = {
+        (b.identity, b.resource_name, b.pattern_type) for b in acl.bindings() if b.resource_type == "GROUP"
+    }
+    expected = {(s, f"mlops-{s}", "PREFIXED") for s in acl.SERVICES if s != "inference"}
+    assert groups == expected
+
+
+def test_admin_is_a_super_user_with_no_bindings_and_unknown_identities_are_refused() -> None:
+    assert acl.bindings_of("admin") == []
+    with pytest.raises(ValueError, match="unknown Kafka identity 'evaluater'"):
+        acl.bindings_of("evaluater")
+
+
+def test_topic_prefix_applies_to_every_topic_binding_but_not_to_groups() -> None:
+    prefixed = acl.bindings("bench.")
+    assert all(b.resource_name.startswith("bench.mlops.") for b in prefixed if b.resource_type == "TOPIC")
+    assert allowed("evaluator", "WRITE", "bench.mlops.model.evaluated", prefix="bench.")
+    assert len(prefixed) == len(acl.bindings())
+
+
+def test_an_event_without_a_writer_is_named(monkeypatch) -> None:
+    writers = dict(acl.WRITER)
+    removed = next(iter(writers))
+    del writers[removed]
+    monkeypatch.setattr(acl, "WRITER", writers)
+    with pytest.raises(ValueError, match=removed.__name__):
+        acl.topic_access()
