@@ -1,0 +1,125 @@
+"""The local PKI (infra/local/pki.py): a CA and a broker certificate for 127.0.0.1 that a TLS client
+verifies, private files 0600, kept when valid and made anew when not."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import ssl
+import stat
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("mlops_local_pki", ROOT / "infra/local/pki.py")
+pki = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = pki
+_spec.loader.exec_module(pki)
+
+PRIVATE = ("ca.key", "broker.key", "broker.p12", "broker.p12.password")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_fresh_directory_gets_a_ca_and_a_broker_certificate_with_private_keys(tmp_path) -> None:
+    root = tmp_path / "pki"
+    made = pki.ensure(root)
+    assert set(made) == {"ca.pem", "ca.key", "broker.pem", "broker.key", "broker.p12", "broker.p12.password"}
+    assert mode(root) == 0o700
+    for name in PRIVATE:
+        assert mode(root / name) == 0o600, name
+    broker = x509.load_pem_x509_certificate((root / "broker.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((root / "ca.pem").read_bytes())
+    broker.verify_directly_issued_by(ca)
+    san = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+
+
+def test_a_client_trusting_the_ca_verifies_the_broker_for_127_0_0_1(tmp_path) -> None:
+    pki.ensure(tmp_path)
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "broker.pem", tmp_path / "broker.key")
+    client_in, client_out, server_in, server_out = (
+        ssl.MemoryBIO(),
+        ssl.MemoryBIO(),
+        ssl.MemoryBIO(),
+        ssl.MemoryBIO(),
+    )
+    c = client.wrap_bio(client_in, client_out, server_hostname="127.0.0.1")
+    s = server.wrap_bio(server_in, server_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):  # a handshake in memory: a few round trips, no sockets, no clock
+        for name, side, out, peer_in in (
+            ("client", c, client_out, server_in),
+            ("server", s, server_out, client_in),
+        ):
+            if not done[name]:
+                try:
+                    side.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+            peer_in.write(out.read())
+        if all(done.values()):
+            break
+    assert all(done.values())
+    assert c.getpeercert()["subjectAltName"] == (("IP Address", "127.0.0.1"), ("DNS", "localhost"))
+
+
+def test_the_keystore_holds_the_broker_key_and_chain_under_its_password(tmp_path) -> None:
+    pki.ensure(tmp_path)
+    stored = pkcs12.load_pkcs12(
+        (tmp_path / "broker.p12").read_bytes(), (tmp_path / "broker.p12.password").read_bytes()
+    )
+    assert stored.cert.certificate == x509.load_pem_x509_certificate((tmp_path / "broker.pem").read_bytes())
+    assert [c.certificate for c in stored.additional_certs] == [
+        x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    ]
+
+
+def test_valid_files_are_kept_and_modes_repaired(tmp_path) -> None:
+    pki.ensure(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "ca.key").chmod(0o644)
+    assert pki.ensure(tmp_path) == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert mode(tmp_path / "ca.key") == 0o600
+
+
+def test_a_broken_broker_certificate_is_remade_under_the_same_ca(tmp_path) -> None:
+    pki.ensure(tmp_path)
+    ca = (tmp_path / "ca.pem").read_bytes()
+    (tmp_path / "broker.pem").write_text("not a certificate")
+    assert "broker.pem" in pki.ensure(tmp_path)
+    assert (tmp_path / "ca.pem").read_bytes() == ca
+    x509.load_pem_x509_certificate((tmp_path / "broker.pem").read_bytes()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(ca)
+    )
+
+
+def test_a_new_ca_brings_a_new_broker_certificate(tmp_path) -> None:
+    pki.ensure(tmp_path)
+    (tmp_path / "ca.key").unlink()
+    made = pki.ensure(tmp_path)
+    assert {"ca.pem", "ca.key", "broker.pem"} <= set(made)
+
+
+def test_a_certificate_close_to_its_end_is_renewed(tmp_path, monkeypatch) -> None:
+    pki.ensure(tmp_path)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=pki.BROKER_DAYS) - pki.RENEW_BEFORE
+    monkeypatch.setattr(pki, "_now", lambda: later)
+    made = pki.ensure(tmp_path)
+    assert "broker.pem" in made and "ca.pem" not in made
+
+
+def test_a_lost_keystore_password_remakes_only_the_keystore(tmp_path) -> None:
+    pki.ensure(tmp_path)
+    (tmp_path / "broker.p12.password").write_text("wrong")
+    assert pki.ensure(tmp_path) == ["broker.p12", "broker.p12.password"]
