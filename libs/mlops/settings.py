@@ -7,10 +7,12 @@ constructors; nothing imports a settings object as a global.
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from aiokafka.helpers import create_ssl_context
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -38,11 +40,52 @@ class KafkaSettings(BaseSettings):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """Transport security; managed clusters usually want SASL_SSL."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    """SASL mechanism when the protocol is SASL_*."""
+    """SASL mechanism when the protocol is SASL_*; the local stack's secured listener uses SCRAM-SHA-512."""
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    """The principal this client authenticates as (one per service: `registry`, `trainer`, ...)."""
+    sasl_password: SecretStr | None = None
+    """Its password; kept out of repr() and logs."""
+    ssl_cafile: Path | None = None
+    """PEM file of the CA that signed the brokers' certificates (the local stack's:
+    `.stack/clients/ca.pem`); unset, the system's trusted CAs are used, as managed clusters need."""
+    ssl_certfile: Path | None = None
+    """PEM client certificate, for clusters that authenticate clients by TLS certificate."""
+    ssl_keyfile: Path | None = None
+    """PEM private key of `ssl_certfile`."""
     request_timeout_ms: int = 30_000
     """Upper bound on one broker request, including metadata at start-up."""
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> KafkaSettings:
+        # aiokafka would fail later, at the first connection, with a message that names no variable
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"MLOPS_KAFKA_SASL_MECHANISM is required with {self.security_protocol}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(
+                    f"MLOPS_KAFKA_SASL_USERNAME and MLOPS_KAFKA_SASL_PASSWORD are required with {self.security_protocol}"
+                )
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for SSL and SASL_SSL: verifies the brokers' certificates and host names."""
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"MLOPS_KAFKA_{name.upper()} {path} does not exist or is not a file")
+        try:
+            return create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        except ssl.SSLError as error:
+            if self.ssl_certfile is not None:
+                raise ValueError(
+                    f"MLOPS_KAFKA_SSL_CERTFILE {self.ssl_certfile} and MLOPS_KAFKA_SSL_KEYFILE "
+                    f"{self.ssl_keyfile} are not a certificate and its key: {error}"
+                ) from None
+            raise ValueError(
+                f"MLOPS_KAFKA_SSL_CAFILE {self.ssl_cafile} holds no usable CA certificate: {error}"
+            ) from None
 
     def client_options(self) -> dict[str, object]:
         """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
@@ -51,11 +94,13 @@ class KafkaSettings(BaseSettings):
             "security_protocol": self.security_protocol,
             "request_timeout_ms": self.request_timeout_ms,
         }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
         if self.sasl_mechanism:
             options |= {
                 "sasl_mechanism": self.sasl_mechanism,
                 "sasl_plain_username": self.sasl_username,
-                "sasl_plain_password": self.sasl_password,
+                "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None,
             }
         return options
 

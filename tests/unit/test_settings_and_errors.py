@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import ssl
+import sys
+from pathlib import Path
+
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from mlops.errors import IntegrityError, InvalidArgument, MlopsError, NotFound, error_for_status
 from mlops.settings import DatabaseSettings, KafkaSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def x509_common_name(path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
 
 
 def test_production_refuses_the_development_database_password(monkeypatch):
@@ -23,6 +37,8 @@ def test_settings_come_from_prefixed_variables(monkeypatch):
     monkeypatch.setenv("MLOPS_KAFKA_BOOTSTRAP", "kafka-0:9092,kafka-1:9092")
     monkeypatch.setenv("MLOPS_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("MLOPS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("MLOPS_KAFKA_SASL_USERNAME", "registry")
+    monkeypatch.setenv("MLOPS_KAFKA_SASL_PASSWORD", "pw")
     options = KafkaSettings().client_options()
     assert options["bootstrap_servers"] == "kafka-0:9092,kafka-1:9092"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
@@ -50,3 +66,99 @@ def test_errors_round_trip_through_their_status(error, code):
 
 def test_an_unknown_status_still_gives_a_platform_error():
     assert type(error_for_status(grpc.StatusCode.UNAUTHENTICATED, "who?")) is MlopsError
+
+
+@pytest.fixture(scope="module")
+def local_ca(tmp_path_factory) -> Path:
+    """A CA and a certificate from the local PKI, for settings that load real files."""
+    root = tmp_path_factory.mktemp("pki")
+    spec = importlib.util.spec_from_file_location("mlops_local_pki_settings", ROOT / "infra/local/pki.py")
+    pki = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pki
+    spec.loader.exec_module(pki)
+    pki.ensure(root)
+    return root
+
+
+def test_plaintext_options_have_no_tls_and_no_sasl():
+    options = KafkaSettings(bootstrap="k:9092").client_options()
+    assert options == {
+        "bootstrap_servers": "k:9092",
+        "security_protocol": "PLAINTEXT",
+        "request_timeout_ms": 30_000,
+    }
+
+
+def test_ssl_builds_a_context_that_trusts_the_configured_ca(local_ca):
+    options = KafkaSettings(security_protocol="SSL", ssl_cafile=local_ca / "ca.pem").client_options()
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [c["subject"] for c in context.get_ca_certs()] == [
+        ((("commonName", x509_common_name(local_ca / "ca.pem")),),)
+    ]
+    assert "sasl_mechanism" not in options
+
+
+def test_ssl_with_a_client_certificate_loads_the_key_pair(local_ca):
+    settings = KafkaSettings(
+        security_protocol="SSL",
+        ssl_cafile=local_ca / "ca.pem",
+        ssl_certfile=local_ca / "broker.pem",
+        ssl_keyfile=local_ca / "broker.key",
+    )
+    assert isinstance(settings.client_options()["ssl_context"], ssl.SSLContext)
+    wrong = KafkaSettings(
+        security_protocol="SSL",
+        ssl_cafile=local_ca / "ca.pem",
+        ssl_certfile=local_ca / "broker.pem",
+        ssl_keyfile=local_ca / "ca.key",
+    )
+    with pytest.raises(ValueError, match="MLOPS_KAFKA_SSL_CERTFILE"):
+        wrong.client_options()
+
+
+def test_sasl_ssl_gives_scram_credentials_and_the_context(local_ca):
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="upstream",
+        sasl_password="s3cret-pw",
+        ssl_cafile=local_ca / "ca.pem",
+    )
+    options = settings.client_options()
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "upstream"
+    assert options["sasl_plain_password"] == "s3cret-pw"
+
+
+def test_sasl_plaintext_has_credentials_but_no_context():
+    options = KafkaSettings(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p"
+    ).client_options()
+    assert "ssl_context" not in options and options["sasl_plain_password"] == "p"
+
+
+def test_sasl_without_a_mechanism_or_credentials_is_refused_by_name():
+    with pytest.raises(ValidationError, match="MLOPS_KAFKA_SASL_MECHANISM"):
+        KafkaSettings(security_protocol="SASL_SSL")
+    with pytest.raises(ValidationError, match="MLOPS_KAFKA_SASL_USERNAME and MLOPS_KAFKA_SASL_PASSWORD"):
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="u")
+
+
+def test_a_missing_ca_file_is_named(tmp_path):
+    settings = KafkaSettings(security_protocol="SSL", ssl_cafile=tmp_path / "nowhere.pem")
+    with pytest.raises(ValueError, match=r"MLOPS_KAFKA_SSL_CAFILE .*nowhere\.pem"):
+        settings.client_options()
+
+
+def test_the_sasl_password_is_never_printed(monkeypatch):
+    monkeypatch.setenv("MLOPS_KAFKA_SASL_PASSWORD", "hunter2-very-secret")
+    monkeypatch.setenv("MLOPS_KAFKA_SASL_USERNAME", "evaluator")
+    monkeypatch.setenv("MLOPS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    settings = KafkaSettings()
+    assert "hunter2-very-secret" not in repr(settings)
+    assert "hunter2-very-secret" not in str(settings)
+    assert "hunter2-very-secret" not in settings.model_dump_json()
+    assert settings.sasl_password.get_secret_value() == "hunter2-very-secret"
