@@ -76,3 +76,29 @@ def test_an_event_without_a_writer_is_named(monkeypatch) -> None:
     monkeypatch.setattr(acl, "WRITER", writers)
     with pytest.raises(ValueError, match=removed.__name__):
         acl.topic_access()
+
+
+def test_production_has_one_kafka_user_per_identity_with_the_tables_acls() -> None:
+    from tests.unit.test_deploy_k8s import objects
+
+    kafka_users = {d["metadata"]["name"]: d for d in objects("production") if d["kind"] == "KafkaUser"}
+    assert set(kafka_users) == set(acl.IDENTITIES)
+    assert not [d for d in objects("local") if d["kind"] == "KafkaUser"], "the local stack has its own users"
+    patterns = {"literal": "LITERAL", "prefix": "PREFIXED"}
+    for identity, resource in kafka_users.items():
+        assert resource["apiVersion"] == "kafka.strimzi.io/v1beta2"
+        assert resource["metadata"]["labels"]["strimzi.io/cluster"] == "mlops"
+        assert resource["spec"]["authentication"] == {"type": "scram-sha-512"}
+        granted = {
+            acl.AclBinding(
+                identity,
+                rule["resource"]["type"].upper(),
+                rule["resource"]["name"],
+                patterns[rule["resource"]["patternType"]],
+                operation.upper(),
+            )
+            for rule in resource["spec"].get("authorization", {}).get("acls", [])
+            for operation in rule["operations"]
+        }
+        assert granted == set(acl.bindings_of(identity)), identity
+    assert "authorization" not in kafka_users["admin"]["spec"]
