@@ -28,6 +28,7 @@ from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlops.events.v1 import deployment_pb2, evaluation_pb2
 from services.deployer import policy, storage
+from services.deployer.claims import confirmed_evaluation
 from services.deployer.serving import (  # noqa: F401 - the core's public helpers
     check_evaluated,
     health_timeout_of,
@@ -51,7 +52,8 @@ class DeployerCore(RolloutWatch):
         self, event: evaluation_pb2.ModelEvaluated, *, session: AsyncSession
     ) -> dpb.Rollout | None:
         """Roll out a version that passed its gate, in the consumer's transaction; a failed one is
-        logged and left alone. The current trace context is stored with the rollout."""
+        logged and left alone. A pass the registry does not confirm is refused (`claims`). The current
+        trace context is stored with the rollout."""
         check_evaluated(event)
         span = trace.get_current_span()
         if not event.passed:
@@ -64,6 +66,8 @@ class DeployerCore(RolloutWatch):
                 ", ".join(failed) or "no gate passed",
             )
             return None
+        # A pass is believed only as the registry holds it; a refusal here dead-letters the event.
+        await confirmed_evaluation(self.registry, event)
         if event.evaluation_id:
             before = await storage.evaluation_seen(
                 session=session, scope=self.scope, evaluation_id=event.evaluation_id

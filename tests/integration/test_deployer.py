@@ -364,6 +364,33 @@ def evaluated(version: pb.ModelVersion, *, passed: bool = True) -> evaluation_pb
     return event
 
 
+async def recorded(h: Harness, event: evaluation_pb2.ModelEvaluated) -> evaluation_pb2.ModelEvaluated:
+    """`event`, once the registry holds its evaluation: the deployer believes only what the registry
+    confirms, as the evaluator records each verdict before it publishes it."""
+    await h.registry.RecordEvaluation(
+        pb.RecordEvaluationRequest(
+            evaluation=pb.Evaluation(
+                evaluation_id=event.evaluation_id,
+                model=event.model,
+                version=event.version,
+                passed=event.passed,
+                metrics=event.metrics,
+                gates=event.gates,
+                primary_metric=event.primary_metric,
+                evaluated_at=event.evaluated_at,
+            )
+        )
+    )
+    return event
+
+
+async def claimed(
+    h: Harness, version: pb.ModelVersion, *, passed: bool = True
+) -> evaluation_pb2.ModelEvaluated:
+    """A `ModelEvaluated` of `version` whose evaluation the registry holds."""
+    return await recorded(h, evaluated(version, passed=passed))
+
+
 # --- reading what the deployer published ----------------------------------------------------------------
 
 
@@ -434,7 +461,7 @@ async def finished(h: Harness, model: str, version: int = 0, timeout_s: float = 
 
 
 async def deploy_first(h: Harness, model: str, version: pb.ModelVersion) -> dpb.Rollout:
-    await h.publisher.publish(evaluated(version))
+    await h.publisher.publish(await claimed(h, version))
     rollout = await finished(h, model, version.version)
     assert rollout.state == S.ROLLOUT_STATE_PROMOTED
     return rollout
@@ -454,7 +481,7 @@ async def test_a_passed_version_goes_canary_10_50_100_to_production(harness, uni
     tracer = trace.get_tracer("tests")
     with tracer.start_as_current_span("upstream data commit") as root:
         trace_id = format(root.get_span_context().trace_id, "032x")
-        await h.publisher.publish(evaluated(v2))
+        await h.publisher.publish(await claimed(h, v2))
     rollout = await finished(h, model, 2)
 
     assert rollout.state == S.ROLLOUT_STATE_PROMOTED, rollout.reason
@@ -581,7 +608,7 @@ async def test_an_unhealthy_candidate_is_rolled_back_automatically(harness, uniq
     model, (v1, v2) = await new_model(h, unique, step_seconds=30)
     await deploy_first(h, model, v1)
     h.monitor.modes[(model, 2)] = mode
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     rollout = await finished(h, model, 2)
 
     assert rollout.state == S.ROLLOUT_STATE_ROLLED_BACK
@@ -618,7 +645,7 @@ async def test_no_answer_or_too_few_requests_hold_and_never_promote(harness, uni
     h = harness
     model, (_v1, v2) = await new_model(h, unique, steps=(100,), production=1)
     h.monitor.modes[(model, 2)] = mode
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
 
     async def holding():
         rollout = await rollout_of(h, model)
@@ -645,7 +672,7 @@ async def test_a_failed_gate_deploys_nothing(harness, unique):
     h = harness
     model, (v1,) = await new_model(h, unique, versions=1)
     event_id = str(uuid.uuid4())
-    await h.publisher.publish(evaluated(v1, passed=False), event_id=event_id)
+    await h.publisher.publish(await claimed(h, v1, passed=False), event_id=event_id)
 
     async def handled():
         async with h.core.database.session() as session:
@@ -667,9 +694,9 @@ async def test_a_failed_gate_deploys_nothing(harness, unique):
 async def test_a_newer_candidate_supersedes_the_running_rollout(harness, unique):
     h = harness
     model, (_v1, v2, v3) = await new_model(h, unique, versions=3, step_seconds=30, production=1)
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     await eventually(lambda: rollout_of(h, model), what="v2's rollout")
-    await h.publisher.publish(evaluated(v3))
+    await h.publisher.publish(await claimed(h, v3))
 
     async def v3_running():
         rollout = await rollout_of(h, model)
@@ -696,7 +723,7 @@ async def test_a_newer_candidate_supersedes_the_running_rollout(harness, unique)
 
     await eventually(recorded, timeout_s=10, what="both rollouts recorded in the registry")
     # an older passed candidate arriving late changes nothing
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     await asyncio.sleep(1.5)
     assert (await rollout_of(h, model)).rollout_id == newer.rollout_id
 
@@ -704,7 +731,7 @@ async def test_a_newer_candidate_supersedes_the_running_rollout(harness, unique)
 async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
     h = harness
     model, (_v1, v2, v3) = await new_model(h, unique, versions=3, production=1)
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     await eventually(lambda: rollout_of(h, model), what="v2's rollout")
     act = dpb.RolloutActionRequest(model=model, actor="alice", reason="checking dashboards")
 
@@ -743,7 +770,7 @@ async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
     )
 
     # v3 rolls out; an operator withdraws it
-    await h.publisher.publish(evaluated(v3))
+    await h.publisher.publish(await claimed(h, v3))
 
     async def v3_running():
         rollout = await rollout_of(h, model)
@@ -776,7 +803,7 @@ async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
 async def test_a_paused_rollout_is_still_watched_and_rolled_back(harness, unique):
     h = harness
     model, (_v1, v2) = await new_model(h, unique, production=1)
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     await eventually(lambda: rollout_of(h, model), what="v2's rollout")
     await h.deployer.Pause(dpb.RolloutActionRequest(model=model, actor="erin"))
     h.monitor.modes[(model, 2)] = "drifting"
@@ -792,7 +819,7 @@ async def test_a_restarted_deployer_goes_on_with_the_same_step_clock(harness, un
     h = harness
     step = 4
     model, (_v1, v2) = await new_model(h, unique, steps=(20, 100), step_seconds=step, production=1)
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     first = await eventually(lambda: rollout_of(h, model), what="v2's rollout")
     started = first.step_started_at.ToDatetime(tzinfo=UTC)
     await asyncio.sleep(1.5)
@@ -830,7 +857,7 @@ async def test_a_canary_without_a_health_verdict_is_rolled_back_after_its_health
         h, unique, steps=(50, 100), production=1, health_timeout_seconds=timeout
     )
     h.monitor.modes[(model, 2)] = mode
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     rollout = await finished(h, model, 2)
 
     words = rollout.reason
@@ -861,7 +888,7 @@ async def test_a_silent_canary_is_paused_when_the_spec_says_so_and_a_resume_rest
         h, unique, steps=(50, 100), production=1, health_timeout_seconds=2, on_health_timeout="pause"
     )
     h.monitor.modes[(model, 2)] = "unavailable"
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
 
     async def paused():
         rollout = await rollout_of(h, model)
@@ -895,7 +922,7 @@ async def test_the_health_timeout_clock_survives_a_deployer_restart(harness, uni
         h, unique, steps=(50, 100), production=1, health_timeout_seconds=timeout
     )
     h.monitor.modes[(model, 2)] = "unavailable"
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
 
     async def held():
         rollout = await rollout_of(h, model)
@@ -966,7 +993,7 @@ async def test_blue_green_switches_at_once_and_keeps_blue_for_one_step(harness, 
     h = harness
     model, (_v1, v2) = await new_model(h, unique, strategy="blue_green", production=1)
     h.monitor.modes[(model, 2)] = "unknown"  # green sees no traffic at first: the monitor has no figures
-    await h.publisher.publish(evaluated(v2))
+    await h.publisher.publish(await claimed(h, v2))
     await eventually(lambda: rollout_of(h, model), what="the rollout")
 
     async def switched():

@@ -45,3 +45,10 @@ class RegistryPeer:
             return await self.stub.GetDatasetVersion(
                 pb.GetDatasetVersionRequest(dataset=dataset, version=version), timeout=self.timeout_s
             )
+
+    async def evaluation(self, evaluation_id: str) -> pb.Evaluation:
+        """The evaluation the registry holds under `evaluation_id`; NotFound when it holds none."""
+        with raise_typed():
+            return await self.stub.GetEvaluation(
+                pb.GetEvaluationRequest(evaluation_id=evaluation_id), timeout=self.timeout_s
+            )
