@@ -102,3 +102,51 @@ def test_production_has_one_kafka_user_per_identity_with_the_tables_acls() -> No
         }
         assert granted == set(acl.bindings_of(identity)), identity
     assert "authorization" not in kafka_users["admin"]["spec"]
+
+
+def _kafka_secure():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "infra/local/kafka_secure.py"
+    spec = importlib.util.spec_from_file_location("mlops_local_kafka_secure", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_local_users_file_is_private_made_once_and_completed(tmp_path) -> None:
+    secure = _kafka_secure()
+    path = tmp_path / "pki" / "kafka-users.json"
+    first = secure.ensure_users(path)
+    assert set(first) == set(acl.IDENTITIES)
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert len(set(first.values())) == len(first), "one password per identity"
+    assert secure.ensure_users(path) == first
+    partial = {k: v for k, v in first.items() if k != "monitor"}
+    path.write_text(__import__("json").dumps(partial))
+    again = secure.ensure_users(path)
+    assert {k: again[k] for k in partial} == partial and again["monitor"]
+
+
+def test_client_properties_name_the_secured_listener_and_the_ca(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MLOPS_KAFKA_SECURE_BOOTSTRAP", raising=False)  # the default address
+    secure = _kafka_secure()
+    users = {identity: f"pw-{identity}" for identity in acl.IDENTITIES}
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    secure.write_clients(users, ca, tmp_path / "clients")
+    text = (tmp_path / "clients" / "upstream.properties").read_text()
+    lines = dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert lines == {
+        "bootstrap.servers": "127.0.0.1:9094",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "upstream",
+        "sasl.password": "pw-upstream",
+        "ssl.ca.location": str((tmp_path / "clients" / "ca.pem").resolve()),
+    }
+    for name in ("ca.pem", "upstream.properties", "admin.properties"):
+        assert ((tmp_path / "clients" / name).stat().st_mode & 0o777) == 0o600, name
