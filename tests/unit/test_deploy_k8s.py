@@ -155,3 +155,47 @@ def test_topics_cover_every_event_with_its_dead_letter_topic(overlay: str) -> No
             # consumer groups scale out to as many replicas as partitions
             assert partitions[spec.topic] >= 6
     assert not topics, f"KafkaTopics for topics the catalog does not have: {sorted(topics)}"
+
+
+# Who calls whose gRPC API (DESIGN.md): the only pod-to-pod edges the network policies may open.
+GRPC_CALLERS = {
+    "registry": {"trainer", "evaluator", "deployer", "monitor", "inference"},
+    "deployer": set(),
+    "monitor": {"deployer"},
+    "trainer": set(),
+    "evaluator": set(),
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_deny_by_default_and_open_only_the_edges_of_the_design(overlay: str) -> None:
+    policies = {
+        doc["metadata"]["name"]: doc["spec"] for doc in objects(overlay) if doc["kind"] == "NetworkPolicy"
+    }
+    deny = policies["mlops-default-deny"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    for name, (grpc_port, metrics_port) in SERVICES.items():
+        if not service_exists(name):
+            continue
+        spec = policies[f"mlops-{name}"]
+        assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == name
+        by_port = {rule["ports"][0]["port"]: rule for rule in spec["ingress"]}
+        assert set(by_port) == {grpc_port, metrics_port}, f"{name} opens {sorted(by_port)}"
+        assert by_port[metrics_port]["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+        if name == "inference":
+            assert "from" not in by_port[grpc_port], "the data plane answers any caller"
+            continue
+        peers = {
+            peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name")
+            for peer in by_port[grpc_port]["from"]
+            if "app.kubernetes.io/name" in peer["podSelector"]["matchLabels"]
+        }
+        assert peers == GRPC_CALLERS[name], f"{name}'s API is open to {sorted(peers)}"
+        callees = {
+            rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            for rule in spec.get("egress", [])
+        }
+        assert callees == {callee for callee, callers in GRPC_CALLERS.items() if name in callers}
