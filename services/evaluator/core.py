@@ -1,6 +1,7 @@
 """The evaluator's rules, transport-neutral: a `ModelTrained` in, a `ModelEvaluated` out.
 
-The challenger (the new version) and the champion (the version the `production` alias points to)
+The challenger (the new version, as the registry holds it: its artifact and signature, never the
+event's claim of them, see `claims`) and the champion (the version the `production` alias points to)
 are scored on the same rows: the TEST split of the challenger's data set version, assigned by
 `mlops.tabular` from the spec's fractions exactly as the trainer assigned it, so no row the
 challenger trained on is ever scored. Each model reads the rows through its own signature (its
@@ -40,6 +41,7 @@ from mlops.tabular import (
     resolve_schema,
 )
 from services.evaluator import gates, prometheus, storage
+from services.evaluator.claims import registered_version
 from services.evaluator.clients import RegistryClient
 from services.evaluator.metrics import Slice, classification_metrics, regression_metrics, slices_of
 from services.evaluator.scoring import OnnxModel
@@ -279,6 +281,7 @@ class EvaluatorCore:
         async with self._slots:
             started = time.perf_counter()
             with tracer.start_as_current_span("evaluate model", attributes=attributes) as span:
+                registered = await registered_version(self.registry, trained)
                 spec = await self.registry.model_spec(trained.model, trained.spec_version)
                 body = spec.spec.spec
                 dataset = await self.registry.dataset_version(trained.dataset, trained.dataset_version)
@@ -296,14 +299,7 @@ class EvaluatorCore:
                     "mlops.evaluator.champion_version", champion_version.version if champion_version else 0
                 )
 
-                challenger = Contender(
-                    role="challenger",
-                    version=trained.version,
-                    artifact_uri=trained.artifact_uri,
-                    artifact_sha256=trained.artifact_sha256,
-                    features=list(trained.feature_names),
-                    classes=list(trained.class_labels),
-                )
+                challenger = contender("challenger", registered)
                 held_out = await self._held_out(dataset, body)
                 span.set_attribute("mlops.evaluator.test_rows", len(held_out.rows))
                 challenger_card = await self._score(challenger, held_out, measure_latency=True)
@@ -368,7 +364,7 @@ class EvaluatorCore:
                     challenger_card.provider,
                     " | ".join(result.message for result in recorded.gates),
                 )
-                return model_evaluated(recorded, trained)
+                return model_evaluated(recorded, trained, registered)
 
     async def _held_out(self, dataset: pb.DatasetVersion, body: pb.ModelSpecBody) -> HeldOut:
         with tracer.start_as_current_span(
@@ -395,21 +391,26 @@ class EvaluatorCore:
     async def _score_champion(self, version: pb.ModelVersion, held_out: HeldOut) -> ScoreCard | None:
         """The champion's card, or None when it cannot read these rows (its features or classes are
         not in this data set version): the regression gate then says so and is skipped."""
-        champion = Contender(
-            role="champion",
-            version=version.version,
-            artifact_uri=version.artifact_uri,
-            artifact_sha256=version.artifact_sha256,
-            features=list(version.signature.feature_names),
-            classes=list(version.signature.class_labels),
-            categories={name: list(v.values) for name, v in version.signature.categories.items()},
-        )
+        champion = contender("champion", version)
         try:
             return await self._score(champion, held_out, measure_latency=False)
         except InvalidArgument as error:
             log.warning("%s cannot be compared on these rows: %s", version.model, error)
             trace.get_current_span().add_event("champion not comparable", {"reason": error.message})
             return None
+
+
+def contender(role: str, version: pb.ModelVersion) -> Contender:
+    """A version as the registry holds it: its artifact, and the signature it reads rows through."""
+    return Contender(
+        role=role,
+        version=version.version,
+        artifact_uri=version.artifact_uri,
+        artifact_sha256=version.artifact_sha256,
+        features=list(version.signature.feature_names),
+        classes=list(version.signature.class_labels),
+        categories={name: list(v.values) for name, v in version.signature.categories.items()},
+    )
 
 
 def compared_champion(version: pb.ModelVersion | None, card: ScoreCard | None) -> gates.Champion | None:
@@ -420,7 +421,7 @@ def compared_champion(version: pb.ModelVersion | None, card: ScoreCard | None) -
 
 
 def model_evaluated(
-    evaluation: pb.Evaluation, trained: training_pb2.ModelTrained
+    evaluation: pb.Evaluation, trained: training_pb2.ModelTrained, version: pb.ModelVersion
 ) -> evaluation_pb2.ModelEvaluated:
     event = evaluation_pb2.ModelEvaluated(
         model=evaluation.model,
@@ -440,9 +441,9 @@ def model_evaluated(
         dataset_sha256=evaluation.dataset_sha256,
         row_count=evaluation.row_count,
         spec_version=evaluation.spec_version,
-        run_id=trained.run_id,
-        artifact_uri=trained.artifact_uri,
-        artifact_sha256=trained.artifact_sha256,
+        run_id=version.run_id or trained.run_id,
+        artifact_uri=version.artifact_uri,
+        artifact_sha256=version.artifact_sha256,
         primary_metric=evaluation.primary_metric,
     )
     event.evaluated_at.CopyFrom(evaluation.evaluated_at)

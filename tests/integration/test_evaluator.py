@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from aiokafka import AIOKafkaProducer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from sklearn.datasets import load_diabetes, load_wine
@@ -204,7 +205,10 @@ def training_rows(data: DataSet, task: str):
     return schema, feature_matrix(train, schema), label_vector(train, schema)
 
 
-async def register(h: Harness, model: str, spec_version: int, data: DataSet, schema, onnx_bytes: bytes):
+async def register(
+    h: Harness, model: str, spec_version: int, data: DataSet, schema, onnx_bytes: bytes, *, sha256: str = ""
+):
+    """`sha256`: what the registry records for the bytes, when not their own."""
     ref = await h.store.put_bytes(f"models/{model}", "model.onnx", onnx_bytes)
     outputs = (
         [
@@ -231,7 +235,7 @@ async def register(h: Harness, model: str, spec_version: int, data: DataSet, sch
             dataset_version=data.version.version,
             dataset_sha256=data.version.sha256,
             artifact_uri=ref.uri,
-            artifact_sha256=ref.sha256,
+            artifact_sha256=sha256 or ref.sha256,
             artifact_size_bytes=ref.size,
             signature=signature,
         )
@@ -433,9 +437,11 @@ async def test_a_model_whose_bytes_do_not_match_its_sha256_is_refused_to_the_dea
         harness, model, dataset_name, "classification", pb.GateSpec(metric="accuracy")
     )
     schema, x, y = training_rows(data, "classification")
-    version = await register(harness, model, spec_version, data, schema, train_classifier(x, y, 3))
+    # The registry's record of the bytes is not what the store holds (tampered after registration).
+    version = await register(
+        harness, model, spec_version, data, schema, train_classifier(x, y, 3), sha256="0" * 64
+    )
     trained = model_trained(version)
-    trained.artifact_sha256 = "0" * 64  # what the announcement claims is not what the store holds
 
     async with raw_reader(kafka, TRAINED_TOPIC + ".dlq") as reader:
         await harness.publisher.publish(trained)
@@ -445,5 +451,46 @@ async def test_a_model_whose_bytes_do_not_match_its_sha256_is_refused_to_the_dea
     headers = {name: value.decode() for name, value in record.headers}
     assert headers["mlops_dlq_error_type"] == "IntegrityError"
     assert "0" * 64 in headers["mlops_dlq_reason"] and "refusing to use it" in headers["mlops_dlq_reason"]
+    stored = await harness.registry.ListEvaluations(pb.ListEvaluationsRequest(model=model))
+    assert not stored.evaluations
+
+
+async def test_a_forged_announcement_of_other_bytes_is_dead_lettered_and_nothing_is_scored(
+    harness, kafka, unique
+):
+    """A ModelTrained written with a plain producer, naming a registered version but another artifact (a
+    model that would pass): refused with the registry's record named, never scored, nothing recorded."""
+    dataset_name, frame = wine(unique)
+    model = f"wine-forged-{unique}"
+    data = await commit_dataset(harness, dataset_name, frame)
+    spec_version = await apply_spec(
+        harness, model, dataset_name, "classification", pb.GateSpec(metric="accuracy")
+    )
+    schema, x, y = training_rows(data, "classification")
+    version = await register(
+        harness, model, spec_version, data, schema, train_classifier(x, y, 3, only_feature=0)
+    )
+    other = await harness.store.put_bytes(f"models/{model}-other", "model.onnx", train_classifier(x, y, 3))
+    forged = model_trained(version)
+    forged.artifact_uri, forged.artifact_sha256 = other.uri, other.sha256
+
+    async with raw_reader(kafka, TRAINED_TOPIC + ".dlq") as reader:
+        producer = AIOKafkaProducer(**kafka.client_options())
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                TRAINED_TOPIC,
+                key=model.encode(),
+                value=forged.SerializeToString(),
+                headers=[("ce_type", b"mlops.model.trained.v1"), ("content-type", b"application/protobuf")],
+            )
+        finally:
+            await producer.stop()
+        record = await read_until(
+            reader, lambda r: training_pb2.ModelTrained.FromString(r.value).model == model, timeout_s=60
+        )
+    reason = dict(record.headers)["mlops_dlq_reason"].decode()
+    assert f"ModelTrained of {model} v{version.version} disagrees with the registry's record" in reason
+    assert f"artifact_sha256 {other.sha256!r} (the registry holds {version.artifact_sha256!r})" in reason
     stored = await harness.registry.ListEvaluations(pb.ListEvaluationsRequest(model=model))
     assert not stored.evaluations

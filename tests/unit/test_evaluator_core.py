@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.errors import InvalidArgument
+from mlops.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlops.events.v1 import training_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.evaluator.core import EvaluatorCore
@@ -56,6 +56,12 @@ class FakeRegistry:
         )
         self.champion: pb.ModelVersion | None = None
         self.recorded: dict[str, pb.Evaluation] = {}
+        self.versions: dict[tuple[str, int], pb.ModelVersion] = {}
+
+    async def model_version(self, model, version):
+        if (model, version) not in self.versions:
+            raise NotFound(f"model {model!r} has no version {version}")
+        return self.versions[(model, version)]
 
     async def model_spec(self, model, version):
         return self.spec
@@ -90,6 +96,7 @@ def world(tmp_path):
     frame.to_csv(path, index=False)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     store, registry = FakeStore(path), FakeRegistry(sha)
+    store.registry = registry
     core = EvaluatorCore(
         registry,
         store,
@@ -100,7 +107,19 @@ def world(tmp_path):
 
 
 def trained(store: FakeStore, data: bytes, version: int, sha: str) -> training_pb2.ModelTrained:
+    """The announcement of a version, registered first as the trainer does."""
     uri, artifact_sha = store.add_model(data)
+    store.registry.versions[("m", version)] = pb.ModelVersion(
+        model="m",
+        version=version,
+        spec_version=1,
+        dataset="d",
+        dataset_version=1,
+        dataset_sha256=sha,
+        artifact_uri=uri,
+        artifact_sha256=artifact_sha,
+        signature=pb.ModelSignature(feature_names=FEATURES, class_labels=CLASSES, task="classification"),
+    )
     return training_pb2.ModelTrained(
         model="m",
         version=version,
@@ -172,3 +191,37 @@ async def test_an_evaluation_recorded_before_is_published_as_recorded(world):
     assert again.evaluation_id == first.evaluation_id
     assert again.champion_version == 0 and list(again.gates) == list(first.gates)
     assert len(registry.recorded) == 1
+
+
+async def test_the_challenger_is_the_registered_artifact_not_the_announced_one(world):
+    """An announcement that agrees with the registry but leaves the artifact out is scored on the
+    registry's bytes (GOOD), whatever the event's feature list claims."""
+    core, store, registry, sha = world
+    announcement = trained(store, GOOD, 2, sha)
+    announcement.ClearField("artifact_uri")
+    announcement.ClearField("artifact_sha256")
+    del announcement.feature_names[:]
+    event = await core.evaluate(announcement)
+    assert event.passed and event.metrics["accuracy"] == pytest.approx(1.0)
+    assert event.artifact_sha256 == registry.versions[("m", 2)].artifact_sha256
+
+
+async def test_an_announced_artifact_other_than_the_registered_one_is_refused(world):
+    core, store, registry, sha = world
+    announcement = trained(store, GOOD, 2, sha)
+    announcement.artifact_uri, announcement.artifact_sha256 = store.add_model(NOISE)
+    with pytest.raises(
+        FailedPrecondition, match="disagrees with the registry's record: artifact_uri"
+    ) as refused:
+        await core.evaluate(announcement)
+    assert registry.versions[("m", 2)].artifact_sha256 in refused.value.message
+    assert not registry.recorded
+
+
+async def test_a_version_the_registry_does_not_hold_is_refused(world):
+    core, store, registry, sha = world
+    announcement = trained(store, GOOD, 2, sha)
+    announcement.version = 7
+    with pytest.raises(FailedPrecondition, match="m v7 names a version the registry does not hold"):
+        await core.evaluate(announcement)
+    assert not registry.recorded
