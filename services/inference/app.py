@@ -25,7 +25,7 @@ from services.inference.inference_log import InferenceLogger
 from services.inference.runtime import OnnxRuntime
 from services.inference.servicer import SERVICE_NAME, InferenceServicer
 from services.inference.settings import InferenceSettings
-from services.inference.signatures import RegistrySignatures
+from services.inference.signatures import RegistryVersions
 
 log = logging.getLogger(__name__)
 SOURCE = "mlops-inference"
@@ -67,11 +67,16 @@ class InferenceApp:
                 max_message_bytes=settings.log_max_message_bytes,
                 publish_timeout_s=settings.log_publish_timeout_s,
             )
-        self.registry_channel = (
-            open_channel(settings.registry_addr) if settings.signatures_from_registry else None
-        )
-        signatures = (
-            RegistrySignatures(self.registry_channel, timeout_s=settings.registry_timeout_s)
+        uses_registry = settings.confirm_artifacts or settings.signatures_from_registry
+        self.registry_channel = open_channel(settings.registry_addr) if uses_registry else None
+        versions = (
+            RegistryVersions(
+                self.registry_channel,
+                timeout_s=settings.registry_timeout_s,
+                confirm=settings.confirm_artifacts,
+                categories=settings.signatures_from_registry,
+                max_cached=settings.registry_cache_size,
+            )
             if self.registry_channel is not None
             else None
         )
@@ -80,7 +85,7 @@ class InferenceApp:
             threads=settings.onnx_threads,
             warmup_runs=settings.warmup_runs,
         )
-        core_options = {"read_categories": signatures.categories} if signatures is not None else {}
+        core_options = {"confirm_version": versions.confirmed} if versions is not None else {}
         self.core = InferenceCore(
             runtime=runtime,
             read_artifact=store.get_bytes,

@@ -162,11 +162,13 @@ class PredictionLog:
 
 ArtifactReader = Callable[[str, str], Awaitable[bytes]]
 """(uri, sha256) → verified bytes; raises IntegrityError on a mismatch."""
-CategoriesReader = Callable[[str, int], Awaitable[dict[str, tuple[str, ...]]]]
-"""(model, version) → vocabularies of its text features."""
+VersionConfirmer = Callable[[str, int, str], Awaitable[dict[str, tuple[str, ...]]]]
+"""(model, version, sha256) → vocabularies of its text features, once the registry holds that sha256 for
+the version; raises NotFound or IntegrityError when it does not (the state is refused), Unavailable while
+the registry cannot be reached (waited out)."""
 
 
-async def _no_categories(model: str, version: int) -> dict[str, tuple[str, ...]]:
+async def _no_categories(model: str, version: int, sha256: str) -> dict[str, tuple[str, ...]]:
     return {}
 
 
@@ -184,7 +186,7 @@ class InferenceCore:
         read_artifact: ArtifactReader,
         executor: Executor,
         prediction_log: PredictionLog | None = None,
-        read_categories: CategoriesReader = _no_categories,
+        confirm_version: VersionConfirmer = _no_categories,
         retry_s: float = 2.0,
         inline_below_us: int = 0,
         max_queued_requests: int = 1_000,
@@ -197,7 +199,7 @@ class InferenceCore:
         self.read_artifact = read_artifact
         self.executor = executor
         self.log = prediction_log or PredictionLog()
-        self.read_categories = read_categories
+        self.confirm_version = confirm_version
         self.retry_s = retry_s
         self.inline_below_us = inline_below_us
         self.max_queued_requests = max_queued_requests
@@ -357,14 +359,15 @@ class InferenceCore:
         ) as span:
             started = time.perf_counter()
             while True:
-                try:
+                try:  # only bytes the registry holds for the version are loaded
+                    categories = await self.confirm_version(model, spec.version, spec.artifact_sha256)
                     data = await self.read_artifact(spec.artifact_uri, spec.artifact_sha256)
                     break
                 except Exception as error:
                     if not is_outage(error):
                         raise
                     log.warning(
-                        "%s v%d: artifact store unavailable (%s); retrying", model, spec.version, error
+                        "%s v%d: registry or store unavailable (%s); retrying", model, spec.version, error
                     )
                     await asyncio.sleep(self.retry_s)
             loaded = await asyncio.to_thread(
@@ -375,7 +378,6 @@ class InferenceCore:
                 feature_count=len(spec.feature_names),
                 class_count=len(spec.class_labels),
             )
-            categories = await self.read_categories(model, spec.version)
             span.set_attribute("mlops.inference.provider", loaded.provider)
             log.info(
                 "%s v%d loaded on %s in %.0f ms (%d bytes)",

@@ -69,7 +69,13 @@ class InferenceSettings(RegistryPeerSettings):
 
     signatures_from_registry: bool = True
     """Ask the registry for each loaded version's text-feature vocabularies (`ModelSignature.categories`);
-    without them a text feature is sent as its code. An unreachable registry or unknown version only
-    leaves the vocabularies out."""
+    without them a text feature is sent as its code. With `confirm_artifacts` off, an unreachable registry
+    or unknown version only leaves the vocabularies out."""
+    confirm_artifacts: bool = True
+    """Load only an artifact whose sha256 the registry (`MLOPS_REGISTRY_ADDR`) holds for the version the
+    desired state names; any other state is refused (dead-lettered) and what served before keeps serving.
+    Off only for a data plane without a registry (tests of the data plane that serve models of their own)."""
+    registry_cache_size: int = Field(1024, ge=1)
+    """Registry records of versions kept (versions are immutable); the least recently used go first."""
     desired_state_retry_s: float = Field(2.0, gt=0)
     """Wait before loading a desired state again after the artifact store was unreachable."""

@@ -251,6 +251,7 @@ def server_settings(**overrides) -> InferenceSettings:
         "grpc_port": 0,
         "metrics_port": None,
         "signatures_from_registry": False,
+        "confirm_artifacts": False,  # these tests serve models of their own; test_inference_trust checks
         "log_flush_interval_ms": 200,
         "log_batch_records": 200,
         "server_id": "inference-tests",
