@@ -17,7 +17,8 @@ class DeployerHandlers:
         """Start the rollout in the inbox transaction: its first desired state and events are queued in
         the outbox if and only if the event is marked handled. An event without a model or a version,
         or about a model or version the registry does not know, is a permanent error (InvalidArgument,
-        NotFound): it goes to the DLQ with the reason."""
+        NotFound), and so is a pass the registry does not confirm (FailedPrecondition): it goes to the
+        DLQ with the reason."""
         assert ctx.session is not None
         trace.get_current_span().set_attributes(
             {"mlops.model.name": event.model, "mlops.model.version": event.version}
