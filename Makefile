@@ -30,9 +30,10 @@ setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, Po
 	bash infra/k8s/install-tools.sh
 	bash tests/install-tritonclient.sh
 
-up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready
+up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready; the CLI's context `local` points at it
 	bash $(STACK) up
 	bash $(SERVICES) up
+	@$(WITH_STACK_ENV) $(PY) -m mlops.cli context set local --from-env --use
 
 down: ## Stop the services and the stack (data is kept; `bash infra/local/stack.sh down --purge` drops it)
 	bash $(SERVICES) down

@@ -1,3 +1,3 @@
-from mlops.cli.main import app
+from mlops.cli.main import main
 
-app(prog_name="mlops")
+main()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from enum import IntEnum
 from typing import Annotated
 
@@ -9,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from mlops.cli import alias, apply, data, models, rollout, runs, trace
+from mlops.cli import alias, apply, config, contexts, data, models, rollout, runs, trace
 from mlops.cli import monitor as monitor_cli
 from mlops.cli.context import DEFAULT_REGISTRY_ADDR, CliContext
 from mlops.cli.output import Output
@@ -111,6 +113,7 @@ def root(
 
 
 app.command("apply", help=apply.HELP)(apply.apply)
+app.add_typer(contexts.app, name="context")
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.add_typer(alias.app, name="alias")
@@ -119,3 +122,12 @@ app.add_typer(rollout.app, name="rollout")
 app.command("trace", help=trace.HELP)(trace.trace)
 app.add_typer(monitor_cli.drift_app, name="drift")
 app.add_typer(monitor_cli.monitor_app, name="monitor")
+
+
+def main() -> None:
+    """The `mlops` command: the current context's settings first (what the shell sets wins), then the app."""
+    try:
+        config.apply(os.environ)
+    except MlopsError as error:  # a broken configuration must not lock people out of `mlops context`
+        print(f"warning: {error.message}", file=sys.stderr)
+    app(prog_name="mlops")
