@@ -186,8 +186,22 @@ class TelemetrySettings(BaseSettings):
     """Export spans over OTLP (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)."""
 
 
+def _check_files(prefix: str, settings: BaseSettings, names: tuple[str, ...]) -> None:
+    for name in names:
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"{prefix}{name.upper()} {path} does not exist or is not a file")
+
+
 class GrpcServerSettings(BaseSettings):
-    """A gRPC server's listening address and limits (`MLOPS_GRPC_*`); services override the port."""
+    """A gRPC server's listening address, limits and security (`MLOPS_GRPC_*`); services override the port.
+
+    Security is off by default for now: the local stack and its tests still speak plaintext, and the
+    next step turns TLS and `auth` on for every service. With `tls_client_ca` set, client certificates
+    are required (mutual TLS): grpcio's server credentials can require a verified client certificate or
+    not ask for one, never ask and accept its absence. A server for people holding tokens therefore
+    leaves `tls_client_ca` unset, or listens on a second port.
+    """
 
     model_config = _config("MLOPS_GRPC_")
 
@@ -197,6 +211,82 @@ class GrpcServerSettings(BaseSettings):
     """Largest request or response accepted."""
     shutdown_grace_s: float = Field(5.0, ge=0)
     """How long in-flight calls may finish when the server stops."""
+    tls_cert: Path | None = None
+    """PEM certificate chain of the server; set (with `tls_key`), the server speaks TLS only."""
+    tls_key: Path | None = None
+    """PEM private key of `tls_cert`."""
+    tls_client_ca: Path | None = None
+    """PEM CA that signs client certificates; set, every client must present one it signed (mutual TLS),
+    and the certificate's subject CN is the caller's identity."""
+    auth: bool = False
+    """Require a principal on every call except health checks and apply the access table
+    (`mlops.grpc.access`); needs TLS, since tokens and identities in plaintext can be read and replayed."""
+    token_file: Path | None = None
+    """Bearer tokens this server accepts: lines `<sha256 hex of the token> <identity> <role>`."""
+    cert_roles: dict[str, Literal["viewer", "operator", "admin", "service"]] = Field(default_factory=dict)
+    """Role per certificate CN (JSON, e.g. `{"user:alice": "operator"}`); wins over the certificate's OU."""
+
+    @model_validator(mode="after")
+    def _security_is_coherent(self) -> GrpcServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("MLOPS_GRPC_TLS_CERT and MLOPS_GRPC_TLS_KEY go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "MLOPS_GRPC_TLS_CLIENT_CA needs MLOPS_GRPC_TLS_CERT and MLOPS_GRPC_TLS_KEY (mutual TLS is TLS)"
+            )
+        if self.auth and self.tls_cert is None:
+            raise ValueError(
+                "MLOPS_GRPC_AUTH needs MLOPS_GRPC_TLS_CERT and MLOPS_GRPC_TLS_KEY: "
+                "tokens and identities sent in plaintext can be read and replayed"
+            )
+        if self.auth and self.token_file is None and self.tls_client_ca is None:
+            raise ValueError(
+                "MLOPS_GRPC_AUTH needs MLOPS_GRPC_TOKEN_FILE or MLOPS_GRPC_TLS_CLIENT_CA: nobody could prove who they are"
+            )
+        if (self.token_file is not None or self.cert_roles) and not self.auth:
+            raise ValueError(
+                "MLOPS_GRPC_TOKEN_FILE and MLOPS_GRPC_CERT_ROLES take effect only with MLOPS_GRPC_AUTH=true"
+            )
+        _check_files("MLOPS_GRPC_", self, ("tls_cert", "tls_key", "tls_client_ca", "token_file"))
+        return self
+
+
+class GrpcClientSettings(BaseSettings):
+    """How a service or the CLI secures its gRPC channels (`MLOPS_GRPC_CLIENT_*`); all unset: plaintext."""
+
+    model_config = _config("MLOPS_GRPC_CLIENT_")
+
+    tls: bool = False
+    """Speak TLS; implied by any of the files below. Without `ca_file`, the system's trusted CAs verify
+    the server."""
+    ca_file: Path | None = None
+    """PEM CA that signed the servers' certificates (the local stack's: `.stack/clients/ca.pem`)."""
+    cert_file: Path | None = None
+    """PEM client certificate for mutual TLS; its subject CN is this client's identity."""
+    key_file: Path | None = None
+    """PEM private key of `cert_file`."""
+    token: SecretStr | None = None
+    """Bearer token sent as `authorization: Bearer <token>` on every call; needs TLS. Kept out of repr()."""
+    server_name: str | None = None
+    """Expected name in the server's certificate when it differs from the address dialled."""
+
+    @model_validator(mode="after")
+    def _client_is_coherent(self) -> GrpcClientSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "MLOPS_GRPC_CLIENT_CERT_FILE and MLOPS_GRPC_CLIENT_KEY_FILE go together: set both or neither"
+            )
+        if self.token is not None and not self.secure:
+            raise ValueError(
+                "MLOPS_GRPC_CLIENT_TOKEN needs TLS (MLOPS_GRPC_CLIENT_TLS or MLOPS_GRPC_CLIENT_CA_FILE): "
+                "a token sent in plaintext can be read and replayed"
+            )
+        _check_files("MLOPS_GRPC_CLIENT_", self, ("ca_file", "cert_file", "key_file"))
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
 
 
 class ServiceSettings(BaseSettings):
