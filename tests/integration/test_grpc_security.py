@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.deployer.v1 import deployer_pb2_grpc
@@ -298,3 +299,30 @@ async def test_health_checks_need_no_credentials(pki, token_server):
             health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10
         )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def list_services(address: str, security: GrpcClientSettings) -> set[str]:
+    async def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async with open_channel(address, security=security) as channel:
+        async for reply in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            requests(), timeout=10
+        ):
+            return {service.name for service in reply.list_services_response.service}
+    return set()
+
+
+async def test_streaming_calls_are_checked_too(pki, token_server):
+    assert SERVICE_NAME in await list_services(token_server.address, client(pki, token=VIEWER_TOKEN))
+    error = await failed(list_services(token_server.address, client(pki)))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_server_key_that_is_not_its_certificates_is_refused_at_start(pki):
+    settings = GrpcServerSettings(port=0, tls_cert=pki.server[0], tls_key=pki.operator[1])
+    server = GrpcServer(settings)
+    with pytest.raises(
+        ValueError, match=r"MLOPS_GRPC_TLS_KEY .*olive\.key is not the key of MLOPS_GRPC_TLS_CERT"
+    ):
+        await server.start()

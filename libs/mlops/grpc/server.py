@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Iterable
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -107,9 +109,27 @@ def _auth_interceptor(settings: GrpcServerSettings) -> AuthInterceptor:
 def _server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
+    cert, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+    _check_pair(cert, key, settings)
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        [(key, cert)],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _check_pair(cert_pem: bytes, key_pem: bytes, settings: GrpcServerSettings) -> None:
+    # grpc would accept a mismatched pair here and fail every handshake later, with nothing in the log
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"MLOPS_GRPC_TLS_CERT {settings.tls_cert} and MLOPS_GRPC_TLS_KEY {settings.tls_key} "
+            f"must be a PEM certificate and its unencrypted PEM key: {error}"
+        ) from None
+    if cert.public_key() != key.public_key():
+        raise ValueError(
+            f"MLOPS_GRPC_TLS_KEY {settings.tls_key} is not the key of MLOPS_GRPC_TLS_CERT {settings.tls_cert}"
+        )
