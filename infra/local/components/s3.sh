@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# The local stack's s3: sourced by infra/local/stack.sh, which defines the settings and helpers
+# used here. Each component provides <name>_ports/_comm/_sig/_addr/_pid/_check/_start/_ready/
+# _up_check/_stop/_purge for the generic process handling in stack.sh.
+
+# --- s3 (versitygw) ---------------------------------------------------------------------
+
+S3_DIR="$STACK/s3"
+
+s3_ports() { echo "$S3_PORT"; }
+s3_comm() { echo versitygw; }
+s3_sig() { echo "$S3_DIR/data"; }
+s3_addr() { echo "http://$HOST:$S3_PORT bucket $S3_BUCKET"; }
+s3_pid() { [ -f "$RUN/s3.pid" ] && cat "$RUN/s3.pid" || true; }
+
+# The posix backend keeps object metadata in user extended attributes.
+xattr_ok() {
+  local f="$1/.xattr-check" rc=0
+  : >"$f"
+  if command -v setfattr >/dev/null 2>&1; then
+    setfattr -n user.mlops-check -v 1 "$f" 2>/dev/null || rc=1
+  else
+    "$(python_bin)" -c 'import os,sys; os.setxattr(sys.argv[1], "user.mlops-check", b"1")' "$f" 2>/dev/null || rc=1
+  fi
+  rm -f "$f"
+  return "$rc"
+}
+
+# Sidecar metadata when asked for, and from then on for that data directory (its objects'
+# metadata lives there).
+s3_sidecar() { [ "${MLOPS_S3_SIDECAR:-0}" = 1 ] || [ -d "$S3_DIR/meta" ]; }
+
+s3_check() {
+  [ -x "$VERSITYGW_BIN" ] || fail "versitygw not installed: run infra/local/install.sh"
+  mkdir -p "$S3_DIR/data"
+  if ! s3_sidecar && ! xattr_ok "$S3_DIR/data"; then
+    fail "the filesystem of $S3_DIR/data ($(df -PT "$S3_DIR/data" | awk 'NR==2{print $2}')) has no user extended attributes, which versitygw's posix backend needs: put the stack on ext4/xfs/btrfs (MLOPS_STACK_DIR=...) or set MLOPS_S3_SIDECAR=1 to keep metadata in a sidecar directory"
+  fi
+}
+
+s3_start() {
+  local extra=()
+  if s3_sidecar; then mkdir -p "$S3_DIR/meta"; extra=(--sidecar "$S3_DIR/meta"); fi
+  # keys through the environment, not the command line (which any user can read)
+  ROOT_ACCESS_KEY_ID="$S3_ACCESS_KEY" ROOT_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
+    setsid nohup "$VERSITYGW_BIN" --port "$HOST:$S3_PORT" --region "$S3_REGION" --quiet \
+    posix "${extra[@]}" "$S3_DIR/data" >>"$LOGS/s3.log" 2>&1 </dev/null 8>&- &
+  echo $! >"$RUN/s3.pid"
+}
+
+s3_ready() {
+  port_open "$S3_PORT" || return 1
+  local py rc=3
+  if py="$(python_bin)"; then
+    rc=0
+    AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
+      "$py" "$HERE/probe.py" s3 "http://$HOST:$S3_PORT" ${1:+"$1"} >/dev/null 2>&1 || rc=$?
+  fi
+  if [ "$rc" -ne 3 ]; then return "$rc"; fi
+  # no boto3 (probe.py exits 3): curl signs with SigV4 too (the payload hash header is required)
+  local req=(curl -fsS -o /dev/null --max-time 5 --aws-sigv4 "aws:amz:$S3_REGION:s3"
+    -u "$S3_ACCESS_KEY:$S3_SECRET_KEY"
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+  "${req[@]}" "http://$HOST:$S3_PORT/" 2>/dev/null || return 1
+  if [ -n "${1:-}" ]; then
+    "${req[@]}" -I "http://$HOST:$S3_PORT/$1" 2>/dev/null \
+      || "${req[@]}" -X PUT "http://$HOST:$S3_PORT/$1" 2>/dev/null
+  fi
+}
+s3_up_check() { s3_ready "$S3_BUCKET"; }   # ListBuckets, and the bucket
+s3_stop() { kill_gracefully "$1"; }
+s3_purge() { rm -rf "$S3_DIR"; }
