@@ -7,6 +7,7 @@ constructors; nothing imports a settings object as a global.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from pathlib import Path
 from typing import Literal
@@ -30,7 +31,18 @@ def _config(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
 
 
-class KafkaSettings(BaseSettings):
+class Settings(BaseSettings):
+    """Variables first; a setting may also come from a file named after its variable in the folder
+    `MLOPS_SECRETS_DIR` names (Kubernetes mounts secrets there as files, not as variables)."""
+
+    def __init__(self, **values) -> None:
+        secrets = os.environ.get("MLOPS_SECRETS_DIR")
+        if secrets and Path(secrets).is_dir() and "_secrets_dir" not in values:
+            values["_secrets_dir"] = secrets
+        super().__init__(**values)
+
+
+class KafkaSettings(Settings):
     """How to reach the Kafka cluster (`MLOPS_KAFKA_*`)."""
 
     model_config = _config("MLOPS_KAFKA_")
@@ -57,6 +69,14 @@ class KafkaSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _sasl_is_complete(self) -> KafkaSettings:
+        if current_environment() == "production" and self.security_protocol in (
+            "PLAINTEXT",
+            "SASL_PLAINTEXT",
+        ):
+            raise ValueError(
+                f"MLOPS_KAFKA_SECURITY_PROTOCOL={self.security_protocol} sends events unencrypted; "
+                "production needs SSL or SASL_SSL"
+            )
         # aiokafka would fail later, at the first connection, with a message that names no variable
         if self.security_protocol.startswith("SASL_"):
             if self.sasl_mechanism is None:
@@ -105,7 +125,7 @@ class KafkaSettings(BaseSettings):
         return options
 
 
-class BusSettings(BaseSettings):
+class BusSettings(Settings):
     """Behaviour of the event bus (`MLOPS_BUS_*`): retries, batching, the outbox relay, topics."""
 
     model_config = _config("MLOPS_BUS_")
@@ -133,7 +153,10 @@ class BusSettings(BaseSettings):
     """Producer batching delay: a few milliseconds buys large batches under load."""
 
 
-class DatabaseSettings(BaseSettings):
+_DATABASE_TLS = re.compile(r"[?&](ssl|sslmode)=(require|verify-ca|verify-full|true)\b")
+
+
+class DatabaseSettings(Settings):
     """PostgreSQL (`MLOPS_DATABASE_*`)."""
 
     model_config = _config("MLOPS_DATABASE_")
@@ -149,8 +172,15 @@ class DatabaseSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_default_password(self) -> DatabaseSettings:
-        if current_environment() == "production" and ":mlops@" in self.url:
-            raise ValueError("MLOPS_DATABASE_URL uses the development password; set a real one in production")
+        if current_environment() == "production":
+            if ":mlops@" in self.url:
+                raise ValueError(
+                    "MLOPS_DATABASE_URL uses the development password; set a real one in production"
+                )
+            if not _DATABASE_TLS.search(self.url):
+                raise ValueError(
+                    "MLOPS_DATABASE_URL has no TLS: production needs ?ssl=verify-full (or require) on the URL"
+                )
         return self
 
     @property
@@ -159,7 +189,7 @@ class DatabaseSettings(BaseSettings):
         return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-class ArtifactSettings(BaseSettings):
+class ArtifactSettings(Settings):
     """The artifact store (`MLOPS_ARTIFACT_*`)."""
 
     model_config = _config("MLOPS_ARTIFACT_")
@@ -174,7 +204,7 @@ class ArtifactSettings(BaseSettings):
     """Files larger than this are uploaded in parts."""
 
 
-class TelemetrySettings(BaseSettings):
+class TelemetrySettings(Settings):
     """Metrics and tracing switches (`MLOPS_TELEMETRY_*`); exporters themselves take the standard OTEL_* variables."""
 
     model_config = _config("MLOPS_TELEMETRY_")
@@ -193,7 +223,7 @@ def _check_files(prefix: str, settings: BaseSettings, names: tuple[str, ...]) ->
             raise ValueError(f"{prefix}{name.upper()} {path} does not exist or is not a file")
 
 
-class GrpcServerSettings(BaseSettings):
+class GrpcServerSettings(Settings):
     """A gRPC server's listening address, limits and security (`MLOPS_GRPC_*`); services override the port.
 
     Security is off by default for now: the local stack and its tests still speak plaintext, and the
@@ -251,7 +281,7 @@ class GrpcServerSettings(BaseSettings):
         return self
 
 
-class GrpcClientSettings(BaseSettings):
+class GrpcClientSettings(Settings):
     """How a service or the CLI secures its gRPC channels (`MLOPS_GRPC_CLIENT_*`); all unset: plaintext."""
 
     model_config = _config("MLOPS_GRPC_CLIENT_")
@@ -289,7 +319,7 @@ class GrpcClientSettings(BaseSettings):
         return self.tls or self.ca_file is not None or self.cert_file is not None
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(Settings):
     """What every service's settings have; each service subclasses it with its own prefix and defaults."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)

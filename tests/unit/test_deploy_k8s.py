@@ -199,3 +199,29 @@ def test_network_policies_deny_by_default_and_open_only_the_edges_of_the_design(
             for rule in spec.get("egress", [])
         }
         assert callees == {callee for callee, callers in GRPC_CALLERS.items() if name in callers}
+
+
+def test_production_reaches_kafka_over_sasl_ssl_each_service_as_its_own_principal() -> None:
+    docs = objects("production")
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("mlops-config")
+    )
+    assert config["data"]["MLOPS_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["data"]["MLOPS_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    users = {d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for name in SERVICES:
+        if not service_exists(name):
+            continue
+        pod = deployments[f"mlops-{name}"]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["MLOPS_KAFKA_SASL_USERNAME"]["value"] == name and name in users
+        assert "MLOPS_KAFKA_SASL_PASSWORD" not in env, "a password is a mounted file, never a variable"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        password = volumes["kafka-password"]["secret"]
+        assert password["secretName"] == name, f"{name} mounts another principal's password"
+        assert password["items"] == [{"key": "password", "path": "MLOPS_KAFKA_SASL_PASSWORD"}]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["kafka-password"] == config["data"]["MLOPS_SECRETS_DIR"]
+        assert config["data"]["MLOPS_KAFKA_SSL_CAFILE"].startswith(mounts["kafka-ca"])

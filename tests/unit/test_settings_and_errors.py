@@ -30,7 +30,31 @@ def test_production_refuses_the_development_database_password(monkeypatch):
     with pytest.raises(ValidationError, match="development password"):
         DatabaseSettings()
     monkeypatch.setenv("MLOPS_DATABASE_URL", "postgresql+asyncpg://svc:s3cret@db:5432/mlops")
-    assert DatabaseSettings().asyncpg_dsn == "postgresql://svc:s3cret@db:5432/mlops"
+    with pytest.raises(ValidationError, match=r"has no TLS: production needs \?ssl=verify-full"):
+        DatabaseSettings()
+    monkeypatch.setenv("MLOPS_DATABASE_URL", "postgresql+asyncpg://svc:s3cret@db:5432/mlops?ssl=verify-full")
+    assert DatabaseSettings().asyncpg_dsn == "postgresql://svc:s3cret@db:5432/mlops?ssl=verify-full"
+
+
+def test_production_refuses_kafka_without_tls(monkeypatch):
+    monkeypatch.setenv("MLOPS_ENV", "production")
+    for protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+        monkeypatch.setenv("MLOPS_KAFKA_SECURITY_PROTOCOL", protocol)
+        with pytest.raises(ValidationError, match=f"{protocol} sends events unencrypted"):
+            KafkaSettings()
+    monkeypatch.setenv("MLOPS_KAFKA_SECURITY_PROTOCOL", "SSL")
+    assert KafkaSettings().security_protocol == "SSL"
+
+
+def test_a_secret_can_come_from_a_mounted_file_named_after_its_variable(monkeypatch, tmp_path):
+    (tmp_path / "MLOPS_KAFKA_SASL_PASSWORD").write_text("from-a-file")
+    monkeypatch.setenv("MLOPS_SECRETS_DIR", str(tmp_path))
+    monkeypatch.delenv("MLOPS_KAFKA_SASL_PASSWORD", raising=False)
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="registry"
+    )
+    assert settings.sasl_password.get_secret_value() == "from-a-file"
+    assert "from-a-file" not in repr(settings)
 
 
 def test_settings_come_from_prefixed_variables(monkeypatch):
