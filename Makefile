@@ -77,7 +77,7 @@ protos-check: $(VENV)/.installed ## Fail when the generated code is stale or was
 	  for f in $$(cd $$tmp && find . -name '*.py' -o -name '*.pyi' | sort); do \
 	    cmp -s $$tmp/$$f libs/$$f || { echo "stale or hand-edited: libs/$${f#./} (run 'make protos')"; exit 1; }; \
 	  done && \
-	  for f in $$(cd libs && find . -name '*_pb2*.py*' | sed 's|^\./||' | sort); do \
+	  for f in $$(cd libs && find . -name '*_pb2*.py*' -not -path '*/__pycache__/*' | sed 's|^\./||' | sort); do \
 	    test -f $$tmp/$$f || { echo "generated file without a proto: libs/$$f"; exit 1; }; \
 	  done && echo "generated code is up to date"
 
