@@ -16,9 +16,30 @@ def allowed(identity: str, operation: str, topic: str, prefix: str = "") -> bool
 def test_every_event_of_the_catalog_has_one_writer_and_a_dead_letter_topic() -> None:
     access = acl.topic_access()
     for spec in all_events():
-        assert len(access[spec.topic].writers) == 1, spec.topic
+        exceptions = {s for s, events in acl.ALSO_WRITES.items() if spec.message in events}
+        assert access[spec.topic].writers == {acl.WRITER[spec.message], *exceptions}, spec.topic
         assert spec.topic + DLQ_SUFFIX in access
-    assert len(access) == 2 * len(all_events())
+    assert len(access) == 2 * len(all_events()) + 1  # and the outboxes' catch-all
+
+
+def test_the_monitor_commits_the_data_sets_it_assembles_and_requests_retraining() -> None:
+    assert allowed("monitor", "WRITE", "mlops.data.committed")
+    assert allowed("monitor", "WRITE", "mlops.retrain.requested")
+    assert allowed("trainer", "READ", "mlops.data.committed")
+    assert not allowed("trainer", "WRITE", "mlops.data.committed")
+
+
+def test_outboxes_dead_letter_what_they_publish_and_to_the_catch_all() -> None:
+    assert allowed("evaluator", "WRITE", "mlops.model.evaluated.dlq")
+    assert allowed("deployer", "WRITE", "mlops.deployments.desired.dlq")
+    assert not allowed("evaluator", "WRITE", "mlops.deployments.desired.dlq")
+    assert not allowed("upstream", "WRITE", "mlops.data.committed.dlq"), "upstream has no outbox here"
+    writers = {
+        b.identity
+        for b in acl.bindings("p.")
+        if b.resource_name == "p.mlops.outbox.dlq" and b.operation == "WRITE"
+    }
+    assert writers == set(acl.SERVICES)
 
 
 def test_only_the_evaluator_writes_evaluations_and_only_the_deployer_desired_state() -> None:
@@ -141,7 +162,7 @@ def test_client_properties_name_the_secured_listener_and_the_ca(tmp_path, monkey
     text = (tmp_path / "clients" / "upstream.properties").read_text()
     lines = dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
     assert lines == {
-        "bootstrap.servers": "127.0.0.1:9094",
+        "bootstrap.servers": "127.0.0.1:9092",
         "security.protocol": "SASL_SSL",
         "sasl.mechanisms": "SCRAM-SHA-512",
         "sasl.username": "upstream",

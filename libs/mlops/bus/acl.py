@@ -7,7 +7,9 @@ and Kubernetes gets them as Strimzi KafkaUsers (infra/k8s/topics.py), so both en
 
 What each kind of access grants, and why:
 - a writer: WRITE, DESCRIBE and CREATE on its topic (publishers create what they write, the
-  deployer creates its compacted topic up front; since Kafka 3.0 WRITE also allows idempotence);
+  deployer creates its compacted topic up front; since Kafka 3.0 WRITE also allows idempotence),
+  and the same on the topic's `.dlq` and on `mlops.outbox.dlq`, where its outbox relay parks a
+  row it cannot publish;
 - a reader: READ, DESCRIBE and CREATE on the topic (a consumer creates the topics it reads with
   their dead-letter twins when it starts before the writer), and the same as a writer on the
   topic's `.dlq`, where it puts what it cannot handle;
@@ -26,6 +28,9 @@ from google.protobuf.message import Message
 
 from mlops.bus.catalog import DLQ_SUFFIX, all_events, spec_for
 from mlops.events.v1 import data_pb2, deployment_pb2, evaluation_pb2, model_pb2, monitoring_pb2, training_pb2
+
+OUTBOX_DEAD_LETTERS = "mlops.outbox" + DLQ_SUFFIX
+"""Where an outbox relay parks a row whose topic it cannot even name (mlops.bus.outbox)."""
 
 SERVICES = ("registry", "trainer", "evaluator", "deployer", "inference", "monitor")
 UPSTREAM = "upstream"
@@ -56,7 +61,14 @@ WRITER: dict[type[Message], str] = {
     monitoring_pb2.PerformanceDegraded: "monitor",
     training_pb2.RetrainRequested: "monitor",
 }
-"""The one identity that writes each event (each fact has one writer)."""
+"""The one identity that owns each event (each fact has one writer)."""
+
+ALSO_WRITES: dict[str, tuple[type[Message], ...]] = {
+    # `request retrain` assembles a data set from the inference log and ground truth and commits
+    # it as any pipeline would, before its RetrainRequested (services/monitor/core.py)
+    "monitor": (data_pb2.DataCommitted,),
+}
+"""The few services that also publish an event another identity owns, and why."""
 
 READS: dict[str, tuple[type[Message], ...]] = {
     "registry": (data_pb2.DataCommitted, monitoring_pb2.DriftDetected, monitoring_pb2.PerformanceDegraded),
@@ -119,13 +131,23 @@ def topic_access(prefix: str = "") -> dict[str, TopicAccess]:
     for service, events in READS.items():
         for event in events:
             readers.setdefault(spec_for(event).topic, set()).add(service)
+    also: dict[type[Message], set[str]] = {}
+    for service, events in ALSO_WRITES.items():
+        for event in events:
+            also.setdefault(event, set()).add(service)
     access: dict[str, TopicAccess] = {}
     for spec in all_events():
         topic = prefix + spec.topic
         topic_readers = frozenset(readers.get(spec.topic, ()))
-        access[topic] = TopicAccess(topic, frozenset({WRITER[spec.message]}), topic_readers)
-        # whoever reads a topic parks there what it cannot handle; operators read it (as admin)
-        access[topic + DLQ_SUFFIX] = TopicAccess(topic + DLQ_SUFFIX, topic_readers, frozenset())
+        writers = frozenset({WRITER[spec.message], *also.get(spec.message, ())})
+        access[topic] = TopicAccess(topic, writers, topic_readers)
+        # whoever reads a topic parks there what it cannot handle, a writer's outbox what it cannot
+        # publish; operators read it (as admin)
+        dead_letter_writers = topic_readers | (writers & frozenset(SERVICES))
+        access[topic + DLQ_SUFFIX] = TopicAccess(topic + DLQ_SUFFIX, dead_letter_writers, frozenset())
+    publishers = frozenset(w for a in list(access.values()) for w in a.writers if w in SERVICES)
+    outbox = prefix + OUTBOX_DEAD_LETTERS
+    access[outbox] = TopicAccess(outbox, publishers, frozenset())
     return access
 
 
