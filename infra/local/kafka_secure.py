@@ -7,8 +7,11 @@
     kafka_secure.py acls USERS.json [PREFIX ...]     as admin: create the table's bindings (topic names
                                                      with each PREFIX, none by default), remove stale ones
     kafka_secure.py clients USERS.json CLIENTS_DIR   ca.pem, upstream.properties, admin.properties (0600)
+    kafka_secure.py password USERS.json NAME         one identity's password on stdout (for stack.sh)
+    kafka_secure.py ping USERS.json                  as admin: the broker answers Metadata and lists itself
+    kafka_secure.py admin-config USERS.json OUT      the JVM admin tools' --command-config as admin (0600)
 
-The secured listener is read from MLOPS_KAFKA_SECURE_BOOTSTRAP (127.0.0.1:9094) and its CA from
+The listener is read from MLOPS_KAFKA_SECURE_BOOTSTRAP (127.0.0.1:9092) and its CA from
 MLOPS_KAFKA_CA (<USERS.json's folder>/ca.pem). Exit status 1 means "not yet" (broker not reachable,
 a login or request failed) and says why on stderr; stack.sh polls until it passes.
 """
@@ -30,6 +33,7 @@ from aiokafka.protocol.admin import (
     DescribeAclsRequest_v1,
 )
 from aiokafka.protocol.api import Request
+from aiokafka.protocol.metadata import MetadataRequest
 
 from mlops.bus import acl
 from mlops.settings import KafkaSettings
@@ -82,7 +86,7 @@ def ensure_users(path: Path) -> dict[str, str]:
 
 def settings(users: dict[str, str], identity: str, ca: Path) -> KafkaSettings:
     return KafkaSettings(
-        bootstrap=os.environ.get("MLOPS_KAFKA_SECURE_BOOTSTRAP", "127.0.0.1:9094"),
+        bootstrap=os.environ.get("MLOPS_KAFKA_SECURE_BOOTSTRAP", "127.0.0.1:9092"),
         security_protocol="SASL_SSL",
         sasl_mechanism=MECHANISM,
         sasl_username=identity,
@@ -196,9 +200,38 @@ async def apply_acls(users: dict[str, str], ca: Path, prefixes: list[str]) -> tu
         conn.close()
 
 
+async def ping(users: dict[str, str], ca: Path) -> str:
+    """The broker as the admin sees it: it must list itself on the port we asked."""
+    kafka = settings(users, acl.ADMIN, ca)
+    conn = await connect(kafka)
+    try:
+        metadata = await conn.send(MetadataRequest([]))
+    finally:
+        conn.close()
+    port = int(kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])
+    brokers = [(broker[0], broker[1], broker[2]) for broker in metadata.brokers]  # id, host, port, ...
+    if not any(broker_port == port for _, _, broker_port in brokers):
+        raise ValueError(f"the broker lists {brokers or 'no broker'}, none on port {port}")
+    return f"brokers {brokers}"
+
+
+def admin_config(users: dict[str, str], ca: Path) -> str:
+    """Kafka's own tools (kafka-configs.sh --command-config) as admin on the client listener."""
+    password = users[acl.ADMIN].replace("\\", "\\\\").replace('"', '\\"')
+    return (
+        "# the local stack's admin (kafka-configs.sh --bootstrap-server ... --command-config)\n"
+        "security.protocol=SASL_SSL\n"
+        f"sasl.mechanism={MECHANISM}\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{acl.ADMIN}" password="{password}";\n'
+        "ssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={ca.resolve()}\n"
+    )
+
+
 def properties(users: dict[str, str], identity: str, ca: Path) -> str:
     """librdkafka (kcat, confluent-kafka) properties for one identity."""
-    bootstrap = os.environ.get("MLOPS_KAFKA_SECURE_BOOTSTRAP", "127.0.0.1:9094")
+    bootstrap = os.environ.get("MLOPS_KAFKA_SECURE_BOOTSTRAP", "127.0.0.1:9092")
     return (
         f"# {identity}'s credentials for the local stack's secured Kafka listener (librdkafka / kcat -F)\n"
         f"bootstrap.servers={bootstrap}\n"
@@ -238,6 +271,16 @@ def main(argv: list[str]) -> int:
         elif command == "acls":
             created, removed, kept = asyncio.run(apply_acls(load_users(path), ca, argv[2:] or [""]))
             print(f"ACLs: {created} created, {removed} stale removed, {kept} kept")
+        elif command == "password" and len(argv) == 3:
+            users = load_users(path)
+            if argv[2] not in users:
+                print(f"kafka_secure password: {path} has no identity {argv[2]!r}", file=sys.stderr)
+                return 1
+            print(users[argv[2]])
+        elif command == "ping":
+            print(asyncio.run(ping(load_users(path), ca)))
+        elif command == "admin-config" and len(argv) == 3:
+            write_private(Path(argv[2]), admin_config(load_users(path), ca))
         elif command == "clients" and len(argv) == 3:
             write_clients(load_users(path), ca, Path(argv[2]))
         else:

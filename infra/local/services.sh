@@ -11,7 +11,10 @@
 # exits unasked (as Kubernetes restarts a container), and records the service's pid, its restart count
 # and its last exit reason in <stack>/run/<name>.state. <name>.pid is the supervisor's.
 #
-# Services read the addresses `stack.sh up` writes to <stack>/env. Logs and pid files live in
+# Services read the addresses `stack.sh up` writes to <stack>/env, but not its Kafka identity (the
+# operator's, admin): each logs in to Kafka as itself (MLOPS_KAFKA_SASL_USERNAME=<name>, its password
+# from <stack>/pki/kafka-users.json), so that the broker's ACLs (libs/mlops/bus/acl.py) hold it to
+# what the design gives it. Logs and pid files live in
 # ${MLOPS_STACK_DIR:-<repo>/.stack}/{logs,run}. A service is started when its package has a
 # __main__.py; its gRPC port comes from the table below (each overridable by its own variable).
 set -Eeuo pipefail
@@ -75,13 +78,24 @@ up() {
     printf '\n=== %s start\n' "$(date -u +%FT%TZ)" >>"$STACK/logs/$name.log"
     wc -l <"$STACK/logs/$name.log" >"$STACK/run/$name.logstart"
     cd "$REPO"
+    local kafka_password=""
+    if [ "${MLOPS_KAFKA_SECURITY_PROTOCOL:-PLAINTEXT}" != PLAINTEXT ]; then
+      kafka_password="$("$PYTHON" "$HERE/kafka_secure.py" password "$STACK/pki/kafka-users.json" "$name")" \
+        || { echo "services: $name has no Kafka identity in $STACK/pki/kafka-users.json: run infra/local/stack.sh up" >&2; exit 1; }
+    fi
     # Each service names itself in traces (mlops-<name>); a caller's OTEL_SERVICE_NAME is not theirs.
     rm -f "$STACK/run/$name.state"
-    # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI job)
-    # that ran `up` does not take the services with it.
-    setsid nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \
-      "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 </dev/null &
-    echo $! >"$STACK/run/$name.pid"
+    (
+      # exported, not on a command line (which any user can read)
+      if [ -n "$kafka_password" ]; then
+        export MLOPS_KAFKA_SASL_USERNAME="$name" MLOPS_KAFKA_SASL_PASSWORD="$kafka_password"
+      fi
+      # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI
+      # job) that ran `up` does not take the services with it.
+      setsid nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \
+        "$PYTHON" -m "services.$name" >>"$STACK/logs/$name.log" 2>&1 </dev/null &
+      echo $! >"$STACK/run/$name.pid"
+    )
     started+=("$entry")
   done
   local deadline=$((SECONDS + READY_TIMEOUT))

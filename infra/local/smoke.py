@@ -32,10 +32,13 @@ async def check_kafka() -> str:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient
 
-    bootstrap = env("MLOPS_KAFKA_BOOTSTRAP")
+    from mlops.settings import KafkaSettings
+
+    env("MLOPS_KAFKA_BOOTSTRAP")
+    options = KafkaSettings().client_options()  # SASL_SSL as the operator (admin), from stack.sh env
     topic = f"mlops.smoke.{uuid.uuid4().hex[:8]}"
     payload = uuid.uuid4().bytes
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    producer = AIOKafkaProducer(**options, enable_idempotence=True)
     await producer.start()
     try:
         # auto.create.topics.enable: the first send creates the topic (3 partitions)
@@ -44,7 +47,7 @@ async def check_kafka() -> str:
         await producer.stop()
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **options,
         group_id=f"smoke-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -56,7 +59,7 @@ async def check_kafka() -> str:
         partitions = consumer.partitions_for_topic(topic) or set()
     finally:
         await consumer.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         await admin.delete_topics([topic])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local stack as plain processes (no containers), all on 127.0.0.1:
 #   kafka     Apache Kafka, KRaft single node (broker + controller)   9092 (+ controller 9093),
-#             and SASL_SSL with SCRAM-SHA-512 users and ACLs               9094
+#             SASL_SSL only: SCRAM-SHA-512 users and ACLs
 #   postgres  PostgreSQL, its own data directory                       5432
 #   s3        versitygw, S3-compatible server (posix backend)          9000
 #   jaeger    Jaeger v2 all-in-one, memory storage                      OTLP 4317/4318, UI+API 16686
@@ -20,13 +20,15 @@
 # Everything (data, logs, pid files, generated config) lives in ${MLOPS_STACK_DIR:-<repo>/.stack};
 # the CA, the broker's certificate and the Kafka users' passwords in <stack>/pki (infra/local/pki.py),
 # what clients need for the secured listener in <stack>/clients (ca.pem, upstream.properties,
-# admin.properties: librdkafka / kcat -F).
+# admin.properties: librdkafka / kcat -F), the random PostgreSQL and S3 secrets in
+# <stack>/pki/local-secrets.json (made on the first up). `up` restarts a running component whose
+# configuration changed (Kafka's server.properties, S3's credentials) and says so.
 # Binaries come from infra/local/install.sh (cache: ${MLOPS_CACHE:-~/.cache/mlops}).
-# Ports: MLOPS_KAFKA_PORT, MLOPS_KAFKA_CONTROLLER_PORT, MLOPS_KAFKA_SECURE_PORT, MLOPS_PG_PORT, MLOPS_S3_PORT,
+# Ports: MLOPS_KAFKA_PORT, MLOPS_KAFKA_CONTROLLER_PORT, MLOPS_PG_PORT, MLOPS_S3_PORT,
 #   MLOPS_JAEGER_OTLP_GRPC_PORT, MLOPS_JAEGER_OTLP_HTTP_PORT, MLOPS_JAEGER_UI_PORT,
 #   MLOPS_JAEGER_QUERY_GRPC_PORT.
-# Other settings: MLOPS_KAFKA_HEAP (768m), MLOPS_PG_USER/MLOPS_PG_PASSWORD/MLOPS_PG_DB (mlops),
-#   MLOPS_S3_ACCESS_KEY (mlops-local), MLOPS_S3_SECRET_KEY (mlops-local-secret),
+# Other settings: MLOPS_KAFKA_HEAP (768m), MLOPS_PG_USER/MLOPS_PG_DB (mlops), MLOPS_PG_PASSWORD
+#   (random, local-secrets.json), MLOPS_S3_ACCESS_KEY (mlops-local), MLOPS_S3_SECRET_KEY (random),
 #   MLOPS_S3_BUCKET (mlops), MLOPS_S3_SIDECAR=1 (keep S3 metadata in a sidecar directory instead
 #   of extended attributes), MLOPS_STACK_TIMEOUT (readiness deadline per component, 120 s),
 #   MLOPS_STACK_STOP_TIMEOUT (graceful stop deadline, 30 s), PYTHON (<repo>/.venv/bin/python).
@@ -43,15 +45,14 @@ COMPONENTS=(postgres kafka s3 jaeger)
 
 KAFKA_PORT="${MLOPS_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${MLOPS_KAFKA_CONTROLLER_PORT:-9093}"
-KAFKA_SECURE_PORT="${MLOPS_KAFKA_SECURE_PORT:-9094}"
 KAFKA_HEAP="${MLOPS_KAFKA_HEAP:-768m}"
 PG_PORT="${MLOPS_PG_PORT:-5432}"
 PG_USER="${MLOPS_PG_USER:-mlops}"
-PG_PASSWORD="${MLOPS_PG_PASSWORD:-mlops}"
+PG_PASSWORD="${MLOPS_PG_PASSWORD:-}"            # else local-secrets.json (load_local_secrets)
 PG_DB="${MLOPS_PG_DB:-mlops}"
 S3_PORT="${MLOPS_S3_PORT:-9000}"
 S3_ACCESS_KEY="${MLOPS_S3_ACCESS_KEY:-mlops-local}"
-S3_SECRET_KEY="${MLOPS_S3_SECRET_KEY:-mlops-local-secret}"
+S3_SECRET_KEY="${MLOPS_S3_SECRET_KEY:-}"        # else local-secrets.json
 S3_BUCKET="${MLOPS_S3_BUCKET:-mlops}"
 S3_REGION="us-east-1"
 JAEGER_OTLP_GRPC_PORT="${MLOPS_JAEGER_OTLP_GRPC_PORT:-4317}"
@@ -118,6 +119,20 @@ http_ok() {
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 short_hash() { printf '%s' "$1" | sha256sum | cut -c1-10; }
+
+# PG_PASSWORD and S3_SECRET_KEY, unless given, from <stack>/pki/local-secrets.json: made by
+# `load_local_secrets create` (up), only read otherwise (a stack never started has none yet).
+load_local_secrets() {
+  local out name value py
+  py="$(python_bin)" || fail "the local secrets need Python (.venv or python3)"
+  out="$("$py" "$HERE/local_secrets.py" "$1" "$PKI/local-secrets.json")" || fail "cannot read $PKI/local-secrets.json"
+  while read -r name value; do
+    case "$name" in
+      pg_password) [ -n "${MLOPS_PG_PASSWORD:-}" ] || PG_PASSWORD="$value" ;;
+      s3_secret_key) [ -n "${MLOPS_S3_SECRET_KEY:-}" ] || S3_SECRET_KEY="$value" ;;
+    esac
+  done <<<"$out"
+}
 
 # --- components (one file each: what runs, how it starts, when it is ready) -------------
 
@@ -226,11 +241,21 @@ urlquote() {   # percent-encodes everything but unreserved characters (RFC 3986)
   printf '%s' "$out"
 }
 
+# The local operator's identity (Kafka's admin) for whoever sources it: tests, the CLI, the demo.
+# The services get their own Kafka identity from services.sh instead.
 env_lines() {
-  local kv
+  local kv kafka_auth=() admin_password
+  if admin_password="$(kafka_secure password "$ADMIN_IDENTITY" 2>/dev/null)"; then
+    kafka_auth=(
+      "MLOPS_KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+      "MLOPS_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+      "MLOPS_KAFKA_SASL_USERNAME=$ADMIN_IDENTITY"
+      "MLOPS_KAFKA_SASL_PASSWORD=$admin_password"
+      "MLOPS_KAFKA_SSL_CAFILE=$CLIENTS/ca.pem")
+  fi
   for kv in \
     "MLOPS_KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT" \
-    "MLOPS_KAFKA_SECURE_BOOTSTRAP=$HOST:$KAFKA_SECURE_PORT" \
+    "${kafka_auth[@]}" \
     "MLOPS_DATABASE_URL=postgresql+asyncpg://$(urlquote "$PG_USER"):$(urlquote "$PG_PASSWORD")@$HOST:$PG_PORT/$(urlquote "$PG_DB")" \
     "MLOPS_ARTIFACT_ROOT=s3://$S3_BUCKET" \
     "MLOPS_ARTIFACT_S3_ENDPOINT_URL=http://$HOST:$S3_PORT" \
@@ -244,23 +269,35 @@ env_lines() {
   done
 }
 
-cmd_env() { env_lines; }
+cmd_env() { load_local_secrets read; env_lines; }
+
+write_env() {   # <stack>/env holds passwords: private to the user
+  (umask 077; env_lines >"$STACK/env.tmp")
+  mv -f "$STACK/env.tmp" "$STACK/env"
+}
 
 cmd_up() {
   select_components "$@"
   init_stack_dir
   lock_stack
   pg_setup_paths
-  local t0 c pid port owner to_start=()
+  load_local_secrets create
+  local t0 c pid port owner to_start=() reason
   t0="$(now)"
   # preflight, before anything starts: binaries, filesystem, ports
   for c in "${SELECTED[@]}"; do
     "${c}_check"
     if pid="$(running_pid "$c")"; then
-      if [ -f "$RUN/$c.ports" ] && [ "$(cat "$RUN/$c.ports")" != "$("${c}_ports")" ]; then
+      # started with another configuration (a new version of this script, other secrets): restart it
+      if declare -F "${c}_changed" >/dev/null && reason="$("${c}_changed")"; then
+        log "$c" "configuration changed ($reason): restarting (pid $pid)"
+        "${c}_stop" "$pid"
+        rm -f "$RUN/$c.pid" "$RUN/$c.ports"
+      elif [ -f "$RUN/$c.ports" ] && [ "$(cat "$RUN/$c.ports")" != "$("${c}_ports")" ]; then
         fail "$c is running (pid $pid) on ports $(cat "$RUN/$c.ports"), not the configured $("${c}_ports"): stack.sh restart $c"
+      else
+        continue
       fi
-      continue
     fi
     for port in $("${c}_ports"); do
       if port_open "$port"; then
@@ -300,7 +337,7 @@ cmd_up() {
     else failed+=("$c"); log "$c" "FAILED: $(cat "$RUN/$c.wait")" >&2; fi
     rm -f "$RUN/$c.wait"
   done
-  env_lines >"$STACK/env"
+  write_env
   if [ "${#failed[@]}" -gt 0 ]; then
     for c in "${failed[@]}"; do
       printf '\n--- last lines of %s ---\n' "$LOGS/$c.log" >&2
@@ -344,6 +381,7 @@ cmd_status() {
   select_components "$@"
   local c pid rc=0 state
   pg_setup_paths
+  load_local_secrets read
   for c in "${SELECTED[@]}"; do
     if [ -d "$STACK" ] && pid="$(running_pid "$c")"; then
       if "${c}_ready" 2>/dev/null; then state=ready; else state="running, NOT READY"; rc=1; fi
@@ -370,6 +408,7 @@ cmd_logs() {
 cmd_check() {
   local py="${PYTHON:-$REPO/.venv/bin/python}"
   [ -x "$py" ] || fail "check needs the project's virtual environment ($py) or PYTHON=..."
+  load_local_secrets read
   eval "$(env_lines)"
   "$py" "$HERE/smoke.py"
 }

@@ -105,7 +105,7 @@ async def test_json_from_a_plain_kafka_producer_is_accepted_and_missing_headers_
         "rowCount": "42",
         "labels": {"team": "upstream"},
     }
-    plain = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    plain = AIOKafkaProducer(**kafka.client_options())
     await plain.start()
     try:
         async with publisher(kafka, bus) as pub:
@@ -217,7 +217,7 @@ async def test_a_poison_message_goes_to_the_dlq_with_its_reason_and_the_consumer
     async def handle(event, ctx):
         seen.append(event.dataset)
 
-    plain = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    plain = AIOKafkaProducer(**kafka.client_options())
     await plain.start()
     try:
         async with publisher(kafka, bus) as pub:
@@ -501,7 +501,7 @@ async def test_a_record_without_ce_id_at_a_reused_position_of_a_recreated_topic_
         )
 
     async def send_without_ce_id(dataset: str) -> None:
-        plain = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        plain = AIOKafkaProducer(**kafka.client_options())
         await plain.start()
         try:
             body = {"dataset": dataset, "uri": "file:///x.csv", "sha256": "d" * 64, "format": "csv"}

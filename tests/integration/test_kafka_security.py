@@ -1,4 +1,4 @@
-"""The local Kafka's secured listener (SASL_SSL, SCRAM-SHA-512, ACLs from mlops.bus.acl) on the real broker.
+"""The local Kafka's only client listener (SASL_SSL, SCRAM-SHA-512, ACLs from mlops.bus.acl) on the real broker.
 
 Clients are built from KafkaSettings with the stack's CA, so these tests also prove that the
 settings make a working TLS context. Writes that must succeed go to the tests' twins of the topics
@@ -17,8 +17,15 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
+from aiokafka.protocol.admin import ApiVersionRequest
 
 from mlops.bus import partitions_of
 from mlops.settings import KafkaSettings
@@ -26,7 +33,8 @@ from tests.integration.conftest import TEST_TOPIC_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("MLOPS_STACK_DIR", ROOT / ".stack"))
-SECURE = os.environ.get("MLOPS_KAFKA_SECURE_BOOTSTRAP", "127.0.0.1:9094")
+SECURE = os.environ.get("MLOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+CONTROLLER = f"127.0.0.1:{os.environ.get('MLOPS_KAFKA_CONTROLLER_PORT', '9093')}"
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +144,13 @@ async def test_the_admin_sees_and_reads_every_topic(passwords, kafka) -> None:
         await producer.send_and_wait(TEST_TOPIC_PREFIX + "mlops.model.evaluated", b"by admin", key=key)
     finally:
         await producer.stop()
-    plaintext = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
+    assert kafka.sasl_username == "admin", "stack.sh env gives the local operator's identity"
+    listing = AIOKafkaConsumer(**kafka.client_options(), group_id=None)
     consumer = AIOKafkaConsumer(**admin.client_options(), group_id=None, enable_auto_commit=False)
-    await plaintext.start()
+    await listing.start()
     await consumer.start()
     try:
-        everything = {t for t in await plaintext.topics() if not t.startswith("__")}
+        everything = {t for t in await listing.topics() if not t.startswith("__")}
         visible = await consumer.topics()
         assert everything <= visible, f"hidden from the admin: {sorted(everything - visible)}"
         partitions = [tp for topic in sorted(everything) for tp in await partitions_of(admin, topic)]
@@ -152,7 +161,7 @@ async def test_the_admin_sees_and_reads_every_topic(passwords, kafka) -> None:
             assert await consumer.position(tp) >= 0  # offsets of every topic: DESCRIBE everywhere
     finally:
         await consumer.stop()
-        await plaintext.stop()
+        await listing.stop()
     assert await read_back(admin, TEST_TOPIC_PREFIX + "mlops.model.evaluated", key) == b"by admin"
 
 
@@ -166,14 +175,61 @@ async def test_a_wrong_password_is_refused(passwords) -> None:
     await producer.stop()
 
 
-async def test_a_plaintext_client_is_refused_by_the_secured_listener() -> None:
-    plaintext = KafkaSettings(bootstrap=SECURE, security_protocol="PLAINTEXT", request_timeout_ms=5_000)
+@pytest.mark.parametrize("address", [SECURE, CONTROLLER], ids=["clients", "controller"])
+async def test_a_plaintext_client_is_refused_by_every_listener(address) -> None:
+    plaintext = KafkaSettings(bootstrap=address, security_protocol="PLAINTEXT", request_timeout_ms=5_000)
     with pytest.raises((KafkaConnectionError, asyncio.TimeoutError, ConnectionError)):
         conn = await connect(plaintext)
+        try:
+            await conn.send(ApiVersionRequest())  # any listener of its protocol answers it
+        finally:
+            conn.close()
+
+
+async def test_tls_without_a_login_is_refused() -> None:
+    anonymous = KafkaSettings(
+        bootstrap=SECURE,
+        security_protocol="SSL",
+        ssl_cafile=STACK / "clients" / "ca.pem",
+        request_timeout_ms=5_000,
+    )
+    with pytest.raises((KafkaConnectionError, asyncio.TimeoutError, ConnectionError)):
+        conn = await connect(anonymous)
         try:
             await conn.send(_metadata_request())
         finally:
             conn.close()
+
+
+async def test_a_service_cannot_read_another_services_subscription(passwords) -> None:
+    # the evaluator subscribes to model.trained; the monitor does not, nor may it join the evaluator's group
+    topic = TEST_TOPIC_PREFIX + "mlops.model.trained"
+    producer = await producer_for(secure("trainer", passwords["trainer"]))
+    try:  # the topic exists and holds a record, so that only the ACL stands in the way
+        await producer.send_and_wait(topic, b"trained", key=uuid.uuid4().hex.encode())
+    finally:
+        await producer.stop()
+    monitor = secure("monitor", passwords["monitor"])
+    admin = AIOKafkaAdminClient(**monitor.client_options())
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert described["error_code"] == TopicAuthorizationFailedError.errno, described
+    assert await partitions_of(secure("evaluator", passwords["evaluator"]), topic), "its subscriber sees it"
+    grouped = AIOKafkaConsumer(
+        "mlops.inference.logged",  # one the monitor does read, in a group that is not the monitor's
+        **monitor.client_options(),
+        group_id="mlops-evaluator",
+        enable_auto_commit=False,
+    )
+    with pytest.raises(GroupAuthorizationFailedError):
+        await grouped.start()
+        try:
+            await asyncio.wait_for(grouped.getone(), timeout=20)
+        finally:
+            await grouped.stop()
 
 
 def _metadata_request():

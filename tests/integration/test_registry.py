@@ -455,7 +455,7 @@ async def test_a_json_data_commit_from_a_plain_producer_is_recorded_with_its_sch
     path = tmp_path / "data.csv"
     path.write_text("alcohol,colour,target\n13.2,red,1\n12.1,white,0\n14.0,red,1\n")
     ref = await store.put_file(f"datasets/ds-{unique}", "data.csv", path)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    producer = AIOKafkaProducer(**kafka.client_options())
     await producer.start()
     try:
         body = {

@@ -46,6 +46,15 @@ s3_start() {
     setsid nohup "$VERSITYGW_BIN" --port "$HOST:$S3_PORT" --region "$S3_REGION" --quiet \
     posix "${extra[@]}" "$S3_DIR/data" >>"$LOGS/s3.log" 2>&1 </dev/null 8>&- &
   echo $! >"$RUN/s3.pid"
+  s3_credentials >"$RUN/s3.credentials"
+}
+
+# versitygw reads its root credentials at start only: `up` restarts it when they changed (a hash
+# of them is kept, not the secret)
+s3_credentials() { short_hash "$S3_ACCESS_KEY:$S3_SECRET_KEY"; }
+s3_changed() {
+  [ "$(cat "$RUN/s3.credentials" 2>/dev/null)" != "$(s3_credentials)" ] || return 1
+  echo "its root credentials"
 }
 
 s3_ready() {
