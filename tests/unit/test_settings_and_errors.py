@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -17,6 +18,15 @@ from mlops.errors import IntegrityError, InvalidArgument, MlopsError, NotFound, 
 from mlops.settings import DatabaseSettings, KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_stack_settings(monkeypatch):
+    """Each test states the settings it means: the local stack's `.stack/env` (which tests/conftest.py
+    loads, with the operator's Kafka identity) must not leak into them."""
+    for name in list(os.environ):
+        if name.startswith(("MLOPS_KAFKA_", "MLOPS_DATABASE_", "MLOPS_GRPC_", "MLOPS_SECRETS_DIR")):
+            monkeypatch.delenv(name)
 
 
 def x509_common_name(path: Path) -> str:
