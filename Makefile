@@ -34,6 +34,12 @@ up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every ser
 	bash $(STACK) up
 	bash $(SERVICES) up
 	@$(WITH_STACK_ENV) $(PY) -m mlops.cli context set local --from-env --use
+	@# people with tokens: the contexts local-operator and local-viewer reach the token listeners (port + 10)
+	@$(WITH_STACK_ENV) for who in operator viewer; do \
+	  MLOPS_GRPC_CLIENT_TOKEN="$$(cat .stack/clients/$$who.token)" MLOPS_REGISTRY_ADDR=127.0.0.1:50061 \
+	  MLOPS_DEPLOYER_ADDR=127.0.0.1:50062 MLOPS_MONITOR_ADDR=127.0.0.1:50063 \
+	  env -u MLOPS_GRPC_CLIENT_CERT_FILE -u MLOPS_GRPC_CLIENT_KEY_FILE $(PY) -m mlops.cli context set local-$$who --from-env; \
+	done
 
 down: ## Stop the services and the stack (data is kept; `bash infra/local/stack.sh down --purge` drops it)
 	bash $(SERVICES) down

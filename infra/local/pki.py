@@ -2,10 +2,19 @@
 
     python infra/local/pki.py DIR      # DIR is <stack>/pki; prints one line per file it (re)made
 
-What it leaves in DIR (keys and the keystore mode 0600, the directory 0700):
+What it leaves in DIR (keys, tokens and the keystore mode 0600, the directory 0700):
     ca.pem, ca.key                    the CA that clients trust (copied to <stack>/clients/ca.pem)
     broker.pem, broker.key            the broker's certificate (127.0.0.1 and localhost) and key
     broker.p12, broker.p12.password   the same as a PKCS#12 keystore for the JVM, and its password
+    postgres.pem, postgres.key        PostgreSQL's server certificate (127.0.0.1 and localhost)
+    grpc/<service>.pem, .key          each service's identity, CN svc:<service> OU service: its gRPC
+                                      server certificate (127.0.0.1, localhost) and its client one
+    grpc/tokens                       the people's bearer tokens as sha256 digests, for the servers
+
+and in DIR/../clients, for people (the CLI's context `local` uses admin's):
+    <person>.pem, <person>.key        a client certificate, CN user:<person>, OU its role
+    <person>.token                    a bearer token of the same identity and role
+for the people in PEOPLE (admin, operator, viewer).
 
 Idempotent: files that are present and valid are kept, so that clients holding ca.pem keep
 trusting the broker across restarts. Valid means: parseable, the key matches the certificate,
@@ -16,6 +25,7 @@ address in BROKER_NAMES. A CA that is invalid is made anew, and with it the brok
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -34,6 +44,10 @@ CA_DAYS = 3650
 BROKER_DAYS = 825  # the longest leaf lifetime browsers and most TLS stacks still accept
 RENEW_BEFORE = datetime.timedelta(days=30)
 BROKER_NAMES = ("127.0.0.1", "localhost")
+SERVER_NAMES = BROKER_NAMES
+SERVICES = ("registry", "trainer", "evaluator", "deployer", "monitor", "inference")
+PEOPLE = {"admin": "admin", "operator": "operator", "viewer": "viewer"}
+"""The local stack's people: name → role (viewer reads, operator moves rollouts and aliases, admin all)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,18 @@ class Pki:
     @property
     def broker_key(self) -> Path:
         return self.root / "broker.key"
+
+    @property
+    def grpc(self) -> Path:
+        return self.root / "grpc"
+
+    @property
+    def clients(self) -> Path:
+        return self.root.parent / "clients"
+
+    @property
+    def tokens(self) -> Path:
+        return self.grpc / "tokens"
 
     @property
     def keystore(self) -> Path:
@@ -179,6 +205,109 @@ def _make_broker(pki: Pki, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivate
     _make_keystore(pki, cert, key, ca)
 
 
+def _subject(cn: str, ou: str | None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if ou:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+    return x509.Name(attributes)
+
+
+def _issue_leaf(
+    cert_path: Path,
+    key_path: Path,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    *,
+    cn: str,
+    ou: str | None = None,
+    server: bool = False,
+    client: bool = False,
+) -> None:
+    """A certificate for `cn` (and `ou`), for TLS servers at SERVER_NAMES and/or TLS clients."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_subject(cn, ou))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=BROKER_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if server:
+        alt_names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(SERVER_NAMES[0]))]
+        alt_names += [x509.DNSName(n) for n in SERVER_NAMES[1:]]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _leaf_ok(
+    cert_path: Path, key_path: Path, ca: x509.Certificate, *, cn: str, ou: str | None, server: bool
+) -> bool:
+    loaded = _load(cert_path, key_path)
+    if loaded is None or not _signed_by(loaded[0], ca) or loaded[0].subject != _subject(cn, ou):
+        return False
+    return not server or set(SERVER_NAMES) <= _names(loaded[0])
+
+
+def _ensure_leaf(
+    made: list[str],
+    cert_path: Path,
+    key_path: Path,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    *,
+    cn: str,
+    ou: str | None = None,
+    server: bool = False,
+    client: bool = False,
+) -> None:
+    if not _leaf_ok(cert_path, key_path, ca[0], cn=cn, ou=ou, server=server):
+        _issue_leaf(cert_path, key_path, *ca, cn=cn, ou=ou, server=server, client=client)
+        made += [str(cert_path), str(key_path)]
+    key_path.chmod(0o600)
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _ensure_tokens(pki: Pki, made: list[str]) -> None:
+    """A token per person (kept while its file is there), and the digest file the servers read."""
+    lines = []
+    for person, role in PEOPLE.items():
+        path = pki.clients / f"{person}.token"
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+        if len(token) < 32:
+            token = secrets.token_urlsafe(32)
+            write_private(path, token.encode())
+            made.append(str(path))
+        path.chmod(0o600)
+        lines.append(f"{_token_digest(token)} user:{person} {role}")
+    text = (
+        "# sha256 of each bearer token, its identity and role (infra/local/pki.py)\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    if not pki.tokens.exists() or pki.tokens.read_text() != text:
+        write_private(pki.tokens, text.encode())
+        made.append(str(pki.tokens))
+
+
 def _make_keystore(
     pki: Pki, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
 ) -> None:
@@ -219,6 +348,32 @@ def ensure(root: Path) -> list[str]:
         made += [pki.keystore.name, pki.keystore_password.name]
     for path in (pki.ca_key, pki.broker_key, pki.keystore, pki.keystore_password):
         path.chmod(0o600)  # also for files an older run or a copy left with wider modes
+    _ensure_leaf(made, root / "postgres.pem", root / "postgres.key", ca, cn="mlops postgres", server=True)
+    pki.grpc.mkdir(mode=0o700, exist_ok=True)
+    for service in SERVICES:
+        _ensure_leaf(
+            made,
+            pki.grpc / f"{service}.pem",
+            pki.grpc / f"{service}.key",
+            ca,
+            cn=f"svc:{service}",
+            ou="service",
+            server=True,
+            client=True,
+        )
+    pki.clients.mkdir(mode=0o700, exist_ok=True)
+    write_private(pki.clients / "ca.pem", pki.ca_cert.read_bytes())
+    for person, role in PEOPLE.items():
+        _ensure_leaf(
+            made,
+            pki.clients / f"{person}.pem",
+            pki.clients / f"{person}.key",
+            ca,
+            cn=f"user:{person}",
+            ou=role,
+            client=True,
+        )
+    _ensure_tokens(pki, made)
     return made
 
 
@@ -227,7 +382,7 @@ def main(argv: list[str]) -> int:
         print("usage: pki.py DIR", file=sys.stderr)
         return 2
     for name in ensure(Path(argv[0])):
-        print(f"made {Path(argv[0]) / name}")
+        print(f"made {Path(argv[0]) / name}")  # an absolute name stays as it is
     return 0
 
 

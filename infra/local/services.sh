@@ -22,6 +22,7 @@ set -Eeuo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 STACK="${MLOPS_STACK_DIR:-$REPO/.stack}"
+PKI="$STACK/pki"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 READY_TIMEOUT="${MLOPS_SERVICES_TIMEOUT:-90}"
 STOP_TIMEOUT="${MLOPS_SERVICES_STOP_TIMEOUT:-20}"
@@ -56,14 +57,35 @@ if state.get("last_exit_at"):
 print(state.get("pid") or "-", state.get("restarts", 0), last)
 PY
 }
-healthy() {   # gRPC health SERVING on 127.0.0.1:$1
-  "$PYTHON" - "$1" <<'PY' >/dev/null 2>&1
+healthy() {   # gRPC health SERVING on 127.0.0.1:$1 (TLS, presenting the operator's certificate)
+  "$PYTHON" - "$1" "$PKI" "$STACK/clients" <<'PY' >/dev/null 2>&1
 import sys, grpc
+from pathlib import Path
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+pki, clients = Path(sys.argv[2]), Path(sys.argv[3])
+credentials = grpc.ssl_channel_credentials(
+    (pki / "ca.pem").read_bytes(), (clients / "admin.key").read_bytes(), (clients / "admin.pem").read_bytes()
+)
+with grpc.secure_channel(f"127.0.0.1:{sys.argv[1]}", credentials) as channel:
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
 sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
 PY
+}
+
+# gRPC as itself: its server speaks TLS with its certificate and checks every call (mutual TLS on its
+# port for services and people with certificates; bearer tokens on port+10 for people with tokens);
+# the inference server takes tokens on its one port (OIP clients such as tritonclient carry no
+# certificate). Its client certificate is the same identity, svc:<name>; never the operator's token.
+grpc_security() {
+  local name="$1" port="$2"
+  unset MLOPS_GRPC_CLIENT_TOKEN MLOPS_GRPC_TLS_CLIENT_CA MLOPS_GRPC_TOKEN_PORT
+  export MLOPS_GRPC_TLS_CERT="$PKI/grpc/$name.pem" MLOPS_GRPC_TLS_KEY="$PKI/grpc/$name.key" \
+    MLOPS_GRPC_AUTH=true MLOPS_GRPC_TOKEN_FILE="$PKI/grpc/tokens" \
+    MLOPS_GRPC_CLIENT_CA_FILE="$PKI/ca.pem" MLOPS_GRPC_CLIENT_CERT_FILE="$PKI/grpc/$name.pem" \
+    MLOPS_GRPC_CLIENT_KEY_FILE="$PKI/grpc/$name.key"
+  if [ "$name" != inference ]; then
+    export MLOPS_GRPC_TLS_CLIENT_CA="$PKI/ca.pem" MLOPS_GRPC_TOKEN_PORT=$((port + 10))
+  fi
 }
 
 up() {
@@ -90,6 +112,11 @@ up() {
       if [ -n "$kafka_password" ]; then
         export MLOPS_KAFKA_SASL_USERNAME="$name" MLOPS_KAFKA_SASL_PASSWORD="$kafka_password"
       fi
+      # PostgreSQL as its own role, where the stack made one (<stack>/pki/pg/<name>.url, mode 0600)
+      if [ -f "$STACK/pki/pg/$name.url" ]; then
+        MLOPS_DATABASE_URL="$(cat "$STACK/pki/pg/$name.url")"; export MLOPS_DATABASE_URL
+      fi
+      grpc_security "$name" "$port"
       # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI
       # job) that ran `up` does not take the services with it.
       setsid nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \

@@ -253,10 +253,19 @@ env_lines() {
       "MLOPS_KAFKA_SASL_PASSWORD=$admin_password"
       "MLOPS_KAFKA_SSL_CAFILE=$CLIENTS/ca.pem")
   fi
+  local grpc_auth=()   # gRPC as the local admin: certificate (mutual TLS) and token (token-only servers)
+  if [ -f "$CLIENTS/admin.pem" ] && [ -f "$CLIENTS/admin.token" ]; then
+    grpc_auth=(
+      "MLOPS_GRPC_CLIENT_CA_FILE=$CLIENTS/ca.pem"
+      "MLOPS_GRPC_CLIENT_CERT_FILE=$CLIENTS/admin.pem"
+      "MLOPS_GRPC_CLIENT_KEY_FILE=$CLIENTS/admin.key"
+      "MLOPS_GRPC_CLIENT_TOKEN=$(cat "$CLIENTS/admin.token")")
+  fi
   for kv in \
     "MLOPS_KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT" \
     "${kafka_auth[@]}" \
-    "MLOPS_DATABASE_URL=postgresql+asyncpg://$(urlquote "$PG_USER"):$(urlquote "$PG_PASSWORD")@$HOST:$PG_PORT/$(urlquote "$PG_DB")" \
+    "${grpc_auth[@]}" \
+    "MLOPS_DATABASE_URL=postgresql+asyncpg://$(urlquote "$PG_USER"):$(urlquote "$PG_PASSWORD")@$HOST:$PG_PORT/$(urlquote "$PG_DB")?sslmode=verify-full&sslrootcert=$(urlquote "$CLIENTS/ca.pem")" \
     "MLOPS_ARTIFACT_ROOT=s3://$S3_BUCKET" \
     "MLOPS_ARTIFACT_S3_ENDPOINT_URL=http://$HOST:$S3_PORT" \
     "AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY" \
@@ -282,6 +291,8 @@ cmd_up() {
   lock_stack
   pg_setup_paths
   load_local_secrets create
+  # the CA and every certificate and token of the stack (kept while valid; see infra/local/pki.py)
+  "$(python_bin)" "$HERE/pki.py" "$PKI" | while read -r line; do log pki "$line"; done
   local t0 c pid port owner to_start=() reason
   t0="$(now)"
   # preflight, before anything starts: binaries, filesystem, ports

@@ -202,6 +202,25 @@ def current_principal() -> Principal | None:
     return _CURRENT.get()
 
 
+MAX_CLAIMED_ACTOR_CHARS = 128
+
+
+def recorded_actor(claimed: str) -> str:
+    """Who a ledger records for a change: the authenticated caller, never a name the caller typed.
+
+    A person is recorded as themselves whatever `actor` they sent. A service may act for a person it
+    authenticated itself (the deployer promoting for an operator): `<claimed> via svc:<service>`, so
+    that both are on record. Where the server checks no credentials (a core served without security,
+    as some tests do), the claim, or "unknown"."""
+    principal = current_principal()
+    claimed = claimed.strip()[:MAX_CLAIMED_ACTOR_CHARS]
+    if principal is None:
+        return claimed or "unknown"
+    if principal.role is Role.SERVICE and claimed and claimed != principal.name:
+        return f"{claimed} via {principal.name}"
+    return principal.name
+
+
 @contextmanager
 def acting_as(principal: Principal | None) -> Iterator[None]:
     """Make `principal` the current one for the duration of the block (the server's interceptor does

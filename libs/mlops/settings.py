@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
 from aiokafka.helpers import create_ssl_context
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -154,21 +155,56 @@ class BusSettings(Settings):
 
 
 _DATABASE_TLS = re.compile(r"[?&](ssl|sslmode)=(require|verify-ca|verify-full|true)\b")
+_DSN_ONLY = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+"""libpq's TLS file parameters, which asyncpg reads from a DSN only, never as `connect()` keywords."""
+
+
+def _split_query(url: str) -> tuple[urllib.parse.SplitResult, list[tuple[str, str]]]:
+    parts = urllib.parse.urlsplit(url)
+    return parts, urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+
+
+def _with_query(parts: urllib.parse.SplitResult, query: list[tuple[str, str]]) -> str:
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 class DatabaseSettings(Settings):
-    """PostgreSQL (`MLOPS_DATABASE_*`)."""
+    """PostgreSQL (`MLOPS_DATABASE_*`).
+
+    TLS is spelt in the URL as libpq spells it, `?sslmode=verify-full&sslrootcert=/path/ca.pem`, or as
+    SQLAlchemy's asyncpg dialect does, `?ssl=verify-full` (then asyncpg looks for the CA in
+    `PGSSLROOTCERT` or `~/.postgresql/root.crt`). `url` holds the form SQLAlchemy and Alembic take,
+    `asyncpg_dsn` the form `asyncpg.connect()` takes; both verify the server the same way.
+    """
 
     model_config = _config("MLOPS_DATABASE_")
 
     url: str = "postgresql+asyncpg://mlops:mlops@127.0.0.1:5432/mlops"
-    """SQLAlchemy URL with the asyncpg driver."""
+    """SQLAlchemy URL with the asyncpg driver; TLS parameters in libpq's spelling are accepted."""
     connect_deadline_s: float = Field(60.0, gt=0)
     """How long start-up waits for the database before giving up."""
     pool_size: int = Field(10, ge=1)
     max_overflow: int = Field(10, ge=0)
     echo: bool = False
     """Log every SQL statement (debugging only)."""
+
+    @field_validator("url")
+    @classmethod
+    def _tls_for_sqlalchemy(cls, url: str) -> str:
+        """libpq's `sslmode` and TLS files become what SQLAlchemy's asyncpg dialect can pass on.
+
+        The dialect hands every query parameter to `asyncpg.connect()` as a keyword. asyncpg takes
+        the mode as `ssl`, but the CA file only from a DSN, and lets keywords override what a DSN
+        says: so `sslmode=M&sslrootcert=F` becomes `ssl=M&dsn=postgresql://?sslrootcert=F`.
+        """
+        parts, query = _split_query(url)
+        if not any(key == "sslmode" or key in _DSN_ONLY for key, _ in query):
+            return url
+        files = [(key, value) for key, value in query if key in _DSN_ONLY]
+        rest = [("ssl" if key == "sslmode" else key, value) for key, value in query if key not in _DSN_ONLY]
+        if files:
+            rest.append(("dsn", "postgresql://?" + urllib.parse.urlencode(files)))
+        return _with_query(parts, rest)
 
     @model_validator(mode="after")
     def _refuse_default_password(self) -> DatabaseSettings:
@@ -185,8 +221,15 @@ class DatabaseSettings(Settings):
 
     @property
     def asyncpg_dsn(self) -> str:
-        """The same URL in the form asyncpg's own `connect()` takes."""
-        return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        """The same URL in the form asyncpg's own `connect()` takes: libpq's spelling, TLS files included."""
+        parts, query = _split_query(self.url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        dsn_query: list[tuple[str, str]] = []
+        for key, value in query:
+            if key == "dsn":
+                dsn_query += _split_query(value)[1]
+            else:
+                dsn_query.append(("sslmode" if key == "ssl" else key, value))
+        return _with_query(parts, dsn_query) if query else urllib.parse.urlunsplit(parts)
 
 
 class ArtifactSettings(Settings):
@@ -226,11 +269,12 @@ def _check_files(prefix: str, settings: BaseSettings, names: tuple[str, ...]) ->
 class GrpcServerSettings(Settings):
     """A gRPC server's listening address, limits and security (`MLOPS_GRPC_*`); services override the port.
 
-    Security is off by default for now: the local stack and its tests still speak plaintext, and the
-    next step turns TLS and `auth` on for every service. With `tls_client_ca` set, client certificates
-    are required (mutual TLS): grpcio's server credentials can require a verified client certificate or
-    not ask for one, never ask and accept its absence. A server for people holding tokens therefore
-    leaves `tls_client_ca` unset, or listens on a second port.
+    The local stack (infra/local/services.sh) and the Kubernetes manifests set TLS, mutual TLS and
+    `auth` for every service; production refuses a server without them. With `tls_client_ca` set,
+    client certificates are required on `port` (mutual TLS): grpcio's server credentials can require a
+    verified client certificate or not ask for one, never ask and accept its absence. People holding
+    bearer tokens therefore call `token_port`, a second listener that speaks TLS without asking for a
+    certificate and admits token holders only.
     """
 
     model_config = _config("MLOPS_GRPC_")
@@ -253,6 +297,9 @@ class GrpcServerSettings(Settings):
     (`mlops.grpc.access`); needs TLS, since tokens and identities in plaintext can be read and replayed."""
     token_file: Path | None = None
     """Bearer tokens this server accepts: lines `<sha256 hex of the token> <identity> <role>`."""
+    token_port: int | None = None
+    """A second listener for token holders (TLS, no client certificate asked): with mutual TLS on
+    `port`, the way in for people and tools that hold a token rather than a certificate."""
     cert_roles: dict[str, Literal["viewer", "operator", "admin", "service"]] = Field(default_factory=dict)
     """Role per certificate CN (JSON, e.g. `{"user:alice": "operator"}`); wins over the certificate's OU."""
 
@@ -273,6 +320,15 @@ class GrpcServerSettings(Settings):
             raise ValueError(
                 "MLOPS_GRPC_AUTH needs MLOPS_GRPC_TOKEN_FILE or MLOPS_GRPC_TLS_CLIENT_CA: nobody could prove who they are"
             )
+        if self.token_port is not None and (self.token_file is None or not self.auth):
+            raise ValueError(
+                "MLOPS_GRPC_TOKEN_PORT admits token holders only: it needs MLOPS_GRPC_AUTH=true and MLOPS_GRPC_TOKEN_FILE"
+            )
+        if current_environment() == "production" and not self.auth:
+            raise ValueError(
+                "gRPC without TLS and authorisation: production needs MLOPS_GRPC_TLS_CERT, MLOPS_GRPC_TLS_KEY, "
+                "MLOPS_GRPC_AUTH=true and MLOPS_GRPC_TLS_CLIENT_CA or MLOPS_GRPC_TOKEN_FILE"
+            )
         if (self.token_file is not None or self.cert_roles) and not self.auth:
             raise ValueError(
                 "MLOPS_GRPC_TOKEN_FILE and MLOPS_GRPC_CERT_ROLES take effect only with MLOPS_GRPC_AUTH=true"
@@ -282,7 +338,8 @@ class GrpcServerSettings(Settings):
 
 
 class GrpcClientSettings(Settings):
-    """How a service or the CLI secures its gRPC channels (`MLOPS_GRPC_CLIENT_*`); all unset: plaintext."""
+    """How a service or the CLI secures its gRPC channels (`MLOPS_GRPC_CLIENT_*`); all unset: plaintext,
+    which production refuses."""
 
     model_config = _config("MLOPS_GRPC_CLIENT_")
 
@@ -310,6 +367,10 @@ class GrpcClientSettings(Settings):
             raise ValueError(
                 "MLOPS_GRPC_CLIENT_TOKEN needs TLS (MLOPS_GRPC_CLIENT_TLS or MLOPS_GRPC_CLIENT_CA_FILE): "
                 "a token sent in plaintext can be read and replayed"
+            )
+        if current_environment() == "production" and not self.secure:
+            raise ValueError(
+                "gRPC client without TLS: production needs MLOPS_GRPC_CLIENT_CA_FILE (or MLOPS_GRPC_CLIENT_TLS=true)"
             )
         _check_files("MLOPS_GRPC_CLIENT_", self, ("ca_file", "cert_file", "key_file"))
         return self

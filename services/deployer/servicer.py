@@ -8,13 +8,15 @@ from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.deployer.v1 import deployer_pb2_grpc
 from mlops.errors import InvalidArgument
 from mlops.events.v1 import deployment_pb2
+from mlops.identity import recorded_actor
 from services.deployer.core import DeployerCore
 
 SERVICE_NAME = "mlops.deployer.v1.Deployer"
 
 
 def _actor(request) -> str:
-    return request.actor or "unknown"
+    """The authenticated caller (the `actor` a person typed is not believed); see `recorded_actor`."""
+    return recorded_actor(request.actor)
 
 
 def _model_or_id(request) -> None:

@@ -5,6 +5,7 @@ Errors raised by the core are platform errors; the shared interceptor maps them 
 
 from __future__ import annotations
 
+from mlops.identity import recorded_actor
 from mlops.registry.v1 import registry_pb2_grpc
 from services.registry.core import RegistryCore
 
@@ -39,8 +40,22 @@ _METHODS = {
 }
 
 
-def _delegate(core_method: str):
+_ACTOR_FIELDS = {
+    "ApplyModelSpec": "applied_by",
+    "UpdateModelVersionTags": "actor",
+    "SetAlias": "actor",
+    "DeleteAlias": "actor",
+}
+"""The field of each ledgered request that names who made the change: replaced by the authenticated
+caller before the core sees it (`mlops.identity.recorded_actor`)."""
+
+
+def _delegate(rpc: str, core_method: str):
+    field = _ACTOR_FIELDS.get(rpc)
+
     async def method(self, request, context):
+        if field is not None:
+            setattr(request, field, recorded_actor(getattr(request, field)))
         return await getattr(self.core, core_method)(request)
 
     method.__name__ = core_method
@@ -55,7 +70,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
 
 for _rpc, _core_method in _METHODS.items():
-    setattr(RegistryServicer, _rpc, _delegate(_core_method))
+    setattr(RegistryServicer, _rpc, _delegate(_rpc, _core_method))
 
 _missing = (
     set(registry_pb2_grpc.RegistryServicer.__dict__)

@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from mlops.grpc import open_sync_channel
 from mlops.settings import KafkaSettings
 from tests.integration.conftest import eventually, stack, unique  # noqa: F401 - shared fixtures
 
@@ -81,7 +82,7 @@ def service_pid(name: str) -> int | None:
 def serving(port: int) -> bool:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with open_sync_channel(f"127.0.0.1:{port}") as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
         except grpc.RpcError:

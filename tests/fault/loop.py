@@ -9,11 +9,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from sklearn.datasets import load_wine
 
 from mlops.deployer.v1 import deployer_pb2, deployer_pb2_grpc
 from mlops.events.v1 import deployment_pb2
+from mlops.grpc import open_sync_channel
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from tests.fault.conftest import ROOT, wait_until
@@ -81,8 +81,8 @@ class Loop:
         self.dataset = name
         self.tmp = tmp
         self.epochs = epochs
-        self.registry_channel = grpc.insecure_channel("127.0.0.1:50051")
-        self.deployer_channel = grpc.insecure_channel("127.0.0.1:50052")
+        self.registry_channel = open_sync_channel("127.0.0.1:50051")
+        self.deployer_channel = open_sync_channel("127.0.0.1:50052")
         self.registry = registry_pb2_grpc.RegistryStub(self.registry_channel)
         self.deployer = deployer_pb2_grpc.DeployerStub(self.deployer_channel)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
-from mlops.grpc import GrpcServer
+from mlops.grpc import GrpcServer, open_sync_channel
 from mlops.settings import GrpcServerSettings
 from services.inference import codec
 from services.inference.core import InferenceCore, ModelState, VersionSpec
@@ -238,7 +238,7 @@ def test_ten_thousand_generated_requests_get_their_codes_and_no_crash():
     wrong: list[str] = []
     started = time.perf_counter()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        with open_sync_channel(f"127.0.0.1:{server.port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
             rng = random.Random(SEED)

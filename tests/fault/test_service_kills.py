@@ -17,6 +17,7 @@ import pytest
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
+from mlops.grpc import open_sync_channel
 from tests.fault.conftest import (
     all_services_running,
     figures,
@@ -44,7 +45,7 @@ class Caller(threading.Thread):
         request = oip.ModelInferRequest(model_name=self.model)
         tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, WINE_FEATURES])
         tensor.contents.fp32_contents.extend(row.ravel().tolist())
-        with grpc.insecure_channel("127.0.0.1:8001") as channel:
+        with open_sync_channel("127.0.0.1:8001") as channel:
             stub = oip_grpc.GRPCInferenceServiceStub(channel)
             while not self.stopping.is_set():
                 try:

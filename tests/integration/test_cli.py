@@ -18,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mlops.grpc import open_sync_channel
 from mlops.registry.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.conftest import jaeger_trace
 from tests.unit.test_cli_apply import DESIGN_SPEC
@@ -69,7 +70,7 @@ def registry(tmp_path_factory) -> Iterator[str]:
 def _wait_serving(address: str, process: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + START_DEADLINE_S
     last = "no answer yet"
-    with grpc.insecure_channel(address) as channel:
+    with open_sync_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -168,7 +169,7 @@ def test_one_bad_document_applies_none(registry, model):
     assert f"<stdin>, document 2 ({bad_model}) is invalid" in result.stderr
     assert "spec.label: is required" in result.stderr
     assert mlops(registry, "models", "list", good_model).returncode == 0  # listing versions of a model
-    with grpc.insecure_channel(registry) as channel, pytest.raises(grpc.RpcError) as caught:
+    with open_sync_channel(registry) as channel, pytest.raises(grpc.RpcError) as caught:
         registry_pb2_grpc.RegistryStub(channel).GetModelSpec(
             registry_pb2.GetModelSpecRequest(model=good_model)
         )
@@ -257,7 +258,7 @@ def test_data_commit_then_list_and_show(registry, tmp_path, jaeger_url):
 
 def _register_versions(registry: str, model: str, count: int) -> str:
     """What the trainer does: a run with per-epoch metrics, then model versions."""
-    with grpc.insecure_channel(registry) as channel:
+    with open_sync_channel(registry) as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         run = stub.CreateRun(
             registry_pb2.CreateRunRequest(

@@ -11,9 +11,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 
+from mlops.grpc import open_sync_channel
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from tests.integration.conftest import eventually
@@ -49,7 +49,7 @@ async def test_a_plain_shell_commits_data_the_services_can_read_through_the_cont
     committed = mlops("--json", "data", "commit", str(path), "--dataset", dataset, env=plain_shell)
     assert committed.returncode == 0, committed.stderr
 
-    with grpc.insecure_channel("127.0.0.1:50051") as channel:
+    with open_sync_channel("127.0.0.1:50051") as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
 
         async def version():

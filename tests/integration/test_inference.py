@@ -36,7 +36,8 @@ from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
 from mlops.bus import EventPublisher, spec_for
 from mlops.events.v1 import common_pb2, deployment_pb2, monitoring_pb2
-from mlops.settings import BusSettings, KafkaSettings
+from mlops.grpc import open_channel
+from mlops.settings import BusSettings, GrpcClientSettings, KafkaSettings
 from mlops.store import open_store
 from services.inference.app import InferenceApp
 from services.inference.settings import InferenceSettings
@@ -54,12 +55,17 @@ CANARY = common_pb2.SERVING_ROLE_CANARY
 SHADOW = common_pb2.SERVING_ROLE_SHADOW
 
 TRITON_CLIENT = r"""
-import json, sys
+import json, os, sys
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-client = grpcclient.InferenceServerClient(sys.argv[1])
+# TLS as the platform serves it: the CA, and the certificate or the bearer token the test gives (files)
+client = grpcclient.InferenceServerClient(
+    sys.argv[1], ssl=True, root_certificates=os.environ["TRITON_CA"],
+    private_key=os.environ.get("TRITON_KEY"), certificate_chain=os.environ.get("TRITON_CERT"),
+)
+AUTH = {"authorization": "Bearer " + os.environ["TRITON_TOKEN"]} if os.environ.get("TRITON_TOKEN") else {}
 DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64, "BYTES": np.object_}
 TYPED = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents",
          "INT64": "int64_contents", "BYTES": "bytes_contents"}
@@ -80,7 +86,7 @@ def infer(call):
         inputs.append(tensor)
     outputs = [grpcclient.InferRequestedOutput(name) for name in call.get("outputs", [])] or None
     result = client.infer(call["model"], inputs, model_version=call.get("version", ""), outputs=outputs,
-                          request_id=call.get("id", ""), headers=call.get("headers"))
+                          request_id=call.get("id", ""), headers={**AUTH, **(call.get("headers") or {})})
     response = result.get_response()
     answer = {"version": response.model_version, "id": response.id, "outputs": {}}
     for tensor in response.outputs:
@@ -95,12 +101,12 @@ for line in sys.stdin:
         if call["op"] == "infer":
             answer = infer(call)
         elif call["op"] == "metadata":
-            answer = {"metadata": client.get_model_metadata(call["model"], call.get("version", ""), as_json=True)}
+            answer = {"metadata": client.get_model_metadata(call["model"], call.get("version", ""), headers=AUTH, as_json=True)}
         elif call["op"] == "ready":
-            answer = {"ready": client.is_model_ready(call["model"], call.get("version", ""))}
+            answer = {"ready": client.is_model_ready(call["model"], call.get("version", ""), headers=AUTH)}
         elif call["op"] == "server":
-            answer = {"live": client.is_server_live(), "ready": client.is_server_ready(),
-                      "metadata": client.get_server_metadata(as_json=True)}
+            answer = {"live": client.is_server_live(headers=AUTH), "ready": client.is_server_ready(headers=AUTH),
+                      "metadata": client.get_server_metadata(headers=AUTH, as_json=True)}
         answer["ok"] = True
     except InferenceServerException as error:
         answer = {"ok": False, "status": str(error.status()), "message": error.message()}
@@ -116,13 +122,22 @@ class TritonClient:
         self.lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls, address: str, script: Path) -> TritonClient:
+    async def start(cls, address: str, script: Path, *, token: str | None = None) -> TritonClient:
+        """Speaks TLS with the operator's certificate (mutual TLS), or with `token` alone; in the
+        environment, never on the command line."""
+        security = GrpcClientSettings()
+        tls = {"TRITON_CA": str(security.ca_file)}
+        if token is not None:
+            tls["TRITON_TOKEN"] = token
+        else:
+            tls |= {"TRITON_CERT": str(security.cert_file), "TRITON_KEY": str(security.key_file)}
         process = await asyncio.create_subprocess_exec(
             str(TRITON_PYTHON),
             str(script),
             address,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **tls},
         )
         return cls(process)
 
@@ -293,7 +308,7 @@ async def harness(kafka, topics_bus, artifact_settings, telemetry, models, trito
     await publisher.start()
     port = await app.start(ready_timeout_s=60)
     address = f"127.0.0.1:{port}"
-    channel = grpc.aio.insecure_channel(address)
+    channel = open_channel(address)
     triton = await TritonClient.start(address, triton_script)
     yield Harness(
         app, topics_bus, publisher, grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel), triton, address
@@ -561,7 +576,7 @@ async def test_bad_input_gets_its_code_and_the_server_keeps_answering(
     port = await app.start(ready_timeout_s=60)
     try:
         await eventually(lambda: app.core.generation(model) == 1, what="model served")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             for case, message, code, words in _bad_requests(model, trained):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -788,7 +803,7 @@ async def test_logging_to_an_unreachable_kafka_drops_and_counts(
     )
     port = await app.start(ready_timeout_s=60)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             rows = models.wine_a.rows[:1]
             for _ in range(10):
@@ -953,7 +968,7 @@ async def test_text_features_are_encoded_with_the_registered_vocabulary(
             [c.encode() for c in colours]
         )
         request_.inputs.add(name="hue", datatype="FP32", shape=[3]).contents.fp32_contents.extend([1.0] * 3)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             answer = await stub.ModelInfer(request_, timeout=10)
             metadata = await stub.ModelMetadata(oip.ModelMetadataRequest(name=model), timeout=10)
@@ -1007,7 +1022,7 @@ async def test_a_cheap_version_answers_on_the_event_loop_while_a_slow_one_runs_o
 async def _health(port: int) -> str:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with open_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
@@ -1040,7 +1055,7 @@ async def test_an_artifact_no_replica_can_load_is_dead_lettered_and_the_replica_
         assert b"ONNX" in headers["mlops_dlq_reason"], headers
         assert headers["mlops_dlq_error_type"] == b"ModelRejected"
         assert await _health(port) == "SERVING"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
             assert not (await stub.ModelReady(oip.ModelReadyRequest(name=broken))).ready
@@ -1074,7 +1089,7 @@ async def test_a_replica_that_cannot_read_what_it_is_asked_to_serve_is_not_ready
             letter = await read_until(dead_letters, lambda record: record.key == model.encode())
         assert dict(letter.headers)["mlops_dlq_error_type"] == b"PermissionDenied"
         assert await _health(port) == "NOT_SERVING"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert not (await stub.ServerReady(oip.ServerReadyRequest())).ready
             await publisher.publish_encoded(desired, model, None, [])  # type: ignore[arg-type]
@@ -1105,7 +1120,7 @@ async def test_a_large_request_is_logged_in_messages_under_the_byte_bound(
     try:
         async with (
             raw_reader(kafka, topic) as reader,
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+            open_channel(f"127.0.0.1:{port}") as channel,
         ):
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             await stub.ModelInfer(request(model, rows, request_id="big-1"), timeout=10)

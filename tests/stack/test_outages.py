@@ -13,6 +13,7 @@ import pytest
 
 from mlops.bus import EventPublisher
 from mlops.events.v1 import data_pb2
+from mlops.grpc import open_sync_channel
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.settings import ArtifactSettings, BusSettings, KafkaSettings
@@ -66,7 +67,7 @@ def test_the_registry_keeps_running_through_a_database_and_broker_restart():
 
     down = run("bash", "infra/local/stack.sh", "down", "postgres", "kafka")
     assert down.returncode == 0, down.stdout + down.stderr
-    with grpc.insecure_channel("127.0.0.1:50051") as channel:
+    with open_sync_channel("127.0.0.1:50051") as channel:
         stub = registry_pb2_grpc.RegistryStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.ListDatasets(pb.ListDatasetsRequest(), timeout=10)

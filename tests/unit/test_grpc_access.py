@@ -133,6 +133,15 @@ def test_health_checks_are_open_and_nothing_else_is():
 # --- settings ------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _settings_state_their_own(monkeypatch):
+    """The tests' process carries the stack's gRPC settings (tests/conftest.py); these tests name theirs."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("MLOPS_GRPC_") or n == "MLOPS_ENV"]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def pem_files(tmp_path):
     for name in ("cert.pem", "key.pem", "ca.pem"):
@@ -155,6 +164,16 @@ def test_security_is_off_by_default():
         ({"auth": True, "token_file": "tokens"}, "MLOPS_GRPC_AUTH needs MLOPS_GRPC_TLS_CERT .*plaintext"),
         ({"auth": True, "tls_cert": "cert.pem", "tls_key": "key.pem"}, "nobody could prove who they are"),
         ({"token_file": "tokens"}, "take effect only with MLOPS_GRPC_AUTH=true"),
+        (
+            {
+                "tls_cert": "cert.pem",
+                "tls_key": "key.pem",
+                "tls_client_ca": "ca.pem",
+                "auth": True,
+                "token_port": 1,
+            },
+            "MLOPS_GRPC_TOKEN_PORT admits token holders only: it needs .*MLOPS_GRPC_TOKEN_FILE",
+        ),
         ({"tls_cert": "absent.pem", "tls_key": "key.pem"}, "MLOPS_GRPC_TLS_CERT .*absent.pem does not exist"),
     ],
 )
@@ -203,3 +222,22 @@ def test_incoherent_client_security_is_refused(pem_files, fields, problem):
 def test_the_client_token_stays_out_of_repr(pem_files):
     settings = GrpcClientSettings(ca_file=pem_files / "ca.pem", token="very-secret")
     assert settings.secure and "very-secret" not in repr(settings)
+
+
+def test_production_refuses_a_plaintext_or_unauthorised_server_and_a_plaintext_client(pem_files, monkeypatch):
+    monkeypatch.setenv("MLOPS_ENV", "production")
+    with pytest.raises(ValidationError, match="production needs MLOPS_GRPC_TLS_CERT"):
+        GrpcServerSettings()
+    with pytest.raises(ValidationError, match="production needs MLOPS_GRPC_TLS_CERT"):
+        GrpcServerSettings(tls_cert=pem_files / "cert.pem", tls_key=pem_files / "key.pem")
+    with pytest.raises(ValidationError, match="gRPC client without TLS"):
+        GrpcClientSettings()
+    secured = GrpcServerSettings(
+        tls_cert=pem_files / "cert.pem",
+        tls_key=pem_files / "key.pem",
+        tls_client_ca=pem_files / "ca.pem",
+        auth=True,
+        token_file=pem_files / "tokens",
+        token_port=0,
+    )
+    assert secured.auth and GrpcClientSettings(ca_file=pem_files / "ca.pem").secure

@@ -141,3 +141,19 @@ def test_the_current_principal_is_set_for_the_block_only():
 def test_a_principal_refuses_a_malformed_name():
     with pytest.raises(InvalidArgument, match="must be 'svc:<service>'"):
         Principal("User:Alice", Role.VIEWER, "token")
+
+
+def test_a_ledger_records_the_authenticated_caller_not_the_name_it_typed():
+    from mlops.identity import acting_as, recorded_actor
+
+    operator = Principal("user:olga", Role.OPERATOR, "token")
+    deployer = Principal("svc:deployer", Role.SERVICE, "certificate")
+    with acting_as(operator):
+        assert recorded_actor("somebody-else") == "user:olga"
+        assert recorded_actor("") == "user:olga"
+    with acting_as(deployer):
+        assert recorded_actor("user:olga") == "user:olga via svc:deployer"
+        assert recorded_actor("svc:deployer") == "svc:deployer"
+        assert recorded_actor("") == "svc:deployer"
+        assert len(recorded_actor("x" * 10_000)) == 128 + len(" via svc:deployer")
+    assert recorded_actor("typed") == "typed" and recorded_actor("  ") == "unknown"

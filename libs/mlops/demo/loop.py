@@ -25,6 +25,7 @@ from mlops.bus import EventPublisher, ensure_topics, partitions_of
 from mlops.bus.catalog import spec_for
 from mlops.bus.envelope import Envelope, decode
 from mlops.events.v1 import monitoring_pb2
+from mlops.grpc import open_channel
 from mlops.settings import BusSettings, KafkaSettings
 
 Shift = Callable[[np.ndarray], np.ndarray]
@@ -91,7 +92,7 @@ class Traffic:
         )
         if publisher is not None:
             await publisher.start()
-        channel = grpc.aio.insecure_channel(self.address)
+        channel = open_channel(self.address, traced=False)
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         in_flight: set[asyncio.Task] = set()
         try:
@@ -160,7 +161,7 @@ async def wait_ready(
     """Until the inference server at `address` says the version is loaded and ready (it loads what
     the deployer's desired state names); TimeoutError past the deadline."""
     deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, traced=False) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         while time.monotonic() < deadline:
             try:

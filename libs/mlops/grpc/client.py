@@ -32,27 +32,51 @@ _SERVICE_CONFIG = json.dumps(
 
 
 def open_channel(
-    target: str, *, max_message_mb: int = 64, security: GrpcClientSettings | None = None
+    target: str,
+    *,
+    max_message_mb: int = 64,
+    security: GrpcClientSettings | None = None,
+    traced: bool = True,
 ) -> grpc.aio.Channel:
     """An aio channel to a peer service (`<PEER>_ADDR`), traced and retried on UNAVAILABLE.
 
-    Plaintext unless `security` asks for TLS; then it verifies the server against `ca_file`, presents
-    `cert_file` for mutual TLS and sends `token` as a bearer token on every call."""
+    Secured as `security` says (default: `MLOPS_GRPC_CLIENT_*` of this process, which the local stack
+    and the CLI's context set): it verifies the server against `ca_file`, presents `cert_file` for
+    mutual TLS and sends `token` as a bearer token on every call. All unset: plaintext.
+    `traced=False` leaves out the client spans (a load generator's thousands of calls)."""
+    security = GrpcClientSettings() if security is None else security
+    options = _options(max_message_mb, security)
+    interceptors = aio_client_interceptors() if traced else None
+    if not security.secure:
+        return grpc.aio.insecure_channel(target, interceptors=interceptors, options=options)
+    return grpc.aio.secure_channel(
+        target, channel_credentials(security), interceptors=interceptors, options=options
+    )
+
+
+def open_sync_channel(
+    target: str, *, max_message_mb: int = 64, security: GrpcClientSettings | None = None
+) -> grpc.Channel:
+    """The same as `open_channel` for synchronous code (scripts, tests, the demo's checks), untraced."""
+    security = GrpcClientSettings() if security is None else security
+    options = _options(max_message_mb, security)
+    if not security.secure:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, channel_credentials(security), options=options)
+
+
+def _options(max_message_mb: int, security: GrpcClientSettings) -> list[tuple[str, object]]:
     size = max_message_mb * 1024 * 1024
-    options = [
+    options: list[tuple[str, object]] = [
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
         ("grpc.keepalive_time_ms", 30_000),
     ]
-    if security is None or not security.secure:
-        return grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(), options=options)
-    if security.server_name:
+    if security.secure and security.server_name:
         options.append(("grpc.ssl_target_name_override", security.server_name))
-    return grpc.aio.secure_channel(
-        target, channel_credentials(security), interceptors=aio_client_interceptors(), options=options
-    )
+    return options
 
 
 def channel_credentials(security: GrpcClientSettings) -> grpc.ChannelCredentials:

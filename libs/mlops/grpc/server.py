@@ -56,6 +56,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self._names: list[str] = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         self.port: int | None = None
+        self.token_port: int | None = None
 
     def add(self, register: Registration, service_name: str) -> None:
         register(self.server)
@@ -65,24 +66,32 @@ class GrpcServer:
         reflection.enable_server_reflection([*self._names, reflection.SERVICE_NAME], self.server)
         address = f"{self.settings.host}:{self.settings.port}"
         credentials = _server_credentials(self.settings)
-        try:
-            if credentials is None:
-                self.port = self.server.add_insecure_port(address)
-            else:
-                self.port = self.server.add_secure_port(address, credentials)
-        except RuntimeError as error:
-            raise OSError(f"cannot listen on {address}: the port is taken or the address is wrong") from error
+        self.port = self._listen(address, credentials)
+        if self.settings.token_port is not None:
+            self.token_port = self._listen(
+                f"{self.settings.host}:{self.settings.token_port}",
+                _server_credentials(self.settings, tokens=True),
+            )
         await self.server.start()
         for name in ["", *self._names[1:]]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info(
-            "gRPC listening on %s:%d (%s%s)",
+            "gRPC listening on %s:%d (%s%s)%s",
             self.settings.host,
             self.port,
             "mutual TLS" if self.settings.tls_client_ca else "TLS" if self.settings.tls_cert else "plaintext",
             ", calls authorised" if self.settings.auth else "",
+            f", and on {self.token_port} for token holders (TLS)" if self.token_port else "",
         )
         return self.port
+
+    def _listen(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        try:
+            if credentials is None:
+                return self.server.add_insecure_port(address)
+            return self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: the port is taken or the address is wrong") from error
 
     async def set_serving(self, serving: bool = True) -> None:
         status = (
@@ -106,12 +115,15 @@ def _auth_interceptor(settings: GrpcServerSettings) -> AuthInterceptor:
     )
 
 
-def _server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
+def _server_credentials(
+    settings: GrpcServerSettings, *, tokens: bool = False
+) -> grpc.ServerCredentials | None:
+    """The main port's credentials, or with `tokens` the token port's (TLS, no certificate asked)."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     cert, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
     _check_pair(cert, key, settings)
-    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca and not tokens else None
     return grpc.ssl_server_credentials(
         [(key, cert)],
         root_certificates=client_ca,
