@@ -275,8 +275,14 @@ def _ensure_leaf(
 ) -> None:
     if not _leaf_ok(cert_path, key_path, ca[0], cn=cn, ou=ou, server=server):
         _issue_leaf(cert_path, key_path, *ca, cn=cn, ou=ou, server=server, client=client)
-        made += [str(cert_path), str(key_path)]
+        made += [_name(cert_path), _name(key_path)]
     key_path.chmod(0o600)
+
+
+def _name(path: Path) -> str:
+    """How `ensure` names a file it made: relative to the PKI directory (`grpc/registry.pem`), the
+    people's files by their folder (`clients/admin.pem`)."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name in ("grpc", "clients") else path.name
 
 
 def _token_digest(token: str) -> str:
@@ -295,7 +301,7 @@ def _ensure_tokens(pki: Pki, made: list[str]) -> None:
         if len(token) < 32:
             token = secrets.token_urlsafe(32)
             write_private(path, token.encode())
-            made.append(str(path))
+            made.append(_name(path))
         path.chmod(0o600)
         lines.append(f"{_token_digest(token)} user:{person} {role}")
     text = (
@@ -305,7 +311,7 @@ def _ensure_tokens(pki: Pki, made: list[str]) -> None:
     )
     if not pki.tokens.exists() or pki.tokens.read_text() != text:
         write_private(pki.tokens, text.encode())
-        made.append(str(pki.tokens))
+        made.append(_name(pki.tokens))
 
 
 def _make_keystore(
@@ -382,7 +388,7 @@ def main(argv: list[str]) -> int:
         print("usage: pki.py DIR", file=sys.stderr)
         return 2
     for name in ensure(Path(argv[0])):
-        print(f"made {Path(argv[0]) / name}")  # an absolute name stays as it is
+        print(f"made {name}")
     return 0
 
 
