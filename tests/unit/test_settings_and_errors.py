@@ -43,7 +43,7 @@ def test_production_refuses_the_development_database_password(monkeypatch):
     with pytest.raises(ValidationError, match=r"has no TLS: production needs \?ssl=verify-full"):
         DatabaseSettings()
     monkeypatch.setenv("MLOPS_DATABASE_URL", "postgresql+asyncpg://svc:s3cret@db:5432/mlops?ssl=verify-full")
-    assert DatabaseSettings().asyncpg_dsn == "postgresql://svc:s3cret@db:5432/mlops?ssl=verify-full"
+    assert DatabaseSettings().asyncpg_dsn == "postgresql://svc:s3cret@db:5432/mlops?sslmode=verify-full"
 
 
 def test_production_refuses_kafka_without_tls(monkeypatch):
