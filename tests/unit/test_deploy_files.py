@@ -124,20 +124,35 @@ def test_compose_runs_every_service_with_the_command_services_sh_runs() -> None:
 
 
 def test_compose_environment_uses_the_services_real_settings() -> None:
-    env = compose()["x-service-env"]
-    for key in env:
-        assert key.startswith(("MLOPS_", "OTEL_", "AWS_")), key
-    from mlops.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
+    from mlops.settings import (
+        ArtifactSettings,
+        DatabaseSettings,
+        GrpcClientSettings,
+        GrpcServerSettings,
+        KafkaSettings,
+        TelemetrySettings,
+    )
 
-    for settings, prefix in (
+    classes = (  # the longer prefix first: MLOPS_GRPC_CLIENT_ before MLOPS_GRPC_
         (KafkaSettings, "MLOPS_KAFKA_"),
         (DatabaseSettings, "MLOPS_DATABASE_"),
         (ArtifactSettings, "MLOPS_ARTIFACT_"),
         (TelemetrySettings, "MLOPS_TELEMETRY_"),
-    ):
-        for key in (k for k in env if k.startswith(prefix)):
+        (GrpcClientSettings, "MLOPS_GRPC_CLIENT_"),
+        (GrpcServerSettings, "MLOPS_GRPC_"),
+    )
+    services = compose()["services"]
+    for name in [n for n in services_sh() if service_exists(n)]:
+        env = services[name]["environment"]
+        for key in env:
+            assert key.startswith(("MLOPS_", "OTEL_", "AWS_")), key
+        for key in env:
+            prefix = next((p for _, p in classes if key.startswith(p)), None)
+            if prefix is None:
+                continue
+            settings = next(s for s, p in classes if p == prefix)
             field = key.removeprefix(prefix).lower()
-            assert field in settings.model_fields, f"{key} is not a field of {settings.__name__}"
+            assert field in settings.model_fields, f"{name}: {key} is not a field of {settings.__name__}"
 
 
 def test_compose_dependencies_name_services_that_exist() -> None:

@@ -1,0 +1,491 @@
+"""docker-compose.yml secured as the local stack is, checked without a container engine: its one-shot
+`pki` job run as a script into a folder (the volume), each container's part of it and its mounts, the
+services' gRPC settings against what infra/local/services.sh exports, production accepting them, the
+health probe and a peer over TLS against a real gRPC server, and the broker run by the compose file's
+own command on the configuration the job writes, with the `kafka-acls` job applying the ACL table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import TopicAuthorizationFailedError
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mlops.bus import acl
+from mlops.grpc import GrpcServer
+from mlops.grpc.client import open_channel
+from mlops.settings import GrpcClientSettings, GrpcServerSettings, KafkaSettings, ServiceSettings
+from tests.unit.test_deploy_tools import CACHE, REPO, SERVICES
+
+COMPOSE = REPO / "docker-compose.yml"
+MOUNT = "/etc/mlops/pki"
+"""Where each service finds its part of the volume `pki`."""
+KAFKA_MOUNT = "/etc/kafka/mlops"
+KAFKA_FILES = {"ca.pem", "broker.p12", "cluster-id", "scram", "admin.properties", "server.properties"}
+SERVICE_FILES = {"ca.pem", "cert.pem", "key.pem", "tokens", "secrets", "secrets/MLOPS_KAFKA_SASL_PASSWORD"}
+
+_VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def example_env() -> dict[str, str]:
+    text = (REPO / ".env.example").read_text()
+    return dict(re.findall(r"^(\w+)=(.*)$", text, re.M))
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation: `$$`, `$X`, `${X}`, `${X:-default}`, `${X-default}`, `${X:?error}`."""
+
+    def one(match: re.Match) -> str:
+        if match[0] == "$$":
+            return "$"
+        name, operator, argument = match[1] or match[4], match[2], match[3]
+        value = env.get(name)
+        if operator in (":-", "-") and (value is None or (operator == ":-" and not value)):
+            return argument
+        if operator in (":?", "?") and not value:
+            raise ValueError(f"{name}: {argument}")
+        return value or ""
+
+    return _VARIABLE.sub(one, text)
+
+
+def script(anchor: str) -> str:
+    return interpolate(compose()[anchor], {})
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the local stack's settings (tests/conftest.py loads them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "OTEL_", "AWS_", "GRPC_"))}
+    return env | extra
+
+
+def service_env(name: str, out: Path, **overrides: str) -> dict[str, str]:
+    """The service's environment as compose gives it, its mount mapped onto the job's output folder."""
+    env = compose()["services"][name]["environment"]
+    values = {key: interpolate(str(value), example_env()) for key, value in env.items()}
+    mapped = {key: value.replace(MOUNT, str(out / "services" / name)) for key, value in values.items()}
+    return mapped | overrides
+
+
+def run_pki_job(out: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", script("x-pki-init"), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=clean_env(),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """The volume `pki` after the job ran once."""
+    folder = tmp_path_factory.mktemp("volume")
+    made = run_pki_job(folder).stdout
+    assert "made ca.pem" in made and "made grpc/registry.key" in made, made
+    return folder
+
+
+def users(out: Path) -> dict[str, str]:
+    return json.loads((out / "pki" / "kafka-users.json").read_text())
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def names(cert: x509.Certificate) -> set[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(
+        san.get_values_for_type(x509.DNSName)
+    )
+
+
+def uids() -> tuple[int, int]:
+    """The owners the job gives the broker's and the services' parts, as its script states them."""
+    found = re.search(r"KAFKA_UID, SERVICE_UID = (\d+), (\d+)", compose()["x-pki-init"])
+    assert found, "the pki job no longer names KAFKA_UID and SERVICE_UID"
+    return int(found[1]), int(found[2])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the pki job and the volume ------------------------------------------------------------------
+
+
+def test_the_pki_job_runs_again_without_changing_anything(out) -> None:
+    before = files(out)
+    again = run_pki_job(out).stdout
+    assert "made" not in again, again
+    assert files(out) == before
+
+
+def test_each_container_gets_its_own_part_private_to_its_user(out) -> None:
+    kafka_uid, service_uid = uids()
+    kafka = out / "kafka"
+    assert {str(p.relative_to(kafka)) for p in kafka.rglob("*")} == KAFKA_FILES
+    ca = x509.load_pem_x509_certificate((out / "pki" / "ca.pem").read_bytes())
+    for name in acl.SERVICES:
+        own = out / "services" / name
+        assert {str(p.relative_to(own)) for p in own.rglob("*")} == SERVICE_FILES, name
+        cert = x509.load_pem_x509_certificate((own / "cert.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"svc:{name}"
+        assert (own / "key.pem").read_bytes() == (out / "pki" / "grpc" / f"{name}.key").read_bytes()
+        assert (own / "tokens").read_bytes() == (out / "pki" / "grpc" / "tokens").read_bytes()
+        assert (own / "secrets" / "MLOPS_KAFKA_SASL_PASSWORD").read_text() == users(out)[name]
+    for part, uid in [(kafka, kafka_uid)] + [(out / "services" / n, service_uid) for n in acl.SERVICES]:
+        for path in [part, *part.rglob("*")]:
+            assert mode(path) == (0o700 if path.is_dir() else 0o600), path
+            if os.geteuid() == 0:  # only root can give files away, as the job does in its container
+                assert path.stat().st_uid == uid, path
+    assert "ca.key" not in {p.name for p in (out / "services").rglob("*")} | {
+        p.name for p in kafka.rglob("*")
+    }
+
+
+def test_the_broker_certificate_names_kafka_for_the_services_and_localhost_for_people(out) -> None:
+    ca = x509.load_pem_x509_certificate((out / "pki" / "ca.pem").read_bytes())
+    broker = x509.load_pem_x509_certificate((out / "pki" / "broker.pem").read_bytes())
+    broker.verify_directly_issued_by(ca)
+    assert names(broker) == {"127.0.0.1", "localhost", "kafka"}
+    service = x509.load_pem_x509_certificate((out / "services" / "registry" / "cert.pem").read_bytes())
+    assert "localhost" in names(service), (
+        "the services' clients expect `localhost` in their peers' certificates"
+    )
+
+
+def test_people_find_their_certificates_tokens_and_kafka_clients(out) -> None:
+    clients = out / "clients"
+    for person in ("admin", "operator", "viewer"):
+        for ext in ("pem", "key", "token"):
+            assert (clients / f"{person}.{ext}").is_file()
+    for identity in ("upstream", "admin"):
+        text = (clients / f"{identity}.properties").read_text()
+        lines = dict(line.split("=", 1) for line in text.splitlines() if not line.startswith("#"))
+        assert lines["bootstrap.servers"] == "127.0.0.1:9092"
+        assert lines["security.protocol"] == "SASL_SSL"
+        assert lines["sasl.username"] == identity and lines["sasl.password"] == users(out)[identity]
+        assert lines["ssl.ca.location"] == "ca.pem"
+        assert mode(clients / f"{identity}.properties") == 0o600
+
+
+def test_each_container_mounts_only_its_part_read_only(out) -> None:
+    services = compose()["services"]
+    kafka_uid, service_uid = uids()
+    mounts: dict[str, list[dict]] = {}
+    for name, spec in services.items():
+        for volume in spec.get("volumes", []):
+            if isinstance(volume, dict) and volume["source"] == "pki":
+                mounts.setdefault(name, []).append(volume)
+            else:
+                assert not str(volume).startswith("pki:") or name == "pki", (name, volume)
+    assert services["pki"]["volumes"][0] == "pki:/pki"
+    assert services["pki"]["user"] == "0:0"
+    expected = {name: (f"services/{name}", MOUNT) for name in acl.SERVICES}
+    expected |= {"kafka": ("kafka", KAFKA_MOUNT), "kafka-acls": ("pki", "/pki")}
+    assert set(mounts) == set(expected)
+    for name, (subpath, target) in expected.items():
+        [volume] = mounts[name]
+        assert volume["read_only"] is True, name
+        assert volume["volume"] == {"subpath": subpath}, name
+        assert volume["target"] == target, name
+        assert (out / subpath).is_dir(), subpath
+    assert services["kafka"]["user"] == f"{kafka_uid}:{kafka_uid}"
+    dockerfile_user = re.findall(r"^USER (\d+)", (REPO / "Dockerfile").read_text(), re.M)[-1]
+    assert int(dockerfile_user) == service_uid
+    for name in [*acl.SERVICES, "kafka", "kafka-acls"]:
+        assert services[name]["depends_on"]["pki"] == {"condition": "service_completed_successfully"}
+    for name in acl.SERVICES:
+        assert services[name]["depends_on"]["kafka-acls"] == {"condition": "service_completed_successfully"}
+
+
+# --- gRPC ------------------------------------------------------------------------------------------
+
+
+def grpc_security(name: str, port: int, pki: Path) -> dict[str, str]:
+    """What infra/local/services.sh's grpc_security exports for a service, run by bash."""
+    text = (REPO / "infra/local/services.sh").read_text()
+    function = re.search(r"^grpc_security\(\) \{\n.*?^\}\n", text, re.M | re.S)
+    assert function, "grpc_security() not found in infra/local/services.sh"
+    command = f"PKI={pki}\n{function[0]}\ngrpc_security {name} {port}\nenv -0"
+    output = subprocess.run(["bash", "-c", command], capture_output=True, check=True, env={}).stdout
+    env = dict(item.split("=", 1) for item in output.decode().split("\0") if "=" in item)
+    return {k: v for k, v in env.items() if k.startswith("MLOPS_GRPC_")}
+
+
+def test_grpc_settings_are_those_services_sh_exports(out) -> None:
+    for name, (port, _) in SERVICES.items():
+        local = grpc_security(name, port, out / "pki")
+        composed = {k: v for k, v in service_env(name, out).items() if k.startswith("MLOPS_GRPC_")}
+        # the one addition: peers are dialled by service name, their certificates name localhost
+        assert composed.pop("MLOPS_GRPC_CLIENT_SERVER_NAME") == "localhost"
+        assert set(composed) == set(local), name
+        for key, value in local.items():
+            if value.startswith("/"):
+                assert Path(composed[key]).read_bytes() == Path(value).read_bytes(), (name, key)
+            else:
+                assert composed[key] == value, (name, key)
+
+
+def test_token_ports_are_published_on_loopback_next_to_the_main_ports() -> None:
+    services = compose()["services"]
+    for name, (port, _) in SERVICES.items():
+        published = services[name].get("ports", [])
+        env = services[name]["environment"]
+        if name == "inference":
+            assert "MLOPS_GRPC_TOKEN_PORT" not in env and "MLOPS_GRPC_TLS_CLIENT_CA" not in env
+            assert published == [f"127.0.0.1:{port}:{port}"]
+            continue
+        assert env["MLOPS_GRPC_TOKEN_PORT"] == str(port + 10)
+        if published:
+            assert published == [f"127.0.0.1:{port}:{port}", f"127.0.0.1:{port + 10}:{port + 10}"], name
+    for spec in services.values():
+        for mapping in spec.get("ports", []):
+            assert mapping.startswith("127.0.0.1:"), mapping
+
+
+def service_settings_class(name: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"services.{name}.settings")
+    return getattr(module, f"{name.capitalize()}Settings")
+
+
+def use_env(monkeypatch, env: dict[str, str]) -> None:
+    for key in list(os.environ):
+        if key.startswith(("MLOPS_", "OTEL_", "AWS_")):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_production_accepts_every_services_kafka_and_grpc_settings(out, monkeypatch) -> None:
+    assert compose()["x-service-env"]["MLOPS_ENV"] == "${MLOPS_ENV:-development}"
+    for name, (port, _) in SERVICES.items():
+        use_env(monkeypatch, service_env(name, out, MLOPS_ENV="production"))
+        kafka = KafkaSettings()
+        assert (kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username) == (
+            "SASL_SSL",
+            "SCRAM-SHA-512",
+            name,
+        )
+        assert kafka.bootstrap == "kafka:29092"
+        assert kafka.sasl_password.get_secret_value() == users(out)[name], "the password comes from its file"
+        assert kafka.client_options()["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+        server = service_settings_class(name)().grpc_server()
+        assert server.port == port and server.auth and server.tls_cert is not None
+        assert (server.tls_client_ca is None) == (name == "inference")
+        assert server.token_port == (None if name == "inference" else port + 10)
+        client = GrpcClientSettings()
+        assert client.secure and client.cert_file is not None and client.server_name == "localhost"
+    # and the check can fail: without authorisation production refuses the server
+    for key in ("MLOPS_GRPC_AUTH", "MLOPS_GRPC_TOKEN_FILE", "MLOPS_GRPC_TOKEN_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="production needs"):
+        GrpcServerSettings()
+
+
+async def probe(port: int, env: dict[str, str]) -> int:
+    """The compose file's health check, run as Docker runs it: `python -c <probe> PORT`."""
+    test = compose()["services"]["registry"]["healthcheck"]["test"]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", interpolate(test[3], {}), str(port), env=clean_env(**env), cwd=REPO
+    )
+    return await asyncio.wait_for(process.wait(), 30)
+
+
+@contextlib.asynccontextmanager
+async def serving(env: dict[str, str], monkeypatch):
+    use_env(monkeypatch, env)
+    # on free ports: the running local stack may hold the composed ones
+    token_port = 0 if "MLOPS_GRPC_TOKEN_PORT" in env else None
+    server = GrpcServer(GrpcServerSettings(host="127.0.0.1", port=0, token_port=token_port))
+    await server.start()
+    await server.set_serving(True)
+    try:
+        yield server
+    finally:
+        await server.server.stop(None)
+
+
+async def test_the_health_probe_answers_over_mutual_tls_and_over_inferences_tls(
+    out, tmp_path, monkeypatch
+) -> None:
+    other = tmp_path / "other"
+    run_pki_job(other)
+    for name in ("registry", "inference"):
+        env = service_env(name, out)
+        async with serving(env, monkeypatch) as server:
+            assert (server.settings.tls_client_ca is not None) == (name == "registry")
+            assert await probe(server.port, env) == 0, name
+            stranger = env | {"MLOPS_GRPC_CLIENT_CA_FILE": str(other / "services" / name / "ca.pem")}
+            assert await probe(server.port, stranger) != 0, "a server the CA did not sign must fail the probe"
+
+
+async def test_a_peer_reaches_a_service_as_compose_configures_both(out, monkeypatch) -> None:
+    async with serving(service_env("registry", out), monkeypatch) as server:
+        use_env(monkeypatch, service_env("deployer", out))
+        peer = GrpcClientSettings()
+        async with open_channel(f"127.0.0.1:{server.port}", security=peer, traced=False) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # the name the client expects is checked: one the certificate lacks fails the handshake
+        wrong = peer.model_copy(update={"server_name": "registry"})
+        async with open_channel(f"127.0.0.1:{server.port}", security=wrong, traced=False) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- Kafka -----------------------------------------------------------------------------------------
+
+
+def kafka_libs() -> Path:
+    version = compose()["services"]["kafka"]["image"].split(":")[1]
+    libs = CACHE / f"kafka-{version}" / "libs"
+    if shutil.which("java") is None or not libs.is_dir():
+        pytest.fail(
+            f"Kafka {version} (the compose file's image) is not installed at {libs}: run infra/local/install.sh"
+        )
+    return libs
+
+
+def fake_kafka_home(home: Path, libs: Path) -> Path:
+    """/opt/kafka/bin's three scripts the compose file runs, on the same Kafka's classes."""
+    classes = {
+        "kafka-storage.sh": "kafka.tools.StorageTool",
+        "kafka-server-start.sh": "kafka.Kafka",
+        "kafka-configs.sh": "kafka.admin.ConfigCommand",
+    }
+    bin_dir = home / "bin"
+    bin_dir.mkdir(parents=True)
+    for script_name, main in classes.items():
+        heap = "512m" if main == "kafka.Kafka" else "256m"
+        path = bin_dir / script_name
+        path.write_text(f'#!/bin/sh\nexec java -Xmx{heap} -cp "{libs}/*" {main} "$@"\n')
+        path.chmod(0o755)
+    return home
+
+
+def translate(text: str, paths: dict[str, str], ports: dict[int, int]) -> str:
+    for container, host in paths.items():
+        text = text.replace(container, host)
+    for container_port, host_port in ports.items():
+        text = re.sub(rf"(?<=[:]){container_port}\b", str(host_port), text)
+    return text
+
+
+def test_the_broker_runs_on_the_compose_command_with_every_identity_and_the_acl_table(out, tmp_path) -> None:
+    libs = kafka_libs()
+    home = fake_kafka_home(tmp_path / "opt-kafka", libs)
+    conf, data = tmp_path / "kafka-conf", tmp_path / "kafka-data"
+    data.mkdir()
+    ports = {29092: free_port(), 9092: free_port(), 9093: free_port()}
+    paths = {KAFKA_MOUNT: str(conf), "/var/lib/kafka/data": str(data), "/opt/kafka": str(home)}
+    shutil.copytree(out / "kafka", conf)
+    for name in ("server.properties", "admin.properties"):
+        (conf / name).write_text(translate((out / "kafka" / name).read_text(), paths, ports))
+    kafka = compose()["services"]["kafka"]
+    command = translate(interpolate(kafka["command"][2], {}), paths, ports)
+    log = (tmp_path / "kafka.log").open("w")
+    broker = subprocess.Popen(
+        ["/bin/sh", "-c", command], stdout=log, stderr=subprocess.STDOUT, env=clean_env()
+    )
+    try:
+        # ready: the compose file's health check passes (bounded; the broker's log on failure)
+        health = translate(interpolate(kafka["healthcheck"]["test"][1], {}), paths, ports)
+        deadline = time.monotonic() + 120
+        while subprocess.run(["/bin/sh", "-c", health], capture_output=True, env=clean_env()).returncode != 0:
+            assert broker.poll() is None, (tmp_path / "kafka.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "kafka.log").read_text()[-3000:]
+            time.sleep(1)
+
+        # the services' listener presents a certificate for `kafka`, verified by the CA they hold
+        context = ssl.create_default_context(cafile=str(out / "services" / "registry" / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", ports[29092])) as raw:
+            with context.wrap_socket(raw, server_hostname="kafka"):
+                pass
+        with socket.create_connection(("127.0.0.1", ports[29092])) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                context.wrap_socket(raw, server_hostname="registry")
+
+        # the kafka-acls job, as compose runs it, on the services' listener: every identity logs in
+        job = compose()["services"]["kafka-acls"]
+        result = subprocess.run(
+            [sys.executable, "-c", script("x-kafka-acls"), str(out / "pki")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=clean_env(MLOPS_KAFKA_SECURE_BOOTSTRAP=f"127.0.0.1:{ports[29092]}"),
+            timeout=120,
+        )
+        assert job["environment"] == {"MLOPS_KAFKA_SECURE_BOOTSTRAP": "kafka:29092"}
+        assert result.returncode == 0, result.stdout + result.stderr
+        created = int(re.search(r"ACLs: (\d+) created", result.stdout)[1])
+        assert created == len(acl.bindings()), result.stdout
+
+        # and the ACLs hold: upstream writes its intents, not the trainer's facts
+        asyncio.run(upstream_writes(out, ports[9092]))
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(30)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+        log.close()
+
+
+async def upstream_writes(out: Path, port: int) -> None:
+    kafka = KafkaSettings(
+        bootstrap=f"127.0.0.1:{port}",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="upstream",
+        sasl_password=users(out)["upstream"],
+        ssl_cafile=out / "clients" / "ca.pem",
+        request_timeout_ms=10_000,
+    )
+    producer = AIOKafkaProducer(**kafka.client_options())
+    await producer.start()
+    try:
+        await producer.send_and_wait("mlops.data.committed", b"{}", key=b"wine")
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait("mlops.model.trained", b"{}", key=b"wine")
+    finally:
+        await producer.stop()
