@@ -57,8 +57,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     MLOPS_MONITOR_GRPC_HOST=0.0.0.0
 WORKDIR /app
 USER 10001:10001
-# gRPC APIs (registry 50051, deployer 50052, monitor 50053, trainer 50054, evaluator 50055),
+# gRPC APIs (registry 50051, deployer 50052, monitor 50053, trainer 50054, evaluator 50055; mutual TLS),
+# their token listeners (port + 10),
 # inference (OIP) 8001, metrics 9101-9105 and 8002
-EXPOSE 50051 50052 50053 50054 50055 8001 8002 9101 9102 9103 9104 9105
+EXPOSE 50051 50052 50053 50054 50055 50061 50062 50063 50064 50065 8001 8002 9101 9102 9103 9104 9105
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "services.registry"]

@@ -30,6 +30,15 @@ def stack_secrets() -> dict[str, str]:
     if users.exists():
         for name, entry in json.loads(users.read_text()).items():
             found[f"Kafka password of {name}"] = entry["password"] if isinstance(entry, dict) else entry
+    roles = STACK / "pki" / "pg-users.json"
+    if roles.exists():
+        for name, value in json.loads(roles.read_text()).items():
+            found[f"PostgreSQL password of {name}"] = value
+    for token in sorted((STACK / "clients").glob("*.token")):
+        found[f"gRPC token of {token.stem}"] = token.read_text().strip()
+    for key in sorted((STACK / "pki" / "grpc").glob("*.key")) + sorted((STACK / "clients").glob("*.key")):
+        # a private key's first line of base64: long enough to be unique, short enough to be found whole
+        found[f"gRPC private key {key.parent.name}/{key.name}"] = key.read_text().splitlines()[1]
     password = urlparse(os.environ.get("MLOPS_DATABASE_URL", "")).password
     if password:
         found["PostgreSQL password"] = unquote(password)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +125,14 @@ def pki(tmp_path_factory) -> Pki:
         other_ca=other.write(root / "other-ca.pem"),
         tokens=tokens,
     )
+
+
+@pytest.fixture(autouse=True)
+def _settings_state_their_own(monkeypatch):
+    """The tests' process carries the stack's gRPC settings (tests/conftest.py); these servers and
+    clients name every setting themselves."""
+    for name in [n for n in os.environ if n.startswith("MLOPS_GRPC_")]:
+        monkeypatch.delenv(name)
 
 
 # --- the server under test ---------------------------------------------------------------------
@@ -250,14 +259,15 @@ async def test_an_operator_token_may_promote_and_the_handler_sees_who_it_is(pki,
     rollout = await promote(token_server.address, client(pki, token=OPERATOR_TOKEN))
     assert rollout.model == "wine"
     assert token_server.core.calls == [
-        ("promote", Principal("user:bob", Role.OPERATOR, "token"), "typed-by-caller")
+        # the actor the caller typed is not believed: the core is handed the authenticated name
+        ("promote", Principal("user:bob", Role.OPERATOR, "token"), "user:bob")
     ]
 
 
 async def test_an_operator_certificate_may_promote_as_its_cn(pki, mtls_server):
     await promote(mtls_server.address, client(pki, cert=pki.operator))
     assert mtls_server.core.calls == [
-        ("promote", Principal("user:olive", Role.OPERATOR, "certificate"), "typed-by-caller")
+        ("promote", Principal("user:olive", Role.OPERATOR, "certificate"), "user:olive")
     ]
 
 
@@ -326,3 +336,32 @@ async def test_a_server_key_that_is_not_its_certificates_is_refused_at_start(pki
         ValueError, match=r"MLOPS_GRPC_TLS_KEY .*olive\.key is not the key of MLOPS_GRPC_TLS_CERT"
     ):
         await server.start()
+
+
+async def test_with_mutual_tls_on_its_port_a_server_takes_token_holders_on_its_token_port(pki):
+    settings = GrpcServerSettings(
+        port=0,
+        tls_cert=pki.server[0],
+        tls_key=pki.server[1],
+        tls_client_ca=pki.ca,
+        auth=True,
+        token_file=pki.tokens,
+        token_port=0,
+    )
+    server, served = await _serve(settings)
+    try:
+        tokens = f"127.0.0.1:{server.token_port}"
+        assert server.token_port and server.token_port != server.port
+        promoted = await promote(tokens, client(pki, token=OPERATOR_TOKEN))
+        assert promoted.model == "wine" and served.core.calls[-1][1].name == "user:bob"
+        by_certificate = await promote(served.address, client(pki, cert=pki.operator))
+        assert by_certificate.model == "wine" and served.core.calls[-1][1].name == "user:olive"
+        nobody = await failed(promote(tokens, client(pki)))
+        assert nobody.code() == grpc.StatusCode.UNAUTHENTICATED
+        # the token port asks for no certificate: one presented there proves nothing
+        certificate_there = await failed(promote(tokens, client(pki, cert=pki.operator)))
+        assert certificate_there.code() == grpc.StatusCode.UNAUTHENTICATED
+        token_without_certificate = await failed(promote(served.address, client(pki, token=OPERATOR_TOKEN)))
+        assert token_without_certificate.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop()

@@ -241,3 +241,31 @@ def test_production_refuses_a_plaintext_or_unauthorised_server_and_a_plaintext_c
         token_port=0,
     )
     assert secured.auth and GrpcClientSettings(ca_file=pem_files / "ca.pem").secure
+
+
+def test_every_rpc_a_service_calls_is_one_the_table_lets_it_call():
+    """Read off the services' code: each `stub.Method(` and `.call("Method"` a service makes."""
+    import re
+    from pathlib import Path
+
+    from mlops.identity import Principal
+
+    root = Path(__file__).resolve().parents[2]
+    owners: dict[str, list[str]] = {}
+    for service, methods in TABLE.items():
+        for method in methods:
+            owners.setdefault(method, []).append(service)
+    calls = re.compile(r"(?:stub\.|\.call\(\s*\")([A-Z][A-Za-z]+)")
+    checked = 0
+    for folder in sorted((root / "services").iterdir()):
+        if not (folder / "__main__.py").exists():
+            continue
+        code = "".join(path.read_text() for path in folder.rglob("*.py"))
+        caller = Principal(f"svc:{folder.name}", Role.SERVICE, "certificate")
+        for method in sorted(set(calls.findall(code))):
+            for service in owners.get(method, []):
+                if service.startswith("inference.") or service.startswith("grpc."):
+                    continue
+                assert refusal(caller, f"/{service}/{method}") is None, f"{folder.name} calls {method}"
+                checked += 1
+    assert checked >= 12, "the calls were not found: has the way services call changed?"

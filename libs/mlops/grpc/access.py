@@ -34,7 +34,8 @@ def _write(least: Role, *services: str) -> Rule:
 
 TABLE: dict[str, dict[str, Rule]] = {
     "mlops.registry.v1.Registry": {
-        "RecordDatasetVersion": _write(Role.ADMIN, "monitor"),
+        # the trainer records what a DataCommitted names; the monitor records drifted windows' data
+        "RecordDatasetVersion": _write(Role.ADMIN, "monitor", "trainer"),
         "GetDatasetVersion": _READ,
         "ListDatasets": _READ,
         "ListDatasetVersions": _READ,
