@@ -116,6 +116,11 @@ up() {
       if [ -f "$STACK/pki/pg/$name.url" ]; then
         MLOPS_DATABASE_URL="$(cat "$STACK/pki/pg/$name.url")"; export MLOPS_DATABASE_URL
       fi
+      # S3 as its own account, where the stack made one (<stack>/pki/s3/<name>.env, mode 0600:
+      # AWS_ACCESS_KEY_ID=… and AWS_SECRET_ACCESS_KEY=… lines)
+      if [ -f "$STACK/pki/s3/$name.env" ]; then
+        set -a; . "$STACK/pki/s3/$name.env"; set +a
+      fi
       grpc_security "$name" "$port"
       # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI
       # job) that ran `up` does not take the services with it.
