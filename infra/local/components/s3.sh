@@ -6,6 +6,8 @@
 # --- s3 (versitygw) ---------------------------------------------------------------------
 
 S3_DIR="$STACK/s3"
+# versitygw's internal IAM: the services' accounts (infra/local/s3_accounts.py), secrets inside (0600)
+S3_IAM_DIR="$S3_DIR/iam"
 
 s3_ports() { echo "$S3_PORT"; }
 s3_comm() { echo versitygw; }
@@ -38,23 +40,34 @@ s3_check() {
   fi
 }
 
+# What the server is started with besides its keys; a server started otherwise (an older stack's,
+# without the internal IAM) is restarted by `up`.
+s3_options() { echo "iam-dir $S3_IAM_DIR"; }
+
 s3_start() {
   local extra=()
   if s3_sidecar; then mkdir -p "$S3_DIR/meta"; extra=(--sidecar "$S3_DIR/meta"); fi
+  mkdir -p "$S3_IAM_DIR"; chmod 0700 "$S3_IAM_DIR"
   # keys through the environment, not the command line (which any user can read)
   ROOT_ACCESS_KEY_ID="$S3_ACCESS_KEY" ROOT_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
     setsid nohup "$VERSITYGW_BIN" --port "$HOST:$S3_PORT" --region "$S3_REGION" --quiet \
-    posix "${extra[@]}" "$S3_DIR/data" >>"$LOGS/s3.log" 2>&1 </dev/null 8>&- &
+    --iam-dir "$S3_IAM_DIR" posix "${extra[@]}" "$S3_DIR/data" >>"$LOGS/s3.log" 2>&1 </dev/null 8>&- &
   echo $! >"$RUN/s3.pid"
   s3_credentials >"$RUN/s3.credentials"
+  s3_options >"$RUN/s3.options"
 }
 
-# versitygw reads its root credentials at start only: `up` restarts it when they changed (a hash
-# of them is kept, not the secret)
+# versitygw reads its root credentials and options at start only: `up` restarts it when they
+# changed (a hash of the credentials is kept, not the secret)
 s3_credentials() { short_hash "$S3_ACCESS_KEY:$S3_SECRET_KEY"; }
 s3_changed() {
-  [ "$(cat "$RUN/s3.credentials" 2>/dev/null)" != "$(s3_credentials)" ] || return 1
-  echo "its root credentials"
+  if [ "$(cat "$RUN/s3.credentials" 2>/dev/null)" != "$(s3_credentials)" ]; then
+    echo "its root credentials"; return 0
+  fi
+  if [ "$(cat "$RUN/s3.options" 2>/dev/null)" != "$(s3_options)" ]; then
+    echo "internal IAM for the services' accounts"; return 0
+  fi
+  return 1
 }
 
 s3_ready() {
@@ -76,6 +89,15 @@ s3_ready() {
       || "${req[@]}" -X PUT "http://$HOST:$S3_PORT/$1" 2>/dev/null
   fi
 }
-s3_up_check() { s3_ready "$S3_BUCKET"; }   # ListBuckets, and the bucket
+# The services' accounts and the bucket's policy, as the root account (infra/local/s3_accounts.py:
+# keys through the environment; <stack>/pki/s3-users.json and <stack>/pki/s3/<service>.env, 0600).
+s3_accounts() {
+  ROOT_ACCESS_KEY_ID="$S3_ACCESS_KEY" ROOT_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
+    "$(python_bin)" "$HERE/s3_accounts.py" apply --pki "$PKI" --endpoint "http://$HOST:$S3_PORT" \
+    --bucket "$S3_BUCKET" --region "$S3_REGION"
+}
+# ListBuckets, and the bucket; then the accounts and the policy (errors to the log: wait_ready polls
+# this quietly)
+s3_up_check() { s3_ready "$S3_BUCKET" && s3_accounts 2>>"$LOGS/s3.log"; }
 s3_stop() { kill_gracefully "$1"; }
 s3_purge() { rm -rf "$S3_DIR"; }
