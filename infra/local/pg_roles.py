@@ -21,9 +21,8 @@ which services.sh exports: TLS verified against the stack's CA (libpq's spelling
 `mlops.settings.DatabaseSettings`).
 
 Each schema is named after its service (`SCHEMA` in services/<name>/tables.py; a test holds the two
-to agreement). The service roles also get CREATE on the database: the migrations run
-`CREATE SCHEMA IF NOT EXISTS` on every start, which PostgreSQL refuses without it even when the
-schema exists. It lets a role make new schemas of its own, never reach into another's.
+to agreement). A service role may connect and use its own schema, nothing more: no CREATE on the
+database (the migrations create a schema only when it is missing, `mlops.db.migrations.create_schema_sql`).
 """
 
 from __future__ import annotations
@@ -166,7 +165,8 @@ def grants_sql(operator: str, database: str) -> str:
         role = ident(service)
         others = ", ".join([op] + [ident(other) for other in SERVICES if other != service])
         sql += [
-            f"GRANT CONNECT, CREATE ON DATABASE {db} TO {role};\n",
+            f"REVOKE CREATE, TEMPORARY ON DATABASE {db} FROM {role};\n",
+            f"GRANT CONNECT ON DATABASE {db} TO {role};\n",
             f"CREATE SCHEMA IF NOT EXISTS {role} AUTHORIZATION {role};\n",
             f"ALTER SCHEMA {role} OWNER TO {role};\n",
             _HANDOVER.format(schema=literal(service), role=literal(service)),

@@ -134,10 +134,13 @@ class TokenBook:
     log line gives no token, and a presented token lives no longer than its hashing."""
 
     def __init__(self, entries: Mapping[str, tuple[str, Role]]) -> None:
-        self._entries = dict(entries)
+        # one Principal per token, made once: a call costs a hash and a lookup
+        self._principals = {
+            digest: Principal(name, role, "token") for digest, (name, role) in entries.items()
+        }
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._principals)
 
     @classmethod
     def parse(cls, text: str, *, source: str = "token file") -> TokenBook:
@@ -180,8 +183,7 @@ class TokenBook:
         """The principal whose token this is, or None for an unknown (or absurdly long) token."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             return None
-        entry = self._entries.get(token_digest(token))
-        return Principal(entry[0], entry[1], "token") if entry else None
+        return self._principals.get(token_digest(token))
 
 
 def bearer_token(header: str) -> str | None:

@@ -41,6 +41,7 @@ _METHODS = {
 
 
 _ACTOR_FIELDS = {
+    "RecordDatasetVersion": "committed_by",
     "ApplyModelSpec": "applied_by",
     "UpdateModelVersionTags": "actor",
     "SetAlias": "actor",

@@ -22,7 +22,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_JOIN_S = 5.0
+_JOIN_S = 30.0
+"""How long a dead worker may take to be reaped; a SIGKILLed process in uninterruptible I/O dies late."""
 
 
 class WorkerKilled(Exception):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
 from mlops.db import Database
 from mlops.jaeger import JaegerClient
-from mlops.settings import ArtifactSettings, BusSettings, DatabaseSettings, KafkaSettings
+from mlops.settings import ArtifactSettings, BusSettings, DatabaseSettings, GrpcClientSettings, KafkaSettings
 from mlops.telemetry import setup_telemetry
 
 JAEGER_DEFAULT = "http://127.0.0.1:16686"
@@ -114,6 +116,18 @@ async def eventually(check, *, timeout_s: float = 30.0, interval_s: float = 0.1,
         await asyncio.sleep(interval_s)
     raise AssertionError(
         f"{what} not met within {timeout_s}s" + (f" (last error: {last_error})" if last_error else "")
+    )
+
+
+def service_identity(service: str) -> GrpcClientSettings:
+    """Channel security of the stack's service `service`: its own certificate (`svc:<service>`), for a
+    test that runs a service's core in process and lets it call peers as that service does."""
+    pki = Path(os.environ.get("MLOPS_STACK_DIR", Path(__file__).resolve().parents[2] / ".stack")) / "pki"
+    return GrpcClientSettings(
+        ca_file=pki / "ca.pem",
+        cert_file=pki / "grpc" / f"{service}.pem",
+        key_file=pki / "grpc" / f"{service}.key",
+        token=None,  # not the operator's, which the tests' environment carries
     )
 
 

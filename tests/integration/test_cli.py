@@ -226,7 +226,7 @@ def test_data_commit_then_list_and_show(registry, tmp_path, jaeger_url):
     assert any(d["name"] == dataset and d["latestVersion"] == "2" for d in listed["datasets"])
     versions = as_json(mlops(registry, "--json", "data", "list", dataset))["versions"]
     assert [v["version"] for v in versions] == ["2", "1"]
-    assert versions[0]["parentSha256"] == sha and versions[0]["committedBy"] == "etl"
+    assert versions[0]["parentSha256"] == sha and versions[0]["committedBy"] == "user:admin"
     paged = as_json(mlops(registry, "--json", "data", "list", dataset, "--limit", "1"))
     assert len(paged["versions"]) == 1 and paged["nextPageToken"]
 
@@ -333,7 +333,7 @@ def test_aliases_models_and_runs(registry, model, tmp_path):
 
     history = as_json(mlops(registry, "--json", "alias", "history", model))
     assert [(c["fromVersion"], c["toVersion"]) for c in history["changes"]] == [("1", "2"), ("0", "1")]
-    assert history["changes"][0]["actor"] == "ops" and history["changes"][1]["reason"] == "first"
+    assert history["changes"][0]["actor"] == "user:admin" and history["changes"][1]["reason"] == "first"
     at = as_json(
         mlops(registry, "--json", "alias", "history", model, "--alias", "production", "--at", between)
     )

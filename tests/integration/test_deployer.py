@@ -50,7 +50,7 @@ from services.deployer.servicer import DeployerServicer
 from services.deployer.settings import DeployerSettings
 from services.deployer.tables import SCHEMA
 from tests.integration.bus_helpers import running
-from tests.integration.conftest import eventually, jaeger_trace
+from tests.integration.conftest import eventually, jaeger_trace, service_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 S = deployment_pb2
@@ -154,7 +154,9 @@ async def harness(database, kafka, artifact_settings, telemetry):
         monitor_timeout_s=0.5,
         tick_interval_s=0.25,
     )
-    registry_channel = open_channel(settings.registry_addr)
+    registry_channel = open_channel(settings.registry_addr)  # the test's own calls: the operator's
+    # the core calls the registry as the deployer service does, with its own certificate
+    deployer_identity = open_channel(settings.registry_addr, security=service_identity("deployer"))
     try:
         reply = await health_pb2_grpc.HealthStub(registry_channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
@@ -167,10 +169,14 @@ async def harness(database, kafka, artifact_settings, telemetry):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     monitor = FakeMonitor()
-    monitor_server = grpc.aio.server()
-    monitor_pb2_grpc.add_MonitorServicer_to_server(monitor, monitor_server)
-    monitor_server.add_insecure_port(settings.monitor_addr)
+    # secured as the real monitor is: the deployer's client speaks mutual TLS to it
+    monitor_server = GrpcServer(GrpcServerSettings(port=monitor_port))
+    monitor_server.add(
+        lambda server: monitor_pb2_grpc.add_MonitorServicer_to_server(monitor, server),
+        "mlops.monitor.v1.Monitor",
+    )
     await monitor_server.start()
+    await monitor_server.set_serving()
 
     await migrate(database, MIGRATIONS, SCHEMA)
     await ensure_topics(kafka, bus, published_topics(bus.topic_prefix))
@@ -182,7 +188,7 @@ async def harness(database, kafka, artifact_settings, telemetry):
     def make_core() -> DeployerCore:
         return DeployerCore(
             database,
-            RegistryClient(registry_channel),
+            RegistryClient(deployer_identity),
             MonitorClient(monitor_channel, timeout_s=settings.monitor_timeout_s),
             outbox,
             settings,
@@ -226,9 +232,9 @@ async def harness(database, kafka, artifact_settings, telemetry):
     await relay.stop()
     await relay_task
     await server.stop()
-    await monitor_server.stop(0)
+    await monitor_server.stop()
     await publisher.stop()
-    for channel in (registry_channel, monitor_channel, deployer_channel):
+    for channel in (registry_channel, deployer_identity, monitor_channel, deployer_channel):
         await channel.close()
 
 
@@ -544,10 +550,10 @@ async def test_a_passed_version_goes_canary_10_50_100_to_production(harness, uni
     ledger = await h.registry.GetAliasHistory(pb.GetAliasHistoryRequest(model=model))
     moves = [(c.alias, c.from_version, c.to_version, c.actor) for c in reversed(ledger.changes)]
     assert moves == [
-        ("production", 0, 1, "mlops-deployer"),
-        ("canary", 0, 2, "mlops-deployer"),
-        ("production", 1, 2, "mlops-deployer"),
-        ("canary", 2, 0, "mlops-deployer"),
+        ("production", 0, 1, "mlops-deployer via svc:deployer"),
+        ("canary", 0, 2, "mlops-deployer via svc:deployer"),
+        ("production", 1, 2, "mlops-deployer via svc:deployer"),
+        ("canary", 2, 0, "mlops-deployer via svc:deployer"),
     ]
 
     async def recorded():
@@ -733,11 +739,12 @@ async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
     model, (_v1, v2, v3) = await new_model(h, unique, versions=3, production=1)
     await h.publisher.publish(await claimed(h, v2))
     await eventually(lambda: rollout_of(h, model), what="v2's rollout")
+    # the actor a caller types is not believed: the ledger names the authenticated caller (the operator)
     act = dpb.RolloutActionRequest(model=model, actor="alice", reason="checking dashboards")
 
     paused = await h.deployer.Pause(act)
     assert paused.state == S.ROLLOUT_STATE_PAUSED and paused.reason.startswith(
-        "paused by alice: checking dashboards"
+        "paused by user:admin: checking dashboards"
     )
     await asyncio.sleep(3 * STEP_SECONDS)
     still = await rollout_of(h, model)
@@ -752,15 +759,15 @@ async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
     )
 
     resumed = await h.deployer.Resume(act)
-    assert resumed.state == S.ROLLOUT_STATE_PROGRESSING and resumed.history[-1].actor == "alice"
+    assert resumed.state == S.ROLLOUT_STATE_PROGRESSING and resumed.history[-1].actor == "user:admin"
     promoted = await h.deployer.Promote(
         dpb.RolloutActionRequest(model=model, actor="alice", reason="looks good")
     )
     assert promoted.state == S.ROLLOUT_STATE_PROMOTED and promoted.reason.startswith(
-        "promoted by alice: looks good"
+        "promoted by user:admin: looks good"
     )
     deployed = await published(h, S.ModelDeployed, model, until=lambda f: len(f) >= 1)
-    assert (deployed[-1].version, deployed[-1].actor) == (2, "alice")
+    assert (deployed[-1].version, deployed[-1].actor) == (2, "user:admin")
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await h.deployer.Resume(act)
@@ -786,7 +793,7 @@ async def test_pause_resume_promote_and_rollback_through_grpc(harness, unique):
         3,
         2,
         False,
-        "bob",
+        "user:admin",
     )
 
     # with nothing running, a rollback returns production to the version before: v2 → v1
@@ -975,7 +982,7 @@ async def test_bad_requests_get_clear_statuses(harness, unique):
     assert (
         started.strategy == "shadow"
         and started.state == S.ROLLOUT_STATE_SHADOWING
-        and started.actor == "carol"
+        and started.actor == "user:admin"
     )
     code, details = await status_of(h.deployer.StartRollout(dpb.StartRolloutRequest(model=model, version=2)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "already being rolled out" in details

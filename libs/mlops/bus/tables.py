@@ -8,9 +8,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from mlops.db.migrations import create_schema_sql
+
 
 def create_bus_tables(op, schema: str) -> None:
-    op.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    op.execute(sa.text(create_schema_sql(schema)))
     op.create_table(
         "inbox",
         sa.Column("consumer", sa.Text, primary_key=True, comment="consumer group that handled the event"),

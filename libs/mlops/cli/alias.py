@@ -37,7 +37,13 @@ def set_(
     alias: Annotated[str, typer.Argument(help="The alias, e.g. production.")],
     to_version: Annotated[int, typer.Argument(metavar="VERSION", min=1, help="The version to point it to.")],
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why; kept in the ledger.")] = "",
-    actor: Annotated[str | None, typer.Option("--actor", help="Who; the OS user by default.")] = None,
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            "--actor",
+            help="Who, for a registry that checks no credentials (the OS user by default); a secured one records who you authenticated as.",
+        ),
+    ] = None,
     expected: Annotated[
         int | None,
         typer.Option(
@@ -78,7 +84,13 @@ def remove(
     model: Annotated[str, typer.Argument(help="The model's name.")],
     alias: Annotated[str, typer.Argument(help="The alias to delete.")],
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why; kept in the ledger.")] = "",
-    actor: Annotated[str | None, typer.Option("--actor", help="Who; the OS user by default.")] = None,
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            "--actor",
+            help="Who, for a registry that checks no credentials (the OS user by default); a secured one records who you authenticated as.",
+        ),
+    ] = None,
 ) -> None:
     """Delete an alias (deleting one that does not exist changes nothing)."""
     cli = cli_context(ctx)

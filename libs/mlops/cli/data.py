@@ -179,7 +179,11 @@ def commit(
         list[str] | None, typer.Option("--label", "-l", metavar="KEY=VALUE", help="A label; repeatable.")
     ] = None,
     committed_by: Annotated[
-        str | None, typer.Option("--committed-by", help="Who commits; the OS user by default.")
+        str | None,
+        typer.Option(
+            "--committed-by",
+            help="Who commits, in the event (the OS user by default); a secured registry records who you authenticated as.",
+        ),
     ] = None,
 ) -> None:
     """Commit a snapshot: infer its schema, upload it content-addressed, record the version, publish

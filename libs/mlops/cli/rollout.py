@@ -31,7 +31,13 @@ Deployer = Annotated[
     ),
 ]
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why; kept in the rollout's history.")]
-Actor = Annotated[str | None, typer.Option("--actor", help="Who; the OS user by default.")]
+Actor = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        help="Who, for a deployer that checks no credentials (the OS user by default); a secured one records who you authenticated as.",
+    ),
+]
 RolloutId = Annotated[
     str | None, typer.Option("--rollout-id", help="Act on this rollout; the model's running one by default.")
 ]

@@ -43,6 +43,17 @@ async def migrate(database: Database, folder: Path, schema: str, revision: str =
     await asyncio.to_thread(upgrade)
 
 
+def create_schema_sql(schema: str) -> str:
+    """Create `schema` only when it is missing. `CREATE SCHEMA IF NOT EXISTS` would need CREATE on
+    the database even when the schema is there; a service's role owns its schema and has no such right."""
+    quoted = schema.replace('"', '""')
+    literal = schema.replace("'", "''")
+    return (
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{literal}') "
+        f'THEN CREATE SCHEMA "{quoted}"; END IF; END $$'
+    )
+
+
 def run_migrations_env(target_metadata: MetaData, schema: str | None = None) -> None:
     """Body of a service's `env.py`: online migrations over asyncpg, version table in the service schema."""
     config = context.config
@@ -61,7 +72,7 @@ def run_migrations_env(target_metadata: MetaData, schema: str | None = None) -> 
         connection.execute(
             text("SELECT pg_advisory_xact_lock(hashtext(:lock))"), {"lock": f"migrate:{schema}"}
         )
-        connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        connection.execute(text(create_schema_sql(schema)))
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
