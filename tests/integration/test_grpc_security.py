@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.deployer.v1 import deployer_pb2_grpc
 from mlops.grpc import GrpcServer, open_channel
+from mlops.grpc.auth import NO_CREDENTIALS
 from mlops.identity import Principal, Role, current_principal, token_line
 from mlops.settings import GrpcClientSettings, GrpcServerSettings
 from services.deployer.servicer import SERVICE_NAME, DeployerServicer
@@ -224,9 +225,7 @@ async def failed(call) -> grpc.aio.AioRpcError:
 async def test_a_call_without_credentials_is_unauthenticated_with_what_to_do(pki, token_server):
     error = await failed(promote(token_server.address, client(pki)))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert error.details() == (
-        "no client certificate or bearer token; give `--token` or a certificate from .stack/clients"
-    )
+    assert error.details() == (NO_CREDENTIALS)
     assert token_server.core.calls == []
 
 

@@ -21,8 +21,14 @@ from mlops.identity import Principal, Role, TokenBook, acting_as, bearer_token, 
 
 log = logging.getLogger(__name__)
 
-NO_CREDENTIALS = "no client certificate or bearer token; give `--token` or a certificate from .stack/clients"
-UNKNOWN_TOKEN = "the bearer token is not known to this server; check `--token` (or MLOPS_GRPC_CLIENT_TOKEN)"
+NO_CREDENTIALS = (
+    "no client certificate or bearer token: send `authorization: Bearer <token>` (MLOPS_GRPC_CLIENT_TOKEN, "
+    "or `mlops context use` a context that holds one) or, on a mutual-TLS port, a client certificate"
+)
+UNKNOWN_TOKEN = (
+    "the bearer token is not known to this server: check MLOPS_GRPC_CLIENT_TOKEN "
+    "(or the current context's, `mlops context show`)"
+)
 MAX_CACHED_CERTIFICATES = 1024
 MAX_CACHED_DECISIONS = 16_384
 """(principal, method) pairs whose answer is kept; principals are bounded (the token file, the
