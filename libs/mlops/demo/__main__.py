@@ -326,7 +326,11 @@ def _summary(tail: EventTail, first: int, second: int, drift: monitoring_pb2.Dri
     )
     print(f"  mlops models lineage {MODEL}@{second}  mlops trace {MODEL}@{first}")
     print(
-        '  grpcurl -plaintext -d \'{"name":"wine-quality"}\' 127.0.0.1:8001 inference.GRPCInferenceService/ModelMetadata'
+        '  grpcurl -cacert .stack/clients/ca.pem -H "authorization: Bearer $(cat .stack/clients/viewer.token)" \\\n'
+        '      -d \'{"name":"wine-quality"}\' 127.0.0.1:8001 inference.GRPCInferenceService/ModelMetadata'
+    )
+    print(
+        "  mlops context use local-viewer && mlops rollout promote wine-quality   # PERMISSION_DENIED: viewers read"
     )
     print("  make test                          make bench")
 
