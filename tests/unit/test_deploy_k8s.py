@@ -7,7 +7,10 @@ are the event catalog's."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import yaml
 
 from mlops.bus.catalog import DLQ_SUFFIX, all_events
 from mlops.identity import TokenBook
-from mlops.settings import GrpcClientSettings, GrpcServerSettings
+from mlops.settings import DatabaseSettings, GrpcClientSettings, GrpcServerSettings
 from tests.unit.test_deploy_tools import CACHE, K8S_VERSION, REPO, SERVICES, cached, run, service_exists, tool
 
 OVERLAYS = ("local", "production")
@@ -122,9 +125,7 @@ def test_every_service_has_deployment_service_and_account(overlay: str) -> None:
         assert env[prefix + "GRPC_HOST"] == "0.0.0.0"
         assert env[prefix + "METRICS_PORT"] == str(metrics_port)
         sources = [next(iter(s.values()))["name"] for s in container["envFrom"]]
-        assert any(s.startswith("mlops-config") for s in sources) and any(
-            s.startswith("mlops-secrets") for s in sources
-        )
+        assert any(s.startswith("mlops-config") for s in sources)
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(metrics_port)
         service = by_kind["Service"][name]
@@ -143,6 +144,110 @@ def test_every_service_has_deployment_service_and_account(overlay: str) -> None:
     assert config["MLOPS_REGISTRY_ADDR"] == "registry:50051"
     assert config["MLOPS_MONITOR_ADDR"] == "monitor:50053"
     assert not {"MLOPS_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(config), "secrets belong in the Secret"
+
+
+# Where production mounts PostgreSQL's CA (overlays/production/postgres-ca.yaml)
+POSTGRES_CA_MOUNT = "/etc/mlops/postgres-ca"
+SECRET_KEYS = {"MLOPS_DATABASE_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def secret_keys(name: str) -> set[str]:
+    """What a service's own Secret holds: inference has no database."""
+    return SECRET_KEYS - {"MLOPS_DATABASE_URL"} if name == "inference" else SECRET_KEYS
+
+
+def _secret_sources(container: dict) -> list[str]:
+    """Every Secret a container reads: envFrom, env valueFrom."""
+    names = [s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s]
+    names += [
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_reads_its_own_secret_and_no_other(overlay: str) -> None:
+    deployments = {d["metadata"]["name"]: d for d in objects(overlay) if d["kind"] == "Deployment"}
+    for name in SERVICES:
+        if not service_exists(name):
+            continue
+        (container,) = deployments[f"mlops-{name}"]["spec"]["template"]["spec"]["containers"]
+        (secret,) = _secret_sources(container)
+        own = f"mlops-{name}-secrets"
+        # the local overlay's generated Secrets carry a content hash after the name
+        assert secret == own or (overlay == "local" and secret.startswith(own + "-")), (name, secret)
+
+
+def test_local_secrets_hold_each_services_own_role_and_account() -> None:
+    docs = objects("local")
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    for name in SERVICES:
+        if not service_exists(name):
+            continue
+        (container,) = deployments[f"mlops-{name}"]["spec"]["template"]["spec"]["containers"]
+        (secret,) = _secret_sources(container)
+        data = {k: base64.b64decode(v).decode() for k, v in secrets[secret]["data"].items()}
+        assert set(data) == secret_keys(name), name
+        assert data["AWS_ACCESS_KEY_ID"] == name, "the S3 account is named after its service"
+        if "MLOPS_DATABASE_URL" in data:
+            url = urllib.parse.urlsplit(data["MLOPS_DATABASE_URL"])
+            assert (url.username, url.hostname, url.path) == (name, "postgres", "/mlops"), name
+    assert not [n for n in secrets if n.startswith("mlops-secrets")], "no Secret shared by every service"
+
+
+def test_production_mounts_postgres_ca_for_services_with_a_database_and_accepts_their_urls(
+    monkeypatch,
+) -> None:
+    deployments = {d["metadata"]["name"]: d for d in objects("production") if d["kind"] == "Deployment"}
+    comment = (REPO / "infra/k8s/overlays/production/kustomization.yaml").read_text()
+    documented = re.search(r"MLOPS_DATABASE_URL='([^']+)'", comment)
+    assert documented, "the production overlay documents the URL each Secret holds"
+    url = documented[1].replace("<password>", "s3cr3t-pw").replace("<host>", "db.example.com")
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert query["sslmode"] == "verify-full"
+    for name in SERVICES:
+        if not service_exists(name):
+            continue
+        pod = deployments[f"mlops-{name}"]["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        if name == "inference":
+            assert "postgres-ca" not in volumes, "inference has no database"
+            continue
+        assert mounts["postgres-ca"] == POSTGRES_CA_MOUNT, name
+        assert volumes["postgres-ca"]["secret"]["secretName"] == "mlops-postgres-ca"
+        assert volumes["postgres-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert query["sslrootcert"] == f"{POSTGRES_CA_MOUNT}/ca.crt"
+    monkeypatch.setenv("MLOPS_ENV", "production")
+    monkeypatch.setenv("MLOPS_DATABASE_URL", url)
+    dsn = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(DatabaseSettings().asyncpg_dsn).query))
+    assert dsn == {"sslmode": "verify-full", "sslrootcert": f"{POSTGRES_CA_MOUNT}/ca.crt"}
+    # and the check can fail: the same URL without TLS is refused
+    monkeypatch.setenv("MLOPS_DATABASE_URL", url.split("?")[0])
+    with pytest.raises(ValueError, match="no TLS"):
+        DatabaseSettings()
+
+
+def test_production_roles_and_bucket_policy_are_generated_from_the_local_stacks_tables() -> None:
+    result = run(REPO / ".venv/bin/python", "infra/k8s/accounts.py", "--check")
+    assert result.returncode == 0, result.stderr
+    sql = (REPO / "infra/k8s/overlays/production/postgres-roles.sql").read_text()
+    assert " PASSWORD '" not in sql and "SCRAM-SHA-256$" not in sql, "no password in the file"
+    for name in SERVICES:
+        if name != "inference":
+            assert f'ALTER SCHEMA "{name}" OWNER TO "{name}";' in sql
+            assert f'REVOKE CREATE, TEMPORARY ON DATABASE "mlops" FROM "{name}";' in sql
+    policy = json.loads((REPO / "infra/k8s/overlays/production/s3-policy.json").read_text())
+    principals = {p for s in policy["Statement"] for p in s["Principal"]["AWS"]}
+    assert principals <= set(SERVICES) and "deployer" not in principals
+    assert not {a for s in policy["Statement"] for a in s["Action"]} - {
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+    }, "no listing, no deleting, no bucket settings"
 
 
 def test_inference_scales_with_an_autoscaler() -> None:
