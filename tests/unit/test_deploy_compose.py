@@ -2,7 +2,9 @@
 `pki` job run as a script into a folder (the volume), each container's part of it and its mounts, the
 services' gRPC settings against what infra/local/services.sh exports, production accepting them, the
 health probe and a peer over TLS against a real gRPC server, and the broker run by the compose file's
-own command on the configuration the job writes, with the `kafka-acls` job applying the ACL table."""
+own command on the configuration the job writes, with the `kafka-acls` job applying the ACL table, and
+PostgreSQL run on the compose file's TLS settings with the `postgres-roles` job giving each service its
+own role and schema."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 import grpc
@@ -33,8 +37,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlops.bus import acl
 from mlops.grpc import GrpcServer
 from mlops.grpc.client import open_channel
-from mlops.settings import GrpcClientSettings, GrpcServerSettings, KafkaSettings, ServiceSettings
+from mlops.settings import (
+    DatabaseSettings,
+    GrpcClientSettings,
+    GrpcServerSettings,
+    KafkaSettings,
+    ServiceSettings,
+)
 from tests.unit.test_deploy_tools import CACHE, REPO, SERVICES
+
+sys.path.insert(0, str(REPO / "infra/local"))
+import pg_roles
 
 COMPOSE = REPO / "docker-compose.yml"
 MOUNT = "/etc/mlops/pki"
@@ -42,6 +55,10 @@ MOUNT = "/etc/mlops/pki"
 KAFKA_MOUNT = "/etc/kafka/mlops"
 KAFKA_FILES = {"ca.pem", "broker.p12", "cluster-id", "scram", "admin.properties", "server.properties"}
 SERVICE_FILES = {"ca.pem", "cert.pem", "key.pem", "tokens", "secrets", "secrets/MLOPS_KAFKA_SASL_PASSWORD"}
+DATABASE_URL_FILE = "secrets/MLOPS_DATABASE_URL"
+"""Every service's but inference's, which has no database."""
+POSTGRES_MOUNT = "/etc/postgresql/mlops"
+POSTGRES_FILES = {"server.crt", "server.key", "pg_hba.conf"}
 
 _VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
 
@@ -91,12 +108,13 @@ def service_env(name: str, out: Path, **overrides: str) -> dict[str, str]:
 
 
 def run_pki_job(out: Path) -> subprocess.CompletedProcess[str]:
+    job_env = compose()["services"]["pki"]["environment"]
     result = subprocess.run(
         [sys.executable, "-c", script("x-pki-init"), str(out)],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=clean_env(),
+        env=clean_env(**{k: interpolate(v, example_env()) for k, v in job_env.items()}),
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -131,11 +149,15 @@ def names(cert: x509.Certificate) -> set[str]:
     )
 
 
-def uids() -> tuple[int, int]:
-    """The owners the job gives the broker's and the services' parts, as its script states them."""
-    found = re.search(r"KAFKA_UID, SERVICE_UID = (\d+), (\d+)", compose()["x-pki-init"])
-    assert found, "the pki job no longer names KAFKA_UID and SERVICE_UID"
-    return int(found[1]), int(found[2])
+def uids() -> tuple[int, int, int]:
+    """The owners the job gives the broker's, the services' and PostgreSQL's parts, as its script states them."""
+    found = re.search(r"KAFKA_UID, SERVICE_UID, POSTGRES_UID = (\d+), (\d+), (\d+)", compose()["x-pki-init"])
+    assert found, "the pki job no longer names KAFKA_UID, SERVICE_UID and POSTGRES_UID"
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def service_files(name: str) -> set[str]:
+    return SERVICE_FILES | ({DATABASE_URL_FILE} if name in pg_roles.SERVICES else set())
 
 
 def free_port() -> int:
@@ -155,27 +177,28 @@ def test_the_pki_job_runs_again_without_changing_anything(out) -> None:
 
 
 def test_each_container_gets_its_own_part_private_to_its_user(out) -> None:
-    kafka_uid, service_uid = uids()
-    kafka = out / "kafka"
+    kafka_uid, service_uid, postgres_uid = uids()
+    kafka, postgres = out / "kafka", out / "postgres"
     assert {str(p.relative_to(kafka)) for p in kafka.rglob("*")} == KAFKA_FILES
+    assert {str(p.relative_to(postgres)) for p in postgres.rglob("*")} == POSTGRES_FILES
     ca = x509.load_pem_x509_certificate((out / "pki" / "ca.pem").read_bytes())
     for name in acl.SERVICES:
         own = out / "services" / name
-        assert {str(p.relative_to(own)) for p in own.rglob("*")} == SERVICE_FILES, name
+        assert {str(p.relative_to(own)) for p in own.rglob("*")} == service_files(name), name
         cert = x509.load_pem_x509_certificate((own / "cert.pem").read_bytes())
         cert.verify_directly_issued_by(ca)
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == f"svc:{name}"
         assert (own / "key.pem").read_bytes() == (out / "pki" / "grpc" / f"{name}.key").read_bytes()
         assert (own / "tokens").read_bytes() == (out / "pki" / "grpc" / "tokens").read_bytes()
         assert (own / "secrets" / "MLOPS_KAFKA_SASL_PASSWORD").read_text() == users(out)[name]
-    for part, uid in [(kafka, kafka_uid)] + [(out / "services" / n, service_uid) for n in acl.SERVICES]:
+    parts = [(kafka, kafka_uid), (postgres, postgres_uid)]
+    for part, uid in parts + [(out / "services" / n, service_uid) for n in acl.SERVICES]:
         for path in [part, *part.rglob("*")]:
             assert mode(path) == (0o700 if path.is_dir() else 0o600), path
             if os.geteuid() == 0:  # only root can give files away, as the job does in its container
                 assert path.stat().st_uid == uid, path
-    assert "ca.key" not in {p.name for p in (out / "services").rglob("*")} | {
-        p.name for p in kafka.rglob("*")
-    }
+    kept = {p.name for p in (out / "services").rglob("*")} | {p.name for p in kafka.rglob("*")}
+    assert "ca.key" not in kept | {p.name for p in postgres.rglob("*")}
 
 
 def test_the_broker_certificate_names_kafka_for_the_services_and_localhost_for_people(out) -> None:
@@ -206,7 +229,7 @@ def test_people_find_their_certificates_tokens_and_kafka_clients(out) -> None:
 
 def test_each_container_mounts_only_its_part_read_only(out) -> None:
     services = compose()["services"]
-    kafka_uid, service_uid = uids()
+    kafka_uid, service_uid, _ = uids()
     mounts: dict[str, list[dict]] = {}
     for name, spec in services.items():
         for volume in spec.get("volumes", []):
@@ -217,21 +240,30 @@ def test_each_container_mounts_only_its_part_read_only(out) -> None:
     assert services["pki"]["volumes"][0] == "pki:/pki"
     assert services["pki"]["user"] == "0:0"
     expected = {name: (f"services/{name}", MOUNT) for name in acl.SERVICES}
-    expected |= {"kafka": ("kafka", KAFKA_MOUNT), "kafka-acls": ("pki", "/pki")}
+    expected |= {
+        "kafka": ("kafka", KAFKA_MOUNT),
+        "kafka-acls": ("pki", "/pki"),
+        "postgres": ("postgres", POSTGRES_MOUNT),
+        "postgres-roles": ("pki", "/pki"),
+    }
     assert set(mounts) == set(expected)
     for name, (subpath, target) in expected.items():
         [volume] = mounts[name]
-        assert volume["read_only"] is True, name
+        # the roles job's pg_roles.passwords() chmods the file it reads
+        assert volume.get("read_only", False) is (name != "postgres-roles"), name
         assert volume["volume"] == {"subpath": subpath}, name
         assert volume["target"] == target, name
         assert (out / subpath).is_dir(), subpath
     assert services["kafka"]["user"] == f"{kafka_uid}:{kafka_uid}"
     dockerfile_user = re.findall(r"^USER (\d+)", (REPO / "Dockerfile").read_text(), re.M)[-1]
     assert int(dockerfile_user) == service_uid
-    for name in [*acl.SERVICES, "kafka", "kafka-acls"]:
+    for name in [*acl.SERVICES, "kafka", "kafka-acls", "postgres", "postgres-roles"]:
         assert services[name]["depends_on"]["pki"] == {"condition": "service_completed_successfully"}
     for name in acl.SERVICES:
         assert services[name]["depends_on"]["kafka-acls"] == {"condition": "service_completed_successfully"}
+        assert services[name]["depends_on"]["postgres-roles"] == {
+            "condition": "service_completed_successfully"
+        }
 
 
 # --- gRPC ------------------------------------------------------------------------------------------
@@ -311,6 +343,13 @@ def test_production_accepts_every_services_kafka_and_grpc_settings(out, monkeypa
         assert server.token_port == (None if name == "inference" else port + 10)
         client = GrpcClientSettings()
         assert client.secure and client.cert_file is not None and client.server_name == "localhost"
+        if name in pg_roles.SERVICES:
+            # its own role, from the file in its part of the volume, TLS verified against its CA
+            database = urllib.parse.urlsplit(DatabaseSettings().asyncpg_dsn)
+            query = dict(urllib.parse.parse_qsl(database.query))
+            assert (database.username, database.hostname, database.port) == (name, "postgres", 5432)
+            assert query == {"sslmode": "verify-full", "sslrootcert": f"{MOUNT}/ca.pem"}, name
+            assert "MLOPS_DATABASE_URL" not in service_env(name, out), "a file, never a variable"
     # and the check can fail: without authorisation production refuses the server
     for key in ("MLOPS_GRPC_AUTH", "MLOPS_GRPC_TOKEN_FILE", "MLOPS_GRPC_TOKEN_PORT"):
         monkeypatch.delenv(key, raising=False)
@@ -489,3 +528,154 @@ async def upstream_writes(out: Path, port: int) -> None:
             await producer.send_and_wait("mlops.model.trained", b"{}", key=b"wine")
     finally:
         await producer.stop()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def test_postgres_certificate_names_postgres_and_no_service_certificate_does(out) -> None:
+    ca = x509.load_pem_x509_certificate((out / "pki" / "ca.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((out / "postgres" / "server.crt").read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert names(server) == {"127.0.0.1", "localhost", "postgres"}
+    assert (out / "postgres" / "server.crt").read_bytes() == (out / "pki" / "postgres.pem").read_bytes()
+    for name in acl.SERVICES:
+        cert = x509.load_pem_x509_certificate((out / "services" / name / "cert.pem").read_bytes())
+        assert "postgres" not in names(cert), f"svc:{name} could pass for the database"
+    rules = [line.split() for line in (out / "postgres" / "pg_hba.conf").read_text().splitlines()]
+    rules = [rule for rule in rules if rule and not rule[0].startswith("#")]
+    assert {rule[0] for rule in rules} == {"local", "hostssl", "hostnossl"}
+    assert ["hostnossl", "all", "all", "all", "reject"] in rules
+
+
+def pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        pytest.fail("PostgreSQL's server binaries are not installed: run infra/local/install.sh")
+    return found[-1].parent
+
+
+def as_postgres_user(path: Path) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, the `postgres` system user owns `path` and runs it."""
+    if os.geteuid() != 0:
+        return []
+    import pwd
+
+    user = pwd.getpwnam("postgres")
+    for item in [path, *path.rglob("*")]:
+        os.chown(item, user.pw_uid, user.pw_gid)
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
+
+
+async def pg_connect(url: str, **kwargs):
+    import asyncpg
+
+    return await asyncpg.connect(DatabaseSettings(url=url).asyncpg_dsn, timeout=10, **kwargs)
+
+
+async def check_service_roles(out: Path, port: int, env: dict[str, str]) -> None:
+    import asyncpg
+
+    for name in pg_roles.SERVICES:
+        own = out / "services" / name
+        url = (own / DATABASE_URL_FILE).read_text()
+        url = url.replace("@postgres:5432/", f"@127.0.0.1:{port}/")
+        url = url.replace(urllib.parse.quote(MOUNT, safe=""), urllib.parse.quote(str(own), safe=""))
+        connection = await pg_connect(url)
+        try:
+            assert await connection.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            await connection.execute(f'CREATE TABLE IF NOT EXISTS "{name}".probe (id int)')
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute("CREATE SCHEMA stray")
+            other = next(s for s in pg_roles.SERVICES if s != name)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute(f'CREATE TABLE "{other}".intruder (id int)')
+        finally:
+            await connection.close()
+    # without TLS, no role gets in
+    plain = f"postgresql://{env['MLOPS_PG_USER']}:{env['MLOPS_PG_PASSWORD']}@127.0.0.1:{port}/postgres"
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="no encryption"):
+        await pg_connect(plain, ssl=False)
+
+
+def test_postgres_serves_tls_only_and_the_roles_job_gives_each_service_its_own_schema(out) -> None:
+    bin_dir = pg_bin()
+    env = {
+        k: interpolate(str(v), example_env())
+        for k, v in compose()["services"]["postgres"]["environment"].items()
+    }
+    job_env = compose()["services"]["postgres-roles"]["environment"]
+    job_env = {k: interpolate(str(v), example_env()) for k, v in job_env.items()}
+    root = Path(tempfile.mkdtemp(prefix="mlops-compose-pg-", dir="/var/tmp"))
+    try:
+        root.chmod(0o755)
+        # the image's first run: initdb with POSTGRES_USER as the superuser, then POSTGRES_DB
+        data, conf, sock = root / "data", root / "conf", root / "sock"
+        shutil.copytree(out / "postgres", conf)
+        sock.mkdir()
+        (root / "pw").write_text(env["POSTGRES_PASSWORD"])
+        runas = as_postgres_user(root)
+        subprocess.run(
+            [*runas, bin_dir / "initdb", "-D", data, "-U", env["POSTGRES_USER"], "--pwfile", root / "pw",
+             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"],
+            check=True, capture_output=True, env=clean_env(),
+        )  # fmt: skip
+        port = free_port()
+        command = [
+            str(c).replace(POSTGRES_MOUNT, str(conf)) for c in compose()["services"]["postgres"]["command"]
+        ]
+        assert command[0] == "postgres"
+        log = (root / "postgres.log").open("w")
+        server = subprocess.Popen(
+            [*runas, bin_dir / "postgres", "-D", data, "-c", "listen_addresses=127.0.0.1", "-p", str(port),
+             "-c", f"unix_socket_directories={sock}", *command[1:]],
+            stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
+        )  # fmt: skip
+        try:
+            # ready: the compose file's health check passes (bounded; the server's log on failure)
+            health = interpolate(compose()["services"]["postgres"]["healthcheck"]["test"][1], {})
+            health_env = clean_env(**env, PGPORT=str(port), PATH=f"{bin_dir}:{os.environ['PATH']}")
+            deadline = time.monotonic() + 60
+            while subprocess.run(["/bin/sh", "-c", health], capture_output=True, env=health_env).returncode:
+                assert server.poll() is None, (root / "postgres.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (root / "postgres.log").read_text()[-3000:]
+                time.sleep(0.5)
+            subprocess.run(
+                [bin_dir / "psql", "-X", "-h", sock, "-p", str(port), "-U", env["POSTGRES_USER"], "-d", "postgres",
+                 "-c", f'CREATE DATABASE "{env["POSTGRES_DB"]}"'],
+                check=True, capture_output=True, env=clean_env(),
+            )  # fmt: skip
+
+            # the server presents the certificate for `postgres` (after PostgreSQL's SSLRequest)
+            context = ssl.create_default_context(cafile=str(out / "pki" / "ca.pem"))
+            for hostname, verified in (("postgres", True), ("registry", False)):
+                with socket.create_connection(("127.0.0.1", port)) as raw:
+                    raw.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+                    assert raw.recv(1) == b"S"
+                    if verified:
+                        context.wrap_socket(raw, server_hostname=hostname).close()
+                    else:
+                        with pytest.raises(ssl.SSLCertVerificationError):
+                            context.wrap_socket(raw, server_hostname=hostname)
+
+            # the roles job, as compose runs it, twice (idempotent)
+            assert job_env.pop("MLOPS_PG_ADDR") == "postgres:5432"
+            for _ in range(2):
+                result = subprocess.run(
+                    [sys.executable, "-c", script("x-postgres-roles"), str(out / "pki")],
+                    capture_output=True, text=True, cwd=REPO, timeout=120,
+                    env=clean_env(**job_env, MLOPS_PG_ADDR=f"127.0.0.1:{port}"),
+                )  # fmt: skip
+                assert result.returncode == 0, result.stdout + result.stderr
+                assert env["POSTGRES_PASSWORD"] not in result.stdout + result.stderr
+            asyncio.run(check_service_roles(out, port, job_env))
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            log.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
