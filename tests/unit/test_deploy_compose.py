@@ -25,6 +25,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import boto3
 import grpc
 import pytest
 import yaml
@@ -54,7 +55,15 @@ MOUNT = "/etc/mlops/pki"
 """Where each service finds its part of the volume `pki`."""
 KAFKA_MOUNT = "/etc/kafka/mlops"
 KAFKA_FILES = {"ca.pem", "broker.p12", "cluster-id", "scram", "admin.properties", "server.properties"}
-SERVICE_FILES = {"ca.pem", "cert.pem", "key.pem", "tokens", "secrets", "secrets/MLOPS_KAFKA_SASL_PASSWORD"}
+SERVICE_FILES = {
+    "ca.pem",
+    "cert.pem",
+    "key.pem",
+    "tokens",
+    "aws-credentials",
+    "secrets",
+    "secrets/MLOPS_KAFKA_SASL_PASSWORD",
+}
 DATABASE_URL_FILE = "secrets/MLOPS_DATABASE_URL"
 """Every service's but inference's, which has no database."""
 POSTGRES_MOUNT = "/etc/postgresql/mlops"
@@ -132,6 +141,10 @@ def out(tmp_path_factory) -> Path:
 
 def users(out: Path) -> dict[str, str]:
     return json.loads((out / "pki" / "kafka-users.json").read_text())
+
+
+def s3_secrets(out: Path) -> dict[str, str]:
+    return json.loads((out / "pki" / "s3-users.json").read_text())
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -245,19 +258,20 @@ def test_each_container_mounts_only_its_part_read_only(out) -> None:
         "kafka-acls": ("pki", "/pki"),
         "postgres": ("postgres", POSTGRES_MOUNT),
         "postgres-roles": ("pki", "/pki"),
+        "s3-bucket": ("pki", "/pki"),
     }
     assert set(mounts) == set(expected)
     for name, (subpath, target) in expected.items():
         [volume] = mounts[name]
-        # the roles job's pg_roles.passwords() chmods the file it reads
-        assert volume.get("read_only", False) is (name != "postgres-roles"), name
+        # the jobs that read the roles' and accounts' secrets keep their files at 0600 (a chmod)
+        assert volume.get("read_only", False) is (name not in ("postgres-roles", "s3-bucket")), name
         assert volume["volume"] == {"subpath": subpath}, name
         assert volume["target"] == target, name
         assert (out / subpath).is_dir(), subpath
     assert services["kafka"]["user"] == f"{kafka_uid}:{kafka_uid}"
     dockerfile_user = re.findall(r"^USER (\d+)", (REPO / "Dockerfile").read_text(), re.M)[-1]
     assert int(dockerfile_user) == service_uid
-    for name in [*acl.SERVICES, "kafka", "kafka-acls", "postgres", "postgres-roles"]:
+    for name in [*acl.SERVICES, "kafka", "kafka-acls", "postgres", "postgres-roles", "s3-bucket"]:
         assert services[name]["depends_on"]["pki"] == {"condition": "service_completed_successfully"}
     for name in acl.SERVICES:
         assert services[name]["depends_on"]["kafka-acls"] == {"condition": "service_completed_successfully"}
@@ -350,6 +364,11 @@ def test_production_accepts_every_services_kafka_and_grpc_settings(out, monkeypa
             assert (database.username, database.hostname, database.port) == (name, "postgres", 5432)
             assert query == {"sslmode": "verify-full", "sslrootcert": f"{MOUNT}/ca.pem"}, name
             assert "MLOPS_DATABASE_URL" not in service_env(name, out), "a file, never a variable"
+        # its own S3 account, from the file in its part of the volume
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(service_env(name, out))
+        credentials = boto3.session.Session().get_credentials()
+        assert credentials.access_key == name
+        assert credentials.secret_key == s3_secrets(out)[name]
     # and the check can fail: without authorisation production refuses the server
     for key in ("MLOPS_GRPC_AUTH", "MLOPS_GRPC_TOKEN_FILE", "MLOPS_GRPC_TOKEN_PORT"):
         monkeypatch.delenv(key, raising=False)
@@ -679,3 +698,111 @@ def test_postgres_serves_tls_only_and_the_roles_job_gives_each_service_its_own_s
             log.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- S3 --------------------------------------------------------------------------------------------
+
+
+def versitygw_bin() -> Path:
+    path = CACHE / "bin" / "versitygw"
+    if not path.is_file():
+        pytest.fail(f"versitygw is not installed at {path}: run infra/local/install.sh")
+    return path
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def s3_client(endpoint: str, **credentials: str):
+    from botocore.config import Config
+
+    return boto3.session.Session(**credentials).client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", config=Config(s3={"addressing_style": "path"})
+    )
+
+
+def test_s3_accounts_job_gives_each_service_only_what_its_code_uses(out, tmp_path, monkeypatch) -> None:
+    from botocore.exceptions import ClientError
+
+    s3 = compose()["services"]["s3"]
+    env = {k: interpolate(str(v), example_env()) for k, v in s3["environment"].items()}
+    port = free_port()
+    data = tmp_path / "s3"
+    # the entrypoint's folders, then versitygw on the compose file's options (port and folders mapped)
+    prepare = s3["entrypoint"][2].split(" && ")[0].replace("/data", str(data))
+    subprocess.run(["/bin/sh", "-c", prepare], check=True)
+    options = [
+        str(o).replace("/data", str(data)).replace(":9000", f"127.0.0.1:{port}") for o in s3["command"]
+    ]
+    log_path = tmp_path / "s3.log"
+    log = log_path.open("w")
+    server = subprocess.Popen(
+        [versitygw_bin(), *options], stdout=log, stderr=subprocess.STDOUT, env=clean_env(**env)
+    )
+    try:
+        wait_for_port(port, server, log_path)
+        job = compose()["services"]["s3-bucket"]
+        job_env = {k: interpolate(str(v), example_env()) for k, v in job["environment"].items()}
+        endpoint = f"http://127.0.0.1:{port}"
+        assert job_env.pop("MLOPS_ARTIFACT_S3_ENDPOINT_URL") == "http://s3:9000"
+        for _ in range(2):  # idempotent
+            result = subprocess.run(
+                [sys.executable, "-c", script("x-s3-accounts"), str(out / "pki")],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                timeout=120,
+                env=clean_env(**job_env, MLOPS_ARTIFACT_S3_ENDPOINT_URL=endpoint),
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert job_env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+        assert "account trainer created" in result.stdout or "as they were" in result.stdout
+
+        bucket = job_env["MLOPS_ARTIFACT_ROOT"].removeprefix("s3://")
+        root = s3_client(
+            endpoint,
+            aws_access_key_id=job_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=job_env["AWS_SECRET_ACCESS_KEY"],
+        )
+        root.put_object(Bucket=bucket, Key="datasets/wine/abc/data.csv", Body=b"a,b\n1,2\n")
+
+        def client_of(name: str):
+            """The service's S3 client as compose configures it: its credentials file, no key variables."""
+            use_env(monkeypatch, service_env(name, out))
+            return s3_client(endpoint)
+
+        def refused(call) -> None:
+            with pytest.raises(ClientError) as error:
+                call()
+            assert error.value.response["Error"]["Code"] == "AccessDenied"
+
+        trainer = client_of("trainer")
+        assert (
+            trainer.get_object(Bucket=bucket, Key="datasets/wine/abc/data.csv")["Body"].read()
+            == b"a,b\n1,2\n"
+        )
+        trainer.put_object(Bucket=bucket, Key="models/wine/abc/model.onnx", Body=b"onnx")
+        refused(lambda: trainer.put_object(Bucket=bucket, Key="datasets/wine/def/data.csv", Body=b"x"))
+        refused(lambda: trainer.delete_object(Bucket=bucket, Key="models/wine/abc/model.onnx"))
+        registry = client_of("registry")
+        registry.get_object(Bucket=bucket, Key="datasets/wine/abc/data.csv")
+        refused(lambda: registry.get_object(Bucket=bucket, Key="models/wine/abc/model.onnx"))
+        inference = client_of("inference")
+        assert inference.get_object(Bucket=bucket, Key="models/wine/abc/model.onnx")["Body"].read() == b"onnx"
+        refused(lambda: inference.list_objects_v2(Bucket=bucket))
+        refused(lambda: client_of("deployer").get_object(Bucket=bucket, Key="datasets/wine/abc/data.csv"))
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
