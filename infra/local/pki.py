@@ -7,6 +7,7 @@ What it leaves in DIR (keys, tokens and the keystore mode 0600, the directory 07
     broker.pem, broker.key            the broker's certificate (127.0.0.1 and localhost) and key
     broker.p12, broker.p12.password   the same as a PKCS#12 keystore for the JVM, and its password
     postgres.pem, postgres.key        PostgreSQL's server certificate (127.0.0.1 and localhost)
+    s3.pem, s3.key                    the S3 server's (versitygw) certificate (127.0.0.1 and localhost)
     grpc/<service>.pem, .key          each service's identity, CN svc:<service> OU service: its gRPC
                                       server certificate (127.0.0.1, localhost) and its client one
     grpc/tokens                       the people's bearer tokens as sha256 digests, for the servers
@@ -355,6 +356,7 @@ def ensure(root: Path) -> list[str]:
     for path in (pki.ca_key, pki.broker_key, pki.keystore, pki.keystore_password):
         path.chmod(0o600)  # also for files an older run or a copy left with wider modes
     _ensure_leaf(made, root / "postgres.pem", root / "postgres.key", ca, cn="mlops postgres", server=True)
+    _ensure_leaf(made, root / "s3.pem", root / "s3.key", ca, cn="mlops s3", server=True)
     pki.grpc.mkdir(mode=0o700, exist_ok=True)
     for service in SERVICES:
         _ensure_leaf(

@@ -1,10 +1,11 @@
 """S3 accounts of the local stack: one per service, held by the bucket's policy to what it needs (run by stack.sh).
 
-    s3_accounts.py apply --pki DIR --endpoint URL --bucket NAME [--region R]
+    s3_accounts.py apply --pki DIR --endpoint URL [--ca FILE] --bucket NAME [--region R]
 
 versitygw runs with its internal IAM (`--iam-dir`). `apply`, as the root account (its keys in
 ROOT_ACCESS_KEY_ID / ROOT_SECRET_ACCESS_KEY: the environment, never the command line), makes the
-server agree with ACCOUNTS, idempotently:
+server agree with ACCOUNTS, idempotently (over https, the server's certificate verified against
+FILE: the stack's CA):
 
 - an account of role `user` per service, its access key the service's name and its secret random,
   made once into DIR/s3-users.json (0600) and kept; an account the table does not name is deleted,
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import secrets
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -113,12 +115,14 @@ class Admin:
     port), signed with SigV4 as the root account; the request body carries a new account's secret,
     which therefore never appears on a command line (`versitygw admin create-user --secret` would)."""
 
-    def __init__(self, endpoint: str, region: str, access: str, secret: str) -> None:
+    def __init__(self, endpoint: str, region: str, access: str, secret: str, ca: Path | None = None) -> None:
         from botocore.credentials import Credentials
 
         self.endpoint = endpoint.rstrip("/")
         self.region = region
         self.credentials = Credentials(access, secret)
+        # None: the system's CAs (urllib's default), which verify too
+        self.tls = ssl.create_default_context(cafile=str(ca)) if ca else None
 
     def call(self, path: str, body: bytes = b"") -> bytes:
         from botocore.auth import SigV4Auth
@@ -136,7 +140,7 @@ class Admin:
         )
         action = path.split("?")[0].strip("/")
         try:
-            with urllib.request.urlopen(sent, timeout=10) as response:
+            with urllib.request.urlopen(sent, timeout=10, context=self.tls) as response:
                 return response.read()
         except urllib.error.HTTPError as error:
             raise Refused(f"admin {action}: HTTP {error.code} {_error_code(error.read())}") from None
@@ -191,7 +195,9 @@ def apply_accounts(admin: Admin, wanted: dict[str, str]) -> list[str]:
     return done
 
 
-def apply_policy(endpoint: str, region: str, bucket: str, access: str, secret: str) -> list[str]:
+def apply_policy(
+    endpoint: str, region: str, bucket: str, access: str, secret: str, ca: Path | None = None
+) -> list[str]:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
@@ -200,6 +206,7 @@ def apply_policy(endpoint: str, region: str, bucket: str, access: str, secret: s
         "s3",
         endpoint_url=endpoint,
         region_name=region,
+        verify=str(ca) if ca else None,
         aws_access_key_id=access,
         aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
@@ -243,6 +250,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("command", choices=("apply",))
     parser.add_argument("--pki", type=Path, required=True)
     parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--ca", type=Path, help="the CA that signed the server's certificate")
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--region", default="us-east-1")
     args = parser.parse_args(argv)
@@ -253,10 +261,10 @@ def main(argv: list[str]) -> int:
     if root_access in ACCOUNTS:
         raise SystemExit(f"the root access key cannot be named after a service ({root_access})")
     wanted = account_secrets(args.pki)
-    admin = Admin(args.endpoint, args.region, root_access, root_secret)
+    admin = Admin(args.endpoint, args.region, root_access, root_secret, args.ca)
     try:
         done = apply_accounts(admin, wanted)
-        done += apply_policy(args.endpoint, args.region, args.bucket, root_access, root_secret)
+        done += apply_policy(args.endpoint, args.region, args.bucket, root_access, root_secret, args.ca)
     except Refused as error:
         print(f"s3_accounts: {error}", file=sys.stderr)
         return 1

@@ -91,7 +91,11 @@ def check_s3() -> str:
 
     root = urlsplit(env("MLOPS_ARTIFACT_ROOT"))
     bucket = root.netloc
-    s3 = boto3.client("s3", endpoint_url=env("MLOPS_ARTIFACT_S3_ENDPOINT_URL"))
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env("MLOPS_ARTIFACT_S3_ENDPOINT_URL"),
+        verify=os.environ.get("MLOPS_ARTIFACT_S3_CA_FILE") or None,
+    )
     key = f"smoke/{uuid.uuid4().hex}/blob.bin"
     body = os.urandom(256 * 1024)
     s3.put_object(Bucket=bucket, Key=key, Body=body)

@@ -267,7 +267,8 @@ env_lines() {
     "${grpc_auth[@]}" \
     "MLOPS_DATABASE_URL=postgresql+asyncpg://$(urlquote "$PG_USER"):$(urlquote "$PG_PASSWORD")@$HOST:$PG_PORT/$(urlquote "$PG_DB")?sslmode=verify-full&sslrootcert=$(urlquote "$CLIENTS/ca.pem")" \
     "MLOPS_ARTIFACT_ROOT=s3://$S3_BUCKET" \
-    "MLOPS_ARTIFACT_S3_ENDPOINT_URL=http://$HOST:$S3_PORT" \
+    "MLOPS_ARTIFACT_S3_ENDPOINT_URL=https://$HOST:$S3_PORT" \
+    "MLOPS_ARTIFACT_S3_CA_FILE=$CLIENTS/ca.pem" \
     "AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY" \
     "AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY" \
     "AWS_DEFAULT_REGION=$S3_REGION" \

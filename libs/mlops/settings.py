@@ -241,10 +241,24 @@ class ArtifactSettings(Settings):
     """Where artifacts live: `file:///abs/path` (embedded default) or `s3://bucket[/prefix]`."""
     s3_endpoint_url: str | None = None
     """Endpoint of an S3-compatible server; unset means AWS. Credentials come from the usual AWS_* variables."""
+    s3_ca_file: Path | None = None
+    """PEM file of the CA that signed the endpoint's certificate (the local stack's:
+    `.stack/clients/ca.pem`); unset, the system's trusted CAs are used, as AWS needs."""
     s3_region: str = "us-east-1"
     s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
     multipart_threshold_mb: int = Field(64, ge=5)
     """Files larger than this are uploaded in parts."""
+
+    @model_validator(mode="after")
+    def _refuse_plain_http(self) -> ArtifactSettings:
+        _check_files("MLOPS_ARTIFACT_", self, ("s3_ca_file",))
+        endpoint = (self.s3_endpoint_url or "").strip().lower()
+        if current_environment() == "production" and endpoint.startswith("http://"):
+            raise ValueError(
+                f"MLOPS_ARTIFACT_S3_ENDPOINT_URL={self.s3_endpoint_url} sends artifacts "
+                "unencrypted; production needs an https:// endpoint"
+            )
+        return self
 
 
 class TelemetrySettings(Settings):

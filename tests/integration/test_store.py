@@ -21,7 +21,7 @@ def store(request, tmp_path):
     if request.param == "s3":
         settings = ArtifactSettings(
             root=f"s3://{os.environ.get('MLOPS_S3_BUCKET', 'mlops')}/tests",
-            s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://127.0.0.1:9000"),
         )
     else:
         settings = ArtifactSettings(root=(tmp_path / "artifacts").as_uri())
@@ -100,7 +100,9 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path):
 
 def test_the_local_bucket_exists():
     client = boto3.client(
-        "s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+        "s3",
+        endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://127.0.0.1:9000"),
+        verify=os.environ.get("MLOPS_ARTIFACT_S3_CA_FILE") or None,
     )
     names = [bucket["Name"] for bucket in client.list_buckets()["Buckets"]]
     assert os.environ.get("MLOPS_S3_BUCKET", "mlops") in names
@@ -111,7 +113,7 @@ async def test_multipart_upload_above_the_threshold_is_verified_on_the_way_back(
         ArtifactSettings(
             root="s3://mlops/tests",
             multipart_threshold_mb=5,
-            s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            s3_endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://127.0.0.1:9000"),
         )
     )
     source = tmp_path / "big.bin"
@@ -126,7 +128,7 @@ async def test_multipart_upload_above_the_threshold_is_verified_on_the_way_back(
 
 async def test_a_wrong_secret_key_is_refused_for_good_and_promptly(monkeypatch, unique):
     """403 from the real server: PermissionDenied at once, not an outage to wait out."""
-    endpoint = os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    endpoint = os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://127.0.0.1:9000")
     good = open_store(ArtifactSettings(root="s3://mlops/tests", s3_endpoint_url=endpoint))
     ref = await good.put_bytes(f"datasets/{unique}", "data.csv", b"a,b\n1,2\n")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-" + unique)

@@ -42,7 +42,9 @@ def s3_client():
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+        "s3",
+        endpoint_url=os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://127.0.0.1:9000"),
+        verify=os.environ.get("MLOPS_ARTIFACT_S3_CA_FILE") or None,
     )
 
 

@@ -34,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("MLOPS_STACK_DIR", ROOT / ".stack"))
 PKI = STACK / "pki"
 BUCKET = os.environ.get("MLOPS_ARTIFACT_ROOT", "s3://mlops").removeprefix("s3://").split("/")[0]
-ENDPOINT = os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+ENDPOINT = os.environ.get("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://127.0.0.1:9000")
+CA = (
+    os.environ.get("MLOPS_ARTIFACT_S3_CA_FILE") or None
+)  # the stack's CA, which signed the server's certificate
 SERVICES = sorted(path.parent.name for path in (ROOT / "services").glob("*/__main__.py"))
 # the operator's (root) keys from <stack>/env, read before any test puts a service's in the environment
 OPERATOR = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
@@ -71,6 +74,7 @@ def client(access: str, secret: str):
         "s3",
         endpoint_url=ENDPOINT,
         region_name="us-east-1",
+        verify=CA,
         aws_access_key_id=access,
         aws_secret_access_key=secret,
         config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
@@ -87,7 +91,7 @@ def operator():
 
 
 def admin():
-    return s3_accounts.Admin(ENDPOINT, "us-east-1", *OPERATOR)
+    return s3_accounts.Admin(ENDPOINT, "us-east-1", *OPERATOR, CA)
 
 
 def error_code(call) -> str | None:
@@ -279,7 +283,7 @@ async def test_the_services_store_calls_work_with_their_own_keys(as_service, uni
 def test_a_service_key_is_no_admin_and_a_wrong_secret_is_refused():
     keys = credentials("trainer")
     trainer_admin = s3_accounts.Admin(
-        ENDPOINT, "us-east-1", keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]
+        ENDPOINT, "us-east-1", keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"], CA
     )
     with pytest.raises(s3_accounts.Refused, match="HTTP 403"):
         trainer_admin.users()

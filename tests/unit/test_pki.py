@@ -20,7 +20,7 @@ pki = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = pki
 _spec.loader.exec_module(pki)
 
-PRIVATE = ("ca.key", "broker.key", "broker.p12", "broker.p12.password")
+PRIVATE = ("ca.key", "broker.key", "broker.p12", "broker.p12.password", "s3.key")
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_a_fresh_directory_gets_a_ca_and_a_broker_certificate_with_private_keys(
     people = [f"clients/{person}.{ext}" for person in pki.PEOPLE for ext in ("pem", "key", "token")]
     assert set(made) == {
         *("ca.pem", "ca.key", "broker.pem", "broker.key", "broker.p12", "broker.p12.password"),
-        *("postgres.pem", "postgres.key", "grpc/tokens", *leaves, *people),
+        *("postgres.pem", "postgres.key", "s3.pem", "s3.key", "grpc/tokens", *leaves, *people),
     }
     assert mode(root) == 0o700
     for name in PRIVATE:

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from mlops.errors import IntegrityError, InvalidArgument, MlopsError, NotFound, error_for_status
-from mlops.settings import DatabaseSettings, KafkaSettings
+from mlops.settings import ArtifactSettings, DatabaseSettings, KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +54,33 @@ def test_production_refuses_kafka_without_tls(monkeypatch):
             KafkaSettings()
     monkeypatch.setenv("MLOPS_KAFKA_SECURITY_PROTOCOL", "SSL")
     assert KafkaSettings().security_protocol == "SSL"
+
+
+def test_production_refuses_an_s3_endpoint_without_tls(monkeypatch):
+    monkeypatch.setenv("MLOPS_ENV", "production")
+    monkeypatch.delenv("MLOPS_ARTIFACT_S3_CA_FILE", raising=False)
+    for endpoint in ("http://s3:9000", "HTTP://127.0.0.1:9000"):
+        monkeypatch.setenv("MLOPS_ARTIFACT_S3_ENDPOINT_URL", endpoint)
+        with pytest.raises(
+            ValidationError, match="sends artifacts unencrypted; production needs an https://"
+        ):
+            ArtifactSettings()
+    monkeypatch.setenv("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "https://s3:9000")
+    assert ArtifactSettings().s3_endpoint_url == "https://s3:9000"
+    monkeypatch.delenv("MLOPS_ARTIFACT_S3_ENDPOINT_URL")
+    assert ArtifactSettings().s3_endpoint_url is None  # AWS itself
+    monkeypatch.setenv("MLOPS_ENV", "development")
+    monkeypatch.setenv("MLOPS_ARTIFACT_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert ArtifactSettings().s3_endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_the_s3_ca_file_must_exist(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLOPS_ARTIFACT_S3_CA_FILE", str(tmp_path / "absent.pem"))
+    with pytest.raises(ValidationError, match=r"MLOPS_ARTIFACT_S3_CA_FILE .*absent.pem does not exist"):
+        ArtifactSettings()
+    (tmp_path / "ca.pem").write_text("a CA")
+    monkeypatch.setenv("MLOPS_ARTIFACT_S3_CA_FILE", str(tmp_path / "ca.pem"))
+    assert ArtifactSettings().s3_ca_file == tmp_path / "ca.pem"
 
 
 def test_a_secret_can_come_from_a_mounted_file_named_after_its_variable(monkeypatch, tmp_path):

@@ -31,6 +31,7 @@ def open_store(settings: ArtifactSettings) -> ArtifactStore:
                 bucket=parsed.netloc,
                 prefix=parsed.path.strip("/"),
                 endpoint_url=settings.s3_endpoint_url,
+                ca_file=settings.s3_ca_file,
                 region=settings.s3_region,
                 addressing_style=settings.s3_addressing_style,
                 multipart_threshold_mb=settings.multipart_threshold_mb,

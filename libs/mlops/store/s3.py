@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ from urllib.parse import urlparse
 import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
+from botocore.awsrequest import AWSHTTPSConnection
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from opentelemetry import trace
@@ -41,12 +44,41 @@ class S3StoreConfig(BaseModel):
     prefix: str = ""
     """Key prefix inside the bucket, so that several platforms can share one bucket."""
     endpoint_url: str | None = None
+    ca_file: Path | None = None
+    """The CA that signed the endpoint's certificate; unset, the system's trusted CAs."""
     region: str = "us-east-1"
     addressing_style: Literal["path", "virtual", "auto"] = "path"
     multipart_threshold_mb: int = 64
 
 
 tracer = trace.get_tracer("mlops.store")
+
+
+def _read_the_answer_when_a_tls_peer_stops_reading() -> None:
+    """Let botocore read a server's answer that came before the whole body was sent, over TLS as over TCP.
+
+    A server may answer a PUT before reading its body (versitygw's 403 for a key the policy refuses)
+    and close the connection. urllib3 then swallows the write's BrokenPipeError and reads the answer;
+    but CPython 3.10 to 3.12 report that write failure on a TLS socket as SSLEOFError
+    (python/cpython#115627, urllib3/urllib3#2733), so the refusal surfaced as a dropped connection,
+    an outage to wait out, instead of AccessDenied. Raised as the BrokenPipeError it is, the answer
+    is read; where there is none, reading it fails as a closed connection, as before.
+    """
+    send = AWSHTTPSConnection.send
+    if getattr(send, "reads_answer_after_tls_eof", False):
+        return
+
+    def send_or_broken_pipe(self, data):
+        try:
+            return send(self, data)
+        except ssl.SSLEOFError as error:
+            raise BrokenPipeError(errno.EPIPE, f"TLS peer closed the connection: {error}") from error
+
+    send_or_broken_pipe.reads_answer_after_tls_eof = True
+    AWSHTTPSConnection.send = send_or_broken_pipe
+
+
+_read_the_answer_when_a_tls_peer_stops_reading()
 
 
 @contextmanager
@@ -77,6 +109,7 @@ class S3Store(ArtifactStore):
             "s3",
             endpoint_url=config.endpoint_url,
             region_name=config.region,
+            verify=str(config.ca_file) if config.ca_file else None,
             config=Config(
                 s3={"addressing_style": config.addressing_style},
                 retries={"max_attempts": 5, "mode": "standard"},
