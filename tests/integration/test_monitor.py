@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -249,7 +250,7 @@ class Monitor:
 
 @pytest.fixture(scope="module")
 async def registry():
-    channel = open_channel("127.0.0.1:50051")
+    channel = open_channel(os.environ.get("MLOPS_REGISTRY_ADDR", "127.0.0.1:50051"))
     try:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     except grpc.aio.AioRpcError as error:
