@@ -36,6 +36,7 @@ from aiokafka.protocol.api import Request
 from aiokafka.protocol.metadata import MetadataRequest
 
 from mlops.bus import acl
+from mlops.private_files import write_private
 from mlops.settings import KafkaSettings
 
 MECHANISM = "SCRAM-SHA-512"
@@ -46,15 +47,6 @@ PATTERN = {"ANY": 1, "MATCH": 2, "LITERAL": 3, "PREFIXED": 4}
 OPERATION = {"ANY": 1, "READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8}
 ALLOW = 3
 ANY_PERMISSION = 1
-
-
-def write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def load_users(path: Path) -> dict[str, str]:

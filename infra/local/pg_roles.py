@@ -39,18 +39,11 @@ import unicodedata
 import urllib.parse
 from pathlib import Path
 
+from mlops.private_files import write_private
+
 SERVICES = ("registry", "trainer", "evaluator", "deployer", "monitor")
 """The services with a database, each with its role and its schema of the same name."""
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
-
-
-def write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def passwords(pki: Path) -> dict[str, str]:

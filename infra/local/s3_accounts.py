@@ -36,6 +36,8 @@ from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from mlops.private_files import write_private
+
 READ = ("s3:GetObject",)
 """GetObject also answers HeadObject; a missing key is still NoSuchKey (404), not AccessDenied."""
 WRITE = ("s3:PutObject", "s3:AbortMultipartUpload")
@@ -63,15 +65,6 @@ it may touch, and how."""
 
 class Refused(Exception):
     """The server refused or could not be reached; the message is safe to print."""
-
-
-def write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def account_secrets(pki: Path) -> dict[str, str]:
