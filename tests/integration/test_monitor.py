@@ -566,7 +566,7 @@ async def test_ground_truth_gives_live_accuracy_and_degradation_after_consecutiv
         status = await drift_status(monitor, model.name)
         return status.versions and status.versions[0].live_metrics.get("accuracy")
 
-    assert await eventually(live_accuracy, timeout_s=15, what="live accuracy") == pytest.approx(1.0)
+    assert await eventually(live_accuracy, timeout_s=45, what="live accuracy") == pytest.approx(1.0)
     health = await monitor.stub.GetHealth(monitor_pb2.GetHealthRequest(model=model.name, version=1))
     assert health.health.metrics["accuracy"] == pytest.approx(1.0)
 
@@ -575,7 +575,7 @@ async def test_ground_truth_gives_live_accuracy_and_degradation_after_consecutiv
         raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.retrain.requested") as retrains,
     ):
         publishing = asyncio.create_task(traffic(truthful=False, seconds=5))
-        record = await read_until(degradations, records_for(model.name), timeout_s=30)
+        record = await read_until(degradations, records_for(model.name), timeout_s=60)
         retrain_record = await read_until(retrains, records_for(model.name), timeout_s=10)
         await publishing
     degraded = monitoring_pb2.PerformanceDegraded.FromString(record.value)
@@ -895,13 +895,13 @@ async def test_regression_ground_truth_gives_live_rmse_and_health_compares_binne
         status = await drift_status(monitor, model.name)
         return status.versions and status.versions[0].live_metrics.get("rmse")
 
-    assert await eventually(live_rmse, timeout_s=15, what="live rmse") == pytest.approx(0.5, abs=1e-6)
+    assert await eventually(live_rmse, timeout_s=45, what="live rmse") == pytest.approx(0.5, abs=1e-6)
     status = await drift_status(monitor, model.name)
     assert status.versions[0].live_metrics["mae"] == pytest.approx(0.5, abs=1e-6)
 
     async with raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.performance.degraded") as degradations:
         publishing = asyncio.create_task(traffic(error=3.0, seconds=5))
-        record = await read_until(degradations, records_for(model.name), timeout_s=30)
+        record = await read_until(degradations, records_for(model.name), timeout_s=60)
         await publishing
     degraded = monitoring_pb2.PerformanceDegraded.FromString(record.value)
     assert degraded.metric == "rmse" and degraded.observed == pytest.approx(3.0, abs=1e-6)
