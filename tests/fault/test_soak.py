@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fault.conftest import ROOT, figures, service_pid
+from tests.fault.conftest import ROOT, STACK, figures, service_pid
 from tests.fault.loop import Loop
 
 GHZ = Path(os.environ.get("MLOPS_CACHE", Path.home() / ".cache/mlops")) / "bin" / "ghz"
@@ -36,7 +36,17 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def ghz(model: str, duration_s: float, rps: int | None = None) -> dict:
+def viewer_metadata(folder: Path) -> Path:
+    """ghz's metadata file with a viewer's bearer token (0600; never on a command line)."""
+    token = (STACK / "clients" / "viewer.token").read_text().strip()
+    path = folder / "ghz-metadata.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as f:
+        json.dump({"authorization": f"Bearer {token}"}, f)
+    return path
+
+
+def ghz(model: str, duration_s: float, metadata: Path, rps: int | None = None) -> dict:
     row = np.random.default_rng(1).normal(size=13).astype(np.float32).tolist()
     data = {
         "model_name": model,
@@ -46,7 +56,11 @@ def ghz(model: str, duration_s: float, rps: int | None = None) -> dict:
     }
     command = [
         str(GHZ),
-        "--insecure",
+        # as any client of the stack: TLS verified against its CA, a token in the metadata
+        "--cacert",
+        str(STACK / "clients" / "ca.pem"),
+        "--metadata-file",
+        str(metadata),
         "--import-paths",
         str(ROOT / "protos"),
         "--proto",
@@ -89,8 +103,12 @@ def test_r10_soak_at_80_percent_of_the_maximum_keeps_memory_and_latency_flat(uni
         loop.wait_in_production(1, timeout_s=300)
     finally:
         loop.close()
-    ghz(loop.name, 3)  # the first calls load caches and JIT paths; not measured
-    maximum = ghz(loop.name, 8)
+    metadata = viewer_metadata(tmp_path)
+    ghz(loop.name, 3, metadata)  # the first calls load caches and JIT paths; not measured
+    maximum = ghz(loop.name, 8, metadata)
+    assert maximum["errors"] == 0, (
+        f"{maximum['errors']} of {maximum['count']} calls failed finding the maximum"
+    )
     target = max(1, int(maximum["rps"] * 0.8))
 
     pid = service_pid("inference")
@@ -98,7 +116,7 @@ def test_r10_soak_at_80_percent_of_the_maximum_keeps_memory_and_latency_flat(uni
     slices = []
     started = time.monotonic()
     while time.monotonic() - started < SOAK_S:
-        result = ghz(loop.name, SLICE_S, rps=target)
+        result = ghz(loop.name, SLICE_S, metadata, rps=target)
         result["rss_kib"] = rss_kib(pid)
         result["monitor_rss_kib"] = rss_kib(monitor_pid)
         slices.append(result)
