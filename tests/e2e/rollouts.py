@@ -107,7 +107,7 @@ class VersionCaller:
         return self
 
     async def _run(self) -> None:
-        async with open_channel(INFERENCE) as channel:
+        async with open_channel(INFERENCE, traced=False) as channel:
             stub = oip_grpc.GRPCInferenceServiceStub(channel)
             index = 0
             while not self._stopping.is_set():

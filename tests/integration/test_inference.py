@@ -308,7 +308,7 @@ async def harness(kafka, topics_bus, artifact_settings, telemetry, models, trito
     await publisher.start()
     port = await app.start(ready_timeout_s=60)
     address = f"127.0.0.1:{port}"
-    channel = open_channel(address)
+    channel = open_channel(address, traced=False)
     triton = await TritonClient.start(address, triton_script)
     yield Harness(
         app, topics_bus, publisher, grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel), triton, address
@@ -576,7 +576,7 @@ async def test_bad_input_gets_its_code_and_the_server_keeps_answering(
     port = await app.start(ready_timeout_s=60)
     try:
         await eventually(lambda: app.core.generation(model) == 1, what="model served")
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             for case, message, code, words in _bad_requests(model, trained):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -803,7 +803,7 @@ async def test_logging_to_an_unreachable_kafka_drops_and_counts(
     )
     port = await app.start(ready_timeout_s=60)
     try:
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             rows = models.wine_a.rows[:1]
             for _ in range(10):
@@ -968,7 +968,7 @@ async def test_text_features_are_encoded_with_the_registered_vocabulary(
             [c.encode() for c in colours]
         )
         request_.inputs.add(name="hue", datatype="FP32", shape=[3]).contents.fp32_contents.extend([1.0] * 3)
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             answer = await stub.ModelInfer(request_, timeout=10)
             metadata = await stub.ModelMetadata(oip.ModelMetadataRequest(name=model), timeout=10)
@@ -1022,7 +1022,7 @@ async def test_a_cheap_version_answers_on_the_event_loop_while_a_slow_one_runs_o
 async def _health(port: int) -> str:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with open_channel(f"127.0.0.1:{port}") as channel:
+    async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
@@ -1055,7 +1055,7 @@ async def test_an_artifact_no_replica_can_load_is_dead_lettered_and_the_replica_
         assert b"ONNX" in headers["mlops_dlq_reason"], headers
         assert headers["mlops_dlq_error_type"] == b"ModelRejected"
         assert await _health(port) == "SERVING"
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert (await stub.ServerReady(oip.ServerReadyRequest())).ready
             assert not (await stub.ModelReady(oip.ModelReadyRequest(name=broken))).ready
@@ -1089,7 +1089,7 @@ async def test_a_replica_that_cannot_read_what_it_is_asked_to_serve_is_not_ready
             letter = await read_until(dead_letters, lambda record: record.key == model.encode())
         assert dict(letter.headers)["mlops_dlq_error_type"] == b"PermissionDenied"
         assert await _health(port) == "NOT_SERVING"
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert not (await stub.ServerReady(oip.ServerReadyRequest())).ready
             await publisher.publish_encoded(desired, model, None, [])  # type: ignore[arg-type]
@@ -1120,7 +1120,7 @@ async def test_a_large_request_is_logged_in_messages_under_the_byte_bound(
     try:
         async with (
             raw_reader(kafka, topic) as reader,
-            open_channel(f"127.0.0.1:{port}") as channel,
+            open_channel(f"127.0.0.1:{port}", traced=False) as channel,
         ):
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             await stub.ModelInfer(request(model, rows, request_id="big-1"), timeout=10)

@@ -93,7 +93,7 @@ async def test_a_desired_state_naming_bytes_the_registry_does_not_hold_is_refuse
         assert f"the registry holds no version {number + 7} of model {model!r}" in reason, reason
 
         assert app.core.generation(model) == 1, "the refused generations changed nothing"
-        async with open_channel(f"127.0.0.1:{port}") as channel:
+        async with open_channel(f"127.0.0.1:{port}", traced=False) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             rows = models.wine_a.rows[:4]
             answer = await stub.ModelInfer(request(model, rows), timeout=10)

@@ -58,7 +58,7 @@ def _tail(log: Path) -> str:
 
 
 async def wait_serving(process: subprocess.Popen, address: str, log: Path) -> None:
-    async with open_channel(address) as channel:
+    async with open_channel(address, traced=False) as channel:
         health = health_pb2_grpc.HealthStub(channel)
 
         async def serving():
@@ -138,7 +138,7 @@ async def test_sigkill_mid_window_then_restart_counts_every_row_once(
         window = monitor_pb2.DriftWindow.FromString(body)
         assert window.sample_count == 250 and window.judged
         assert window.window.start.seconds == start
-        async with open_channel(address) as channel:
+        async with open_channel(address, traced=False) as channel:
             status = await monitor_pb2_grpc.MonitorStub(channel).GetDriftStatus(
                 monitor_pb2.GetDriftStatusRequest(model=model.name)
             )
