@@ -39,6 +39,7 @@ TABLE: dict[str, dict[str, Rule]] = {
         "GetDatasetVersion": _READ,
         "ListDatasets": _READ,
         "ListDatasetVersions": _READ,
+        "RequestRetrain": _write(Role.OPERATOR),
         "ApplyModelSpec": _write(Role.ADMIN),
         "GetModelSpec": _READ,
         "ListModelSpecs": _READ,

@@ -27,7 +27,7 @@ from mlops.events.v1 import common_pb2 as mlops_dot_events_dot_v1_dot_common__pb
 from mlops.events.v1 import options_pb2 as mlops_dot_events_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlops/events/v1/data.proto\x12\x0fmlops.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlops/events/v1/common.proto\x1a\x1dmlops/events/v1/options.proto\"\xea\x02\n\rDataCommitted\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommitted_by\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12\x15\n\rparent_sha256\x18\x07 \x01(\t\x12:\n\x06labels\x18\x08 \x03(\x0b\x32*.mlops.events.v1.DataCommitted.LabelsEntry\x12\x30\n\x0c\x63ommitted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:>\x8a\xb5\x18\x14mlops.data.committed\x92\xb5\x18\x17mlops.data.committed.v1\x9a\xb5\x18\x07\x64\x61taset\"\x9d\x04\n\x16\x44\x61tasetVersionRecorded\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12(\n\x07\x63olumns\x18\x07 \x03(\x0b\x32\x17.mlops.events.v1.Column\x12\x16\n\x0eparent_version\x18\x08 \x01(\x03\x12\x15\n\rparent_sha256\x18\t \x01(\t\x12\x14\n\x0c\x63ommitted_by\x18\n \x01(\t\x12\x43\n\x06labels\x18\x0b \x03(\x0b\x32\x33.mlops.events.v1.DatasetVersionRecorded.LabelsEntry\x12\x30\n\x0c\x63ommitted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsource_event_id\x18\x0e \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:B\x8a\xb5\x18\x16mlops.dataset.recorded\x92\xb5\x18\x19mlops.dataset.recorded.v1\x9a\xb5\x18\x07\x64\x61tasetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlops/events/v1/data.proto\x12\x0fmlops.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlops/events/v1/common.proto\x1a\x1dmlops/events/v1/options.proto\"\x9b\x03\n\rDataCommitted\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommitted_by\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12\x15\n\rparent_sha256\x18\x07 \x01(\t\x12:\n\x06labels\x18\x08 \x03(\x0b\x32*.mlops.events.v1.DataCommitted.LabelsEntry\x12\x30\n\x0c\x63ommitted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x07retrain\x18\n \x01(\x0b\x32\x1e.mlops.events.v1.RetrainIntent\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:>\x8a\xb5\x18\x14mlops.data.committed\x92\xb5\x18\x17mlops.data.committed.v1\x9a\xb5\x18\x07\x64\x61taset\"\xd3\x01\n\rRetrainIntent\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x31\n\x07trigger\x18\x03 \x01(\x0e\x32 .mlops.events.v1.TrainingTrigger\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61use_event_id\x18\x05 \x01(\t\x12+\n\x06window\x18\x06 \x01(\x0b\x32\x1b.mlops.events.v1.TimeWindow\x12\x14\n\x0crequested_by\x18\x07 \x01(\t\"\xce\x04\n\x16\x44\x61tasetVersionRecorded\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12(\n\x07\x63olumns\x18\x07 \x03(\x0b\x32\x17.mlops.events.v1.Column\x12\x16\n\x0eparent_version\x18\x08 \x01(\x03\x12\x15\n\rparent_sha256\x18\t \x01(\t\x12\x14\n\x0c\x63ommitted_by\x18\n \x01(\t\x12\x43\n\x06labels\x18\x0b \x03(\x0b\x32\x33.mlops.events.v1.DatasetVersionRecorded.LabelsEntry\x12\x30\n\x0c\x63ommitted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsource_event_id\x18\x0e \x01(\t\x12/\n\x07retrain\x18\x0f \x01(\x0b\x32\x1e.mlops.events.v1.RetrainIntent\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:B\x8a\xb5\x18\x16mlops.dataset.recorded\x92\xb5\x18\x19mlops.dataset.recorded.v1\x9a\xb5\x18\x07\x64\x61tasetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,11 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETVERSIONRECORDED']._loaded_options = None
   _globals['_DATASETVERSIONRECORDED']._serialized_options = b'\212\265\030\026mlops.dataset.recorded\222\265\030\031mlops.dataset.recorded.v1\232\265\030\007dataset'
   _globals['_DATACOMMITTED']._serialized_start=142
-  _globals['_DATACOMMITTED']._serialized_end=504
-  _globals['_DATACOMMITTED_LABELSENTRY']._serialized_start=395
-  _globals['_DATACOMMITTED_LABELSENTRY']._serialized_end=440
-  _globals['_DATASETVERSIONRECORDED']._serialized_start=507
-  _globals['_DATASETVERSIONRECORDED']._serialized_end=1048
-  _globals['_DATASETVERSIONRECORDED_LABELSENTRY']._serialized_start=395
-  _globals['_DATASETVERSIONRECORDED_LABELSENTRY']._serialized_end=440
+  _globals['_DATACOMMITTED']._serialized_end=553
+  _globals['_DATACOMMITTED_LABELSENTRY']._serialized_start=444
+  _globals['_DATACOMMITTED_LABELSENTRY']._serialized_end=489
+  _globals['_RETRAININTENT']._serialized_start=556
+  _globals['_RETRAININTENT']._serialized_end=767
+  _globals['_DATASETVERSIONRECORDED']._serialized_start=770
+  _globals['_DATASETVERSIONRECORDED']._serialized_end=1360
+  _globals['_DATASETVERSIONRECORDED_LABELSENTRY']._serialized_start=444
+  _globals['_DATASETVERSIONRECORDED_LABELSENTRY']._serialized_end=489
 # @@protoc_insertion_point(module_scope)

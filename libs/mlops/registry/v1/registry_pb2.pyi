@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from mlops.events.v1 import common_pb2 as _common_pb2
+from mlops.events.v1 import data_pb2 as _data_pb2
 from mlops.events.v1 import deployment_pb2 as _deployment_pb2
 from mlops.events.v1 import evaluation_pb2 as _evaluation_pb2
 from mlops.events.v1 import monitoring_pb2 as _monitoring_pb2
@@ -322,7 +323,7 @@ class Dataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., latest_version: _Optional[int] = ..., version_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
-    __slots__ = ("dataset", "version", "uri", "sha256", "format", "row_count", "columns", "parent_version", "parent_sha256", "committed_by", "labels", "committed_at", "recorded_at", "source_event_id")
+    __slots__ = ("dataset", "version", "uri", "sha256", "format", "row_count", "columns", "parent_version", "parent_sha256", "committed_by", "labels", "committed_at", "recorded_at", "source_event_id", "retrain")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +345,7 @@ class DatasetVersion(_message.Message):
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     version: int
     uri: str
@@ -358,10 +360,11 @@ class DatasetVersion(_message.Message):
     committed_at: _timestamp_pb2.Timestamp
     recorded_at: _timestamp_pb2.Timestamp
     source_event_id: str
-    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[_common_pb2.Column, _Mapping]]] = ..., parent_version: _Optional[int] = ..., parent_sha256: _Optional[str] = ..., committed_by: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_event_id: _Optional[str] = ...) -> None: ...
+    retrain: _data_pb2.RetrainIntent
+    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[_common_pb2.Column, _Mapping]]] = ..., parent_version: _Optional[int] = ..., parent_sha256: _Optional[str] = ..., committed_by: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_event_id: _Optional[str] = ..., retrain: _Optional[_Union[_data_pb2.RetrainIntent, _Mapping]] = ...) -> None: ...
 
 class RecordDatasetVersionRequest(_message.Message):
-    __slots__ = ("dataset", "uri", "sha256", "format", "row_count", "columns", "parent_sha256", "committed_by", "labels", "committed_at", "source_event_id")
+    __slots__ = ("dataset", "uri", "sha256", "format", "row_count", "columns", "parent_sha256", "committed_by", "labels", "committed_at", "source_event_id", "retrain")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +383,7 @@ class RecordDatasetVersionRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     uri: str
     sha256: str
@@ -391,7 +395,8 @@ class RecordDatasetVersionRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     committed_at: _timestamp_pb2.Timestamp
     source_event_id: str
-    def __init__(self, dataset: _Optional[str] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[_common_pb2.Column, _Mapping]]] = ..., parent_sha256: _Optional[str] = ..., committed_by: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_event_id: _Optional[str] = ...) -> None: ...
+    retrain: _data_pb2.RetrainIntent
+    def __init__(self, dataset: _Optional[str] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[_common_pb2.Column, _Mapping]]] = ..., parent_sha256: _Optional[str] = ..., committed_by: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., committed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_event_id: _Optional[str] = ..., retrain: _Optional[_Union[_data_pb2.RetrainIntent, _Mapping]] = ...) -> None: ...
 
 class RecordDatasetVersionResponse(_message.Message):
     __slots__ = ("dataset_version", "created")
@@ -400,6 +405,34 @@ class RecordDatasetVersionResponse(_message.Message):
     dataset_version: DatasetVersion
     created: bool
     def __init__(self, dataset_version: _Optional[_Union[DatasetVersion, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RequestRetrainRequest(_message.Message):
+    __slots__ = ("model", "dataset", "dataset_version", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    dataset: str
+    dataset_version: int
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RequestRetrainResponse(_message.Message):
+    __slots__ = ("event_id", "model", "spec_version", "dataset", "dataset_version", "requested_by")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    model: str
+    spec_version: int
+    dataset: str
+    dataset_version: int
+    requested_by: str
+    def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class GetDatasetVersionRequest(_message.Message):
     __slots__ = ("dataset", "version", "sha256")

@@ -55,6 +55,11 @@ class RegistryStub:
                 request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDatasetVersionsRequest.SerializeToString,
                 response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDatasetVersionsResponse.FromString,
                 _registered_method=True)
+        self.RequestRetrain = channel.unary_unary(
+                '/mlops.registry.v1.Registry/RequestRetrain',
+                request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RequestRetrainRequest.SerializeToString,
+                response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RequestRetrainResponse.FromString,
+                _registered_method=True)
         self.ApplyModelSpec = channel.unary_unary(
                 '/mlops.registry.v1.Registry/ApplyModelSpec',
                 request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ApplyModelSpecRequest.SerializeToString,
@@ -201,6 +206,19 @@ class RegistryServicer:
 
     def ListDatasetVersions(self, request, context):
         """Versions of one data set, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestRetrain(self, request, context):
+        """Asks for a model to be retrained on a data set version (the latest when
+        none is given), with the model's latest spec: emits RetrainRequested (trigger
+        MANUAL, requested by the authenticated caller). The trainer queues one job per
+        (spec version, data set version): asking again for what is trained or queued
+        already changes nothing, while a changed spec trains anew on the same data.
+        NOT_FOUND when the model has no spec or the data set has no such version;
+        INVALID_ARGUMENT when the data set is not the one the spec trains on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -416,6 +434,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.ListDatasetVersions,
                     request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDatasetVersionsRequest.FromString,
                     response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDatasetVersionsResponse.SerializeToString,
+            ),
+            'RequestRetrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestRetrain,
+                    request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RequestRetrainRequest.FromString,
+                    response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RequestRetrainResponse.SerializeToString,
             ),
             'ApplyModelSpec': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyModelSpec,
@@ -642,6 +665,33 @@ class Registry:
             '/mlops.registry.v1.Registry/ListDatasetVersions',
             mlops_dot_registry_dot_v1_dot_registry__pb2.ListDatasetVersionsRequest.SerializeToString,
             mlops_dot_registry_dot_v1_dot_registry__pb2.ListDatasetVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestRetrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlops.registry.v1.Registry/RequestRetrain',
+            mlops_dot_registry_dot_v1_dot_registry__pb2.RequestRetrainRequest.SerializeToString,
+            mlops_dot_registry_dot_v1_dot_registry__pb2.RequestRetrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
