@@ -8,6 +8,7 @@ from __future__ import annotations
 from mlops.identity import recorded_actor
 from mlops.registry.v1 import registry_pb2_grpc
 from services.registry.core import RegistryCore
+from services.registry.retrain import request_retrain
 
 _METHODS = {
     "RecordDatasetVersion": "record_dataset_version",
@@ -69,6 +70,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     def __init__(self, core: RegistryCore) -> None:
         self.core = core
 
+    async def RequestRetrain(self, request, context):
+        request.requested_by = recorded_actor(request.requested_by)
+        return await request_retrain(self.core, request)
+
 
 for _rpc, _core_method in _METHODS.items():
     setattr(RegistryServicer, _rpc, _delegate(_rpc, _core_method))
@@ -76,6 +81,7 @@ for _rpc, _core_method in _METHODS.items():
 _missing = (
     set(registry_pb2_grpc.RegistryServicer.__dict__)
     - set(_METHODS)
+    - {"RequestRetrain"}
     - {"__module__", "__doc__", "__dict__", "__weakref__", "__qualname__"}
 )
 assert not {name for name in _missing if not name.startswith("_")}, f"RPCs without a handler: {_missing}"

@@ -407,16 +407,18 @@ class RecordDatasetVersionResponse(_message.Message):
     def __init__(self, dataset_version: _Optional[_Union[DatasetVersion, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class RequestRetrainRequest(_message.Message):
-    __slots__ = ("model", "dataset", "dataset_version", "reason")
+    __slots__ = ("model", "dataset", "dataset_version", "reason", "requested_by")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     model: str
     dataset: str
     dataset_version: int
     reason: str
-    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    requested_by: str
+    def __init__(self, model: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class RequestRetrainResponse(_message.Message):
     __slots__ = ("event_id", "model", "spec_version", "dataset", "dataset_version", "requested_by")
