@@ -13,7 +13,7 @@ WITH_STACK_ENV := set -a; [ -f .stack/env ] && . .stack/env; set +a;
 
 export PYTHON := $(abspath $(PY))
 
-.PHONY: help setup up down status test test-unit test-integration test-fault test-stack soak bench demo protos protos-check lint clean image manifests dashboard
+.PHONY: help setup up down status test test-unit test-integration test-fault test-stack soak bench demo protos protos-check lint clean image manifests dashboard docs
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,7 +65,7 @@ test-fault: up ## The fault-injection suite (R1-R10): kills and restarts real pr
 soak: up ## R10 for 30 minutes: 80% of the inference server's measured maximum, memory and p99 watched
 	MLOPS_SOAK_SECONDS=$${MLOPS_SOAK_SECONDS:-1800} $(PY) -m pytest tests/fault/test_soak.py -s $(PYTEST_ARGS)
 
-bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ and the README
+bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ (docs/benchmarks.md quotes them)
 	bash tests/bench/setup.sh
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_bus
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_registry
@@ -102,6 +102,9 @@ manifests: setup ## Render the Kubernetes overlays into build/k8s/{local,product
 dashboard: up ## Run the demo while a Prometheus scrapes every service, then draw the Grafana dashboard from it: docs/dashboard.png
 	bash infra/k8s/install-tools.sh prometheus
 	$(WITH_STACK_ENV) $(PY) infra/grafana/render.py --run "$(PY) -m mlops.demo" --after $${DASHBOARD_AFTER_S:-60} --out docs/dashboard.png
+
+docs: $(VENV)/.installed ## Regenerate docs/configuration.md from the settings classes (`make test` fails when it is stale)
+	$(PY) infra/docs/configuration.py
 
 clean: ## Remove caches of the build (not the stack's data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
