@@ -11,8 +11,8 @@ from mlops.cli import config
 from mlops.cli.context import CliContext
 
 app = typer.Typer(
-    help="Contexts: the platform's addresses and credentials, kept in ~/.config/mlops/config.yaml "
-    "(`make up` writes the context `local`).",
+    help="Switch between platforms: named contexts of addresses and credentials (`make up` writes `local`).",
+    epilog="Contexts are kept in ~/.config/mlops/config.yaml ($MLOPS_CONFIG overrides it), owner-only.",
     no_args_is_help=True,
 )
 

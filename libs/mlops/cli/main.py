@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from enum import IntEnum
+from importlib import metadata
 from typing import Annotated
 
 import typer
+import typer.main
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from mlops.cli import alias, apply, config, contexts, data, models, rollout, runs, trace
+from mlops.cli import alias, apply, config, contexts, data, models, retrain, rollout, runs, trace
 from mlops.cli import monitor as monitor_cli
 from mlops.cli.context import DEFAULT_REGISTRY_ADDR, CliContext
 from mlops.cli.output import Output
@@ -56,15 +58,73 @@ def describe(error: BaseException) -> str:
     if isinstance(error, MlopsError):
         return error.message
     if isinstance(error, ValidationError):
-        return f"invalid configuration: {error}"
+        # Each problem by its field and message, never the input: it may hold a token or a password.
+        problems = (
+            f"{'.'.join(map(str, item['loc']))}: {item['msg']}" if item["loc"] else item["msg"]
+            for item in error.errors(include_input=False, include_url=False)
+        )
+        return f"invalid configuration ({error.title}): {'; '.join(problems)}"
     return str(error) or type(error).__name__
 
 
 _HANDLED = (MlopsError, ValidationError, RefError, OSError)
 
+DISTRIBUTION = "mlops-platform"
+COMPLETE_ENV = "_MLOPS_COMPLETE"
+"""Set by the shell's completion function (`mlops --install-completion`) when it asks for candidates."""
+JSON_HELP = "Print results as JSON (the protobuf JSON mapping of the responses)."
+
+
+def package_version() -> str:
+    """The installed package's version; 'unknown' when run from a tree that was never installed."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _json_anywhere(ctx: typer.Context, value: bool) -> None:
+    # The root's callback has built the context object by the time a subcommand parses its options.
+    if value:
+        root = ctx.find_root()
+        if isinstance(root.obj, CliContext):
+            root.obj.json_mode = True
+            root.obj.output.json_mode = True
+
+
+def _json_option():
+    """The `--json` every command and group takes besides the root's, built by Typer as its own are."""
+    probe = typer.Typer(add_completion=False)
+
+    @probe.command()
+    def _probe(
+        json_mode: Annotated[
+            bool, typer.Option("--json", help=JSON_HELP, callback=_json_anywhere, expose_value=False)
+        ] = False,
+    ) -> None:
+        """Never run: only its option is taken."""
+
+    return next(param for param in typer.main.get_command(probe).params if "--json" in param.opts)
+
+
+_JSON_OPTION = _json_option()
+
+
+def _with_json_option(command) -> None:
+    """Give `command` and every command under it a `--json` of its own, so that it may follow them."""
+    if not any("--json" in param.opts for param in command.params):
+        command.params.append(_JSON_OPTION)
+    for child in getattr(command, "commands", {}).values():
+        _with_json_option(child)
+
 
 class MlopsGroup(TyperGroup):
     """The root command: every subcommand runs inside its `invoke`, so errors are mapped in one place."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            _with_json_option(command)
 
     def invoke(self, ctx):
         try:
@@ -81,12 +141,17 @@ app = typer.Typer(
     cls=MlopsGroup,
     name="mlops",
     help="Operate the MLOps platform: apply model specs, commit data, inspect models, runs and lineage, "
-    "move aliases.",
+    "move aliases, ask for retraining. `--json` may follow any command.",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mlops {package_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -98,14 +163,15 @@ def root(
             "--registry", envvar="MLOPS_REGISTRY_ADDR", metavar="ADDR", help="The registry's gRPC address."
         ),
     ] = DEFAULT_REGISTRY_ADDR,
-    json_mode: Annotated[
-        bool,
-        typer.Option("--json", help="Print results as JSON (the protobuf JSON mapping of the responses)."),
-    ] = False,
+    json_mode: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     timeout: Annotated[
         float,
         typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Deadline of each call to a service."),
     ] = 30.0,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     ctx.obj = CliContext(
         registry_addr=registry, json_mode=json_mode, timeout_s=timeout, output=Output(json_mode=json_mode)
@@ -119,6 +185,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(alias.app, name="alias")
 app.add_typer(runs.app, name="runs")
 app.add_typer(rollout.app, name="rollout")
+app.command("retrain", help=retrain.HELP)(retrain.retrain)
 app.command("trace", help=trace.HELP)(trace.trace)
 app.add_typer(monitor_cli.drift_app, name="drift")
 app.add_typer(monitor_cli.monitor_app, name="monitor")
@@ -129,5 +196,6 @@ def main() -> None:
     try:
         config.apply(os.environ)
     except MlopsError as error:  # a broken configuration must not lock people out of `mlops context`
-        print(f"warning: {error.message}", file=sys.stderr)
+        if COMPLETE_ENV not in os.environ:  # nor write into the shell's prompt while completing
+            print(f"warning: {error.message}", file=sys.stderr)
     app(prog_name="mlops")

@@ -1,4 +1,4 @@
-"""`mlops models`: list models and versions, show a version, draw a version's lineage."""
+"""`mlops models`: list, search and tag model versions, show a version, draw a version's lineage."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.tree import Tree
 
-from mlops.cli.context import CliContext, cli_context
+from mlops.cli.context import CliContext, cli_context, current_user
 from mlops.cli.output import (
     MISSING,
     enum_name,
@@ -19,12 +19,15 @@ from mlops.cli.output import (
     timestamp,
     version,
 )
-from mlops.cli.refs import ModelRef, RefError, parse_model_ref
+from mlops.cli.query import ALLOWED, QueryError, parse_search
+from mlops.cli.refs import ModelRef, RefError, parse_labels, parse_model_ref
 from mlops.errors import NotFound
 from mlops.events.v1 import deployment_pb2
 from mlops.registry.v1 import registry_pb2
 
-app = typer.Typer(help="Inspect models, their versions and their lineage.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect, search and tag models, their versions and their lineage.", no_args_is_help=True
+)
 
 
 def model_ref(text: str, *, require_version: bool = False) -> ModelRef:
@@ -109,7 +112,7 @@ def _list_versions(cli: CliContext, name: str, limit: int) -> None:
         output.json(response)
         return
     output.table(
-        ["version", "aliases", "data set", "run", "metrics", "created"],
+        ["version", "aliases", "data set", "run", "metrics", "tags", "created"],
         (
             [
                 version(mv.version),
@@ -117,6 +120,7 @@ def _list_versions(cli: CliContext, name: str, limit: int) -> None:
                 f"{mv.dataset} v{mv.dataset_version}" if mv.dataset else MISSING,
                 mv.run_id or MISSING,
                 mapping(mv.metrics),
+                mapping(mv.tags),
                 timestamp(mv.created_at),
             ]
             for mv in response.model_versions
@@ -186,6 +190,110 @@ def show(
         ["metric", "value"], ([k, number(v)] for k, v in sorted(mv.metrics.items())), title="metrics"
     )
     output.table(["tag", "value"], sorted(mv.tags.items()), title="tags")
+
+
+SEARCH_HELP = f"""Find model versions by metrics, tags, alias, data set and run.
+
+EXPRESSION: {ALLOWED}.
+Example: mlops models search "metrics.accuracy > 0.9 and tags.team = 'risk'" --order-by "metrics.accuracy desc"
+"""
+
+
+@app.command("search", help=SEARCH_HELP)
+def search(
+    ctx: typer.Context,
+    expression: Annotated[
+        str, typer.Argument(metavar="EXPRESSION", help="What to match; empty for every version.")
+    ] = "",
+    models: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only this model's versions; repeatable.")
+    ] = None,
+    order_by: Annotated[
+        str,
+        typer.Option(
+            "--order-by",
+            metavar="FIELD [asc|desc]",
+            help="created_at (the default, newest first), version, or metrics.<name>.",
+        ),
+    ] = "",
+    limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many rows; 0 for all.")] = 50,
+) -> None:
+    cli = cli_context(ctx)
+    try:
+        request = parse_search(expression)
+    except QueryError as error:
+        raise typer.BadParameter(str(error), param_hint="EXPRESSION") from None
+    request.models.extend(models or [])
+    request.order_by = order_by
+
+    async def work():
+        async with cli.registry() as registry:
+            return await cli.paginate(registry.SearchModelVersions, request, "model_versions", limit)
+
+    response: registry_pb2.SearchModelVersionsResponse = cli.run("models search", work)
+    output = cli.output
+    if output.json_mode:
+        output.json(response)
+        return
+    output.table(
+        ["model", "version", "aliases", "data set", "metrics", "tags", "created"],
+        (
+            [
+                mv.model,
+                version(mv.version),
+                ", ".join(mv.aliases) or MISSING,
+                f"{mv.dataset} v{mv.dataset_version}" if mv.dataset else MISSING,
+                mapping(mv.metrics),
+                mapping(mv.tags),
+                timestamp(mv.created_at),
+            ]
+            for mv in response.model_versions
+        ),
+        title="model versions found",
+    )
+    if response.next_page_token:
+        output.notice(f"more versions match; raise --limit (now {limit}) to see them")
+
+
+@app.command("tag")
+def tag(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The model's name.")],
+    at_version: Annotated[int, typer.Argument(metavar="VERSION", min=1, help="The version to tag.")],
+    tags: Annotated[
+        list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Tags to set (overwritten if set).")
+    ] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", metavar="KEY", help="A tag to remove; repeatable.")
+    ] = None,
+) -> None:
+    """Set and remove a model version's tags (admins); what is removed goes first, then what is set."""
+    cli = cli_context(ctx)
+    try:
+        to_set = parse_labels(tags or [])
+    except RefError as error:
+        raise typer.BadParameter(str(error).replace("label", "tag"), param_hint="KEY=VALUE") from None
+    if not to_set and not remove:
+        raise typer.BadParameter("nothing to change: give KEY=VALUE tags to set and/or --remove KEY")
+
+    async def work():
+        async with cli.registry() as registry:
+            request = registry_pb2.UpdateModelVersionTagsRequest(
+                model=name,
+                version=at_version,
+                set_tags=to_set,
+                remove_tags=remove or [],
+                actor=current_user(),
+            )
+            return await cli.call(registry.UpdateModelVersionTags, request)
+
+    mv: registry_pb2.ModelVersion = cli.run(
+        "models tag", work, **{"mlops.model.name": name, "mlops.model.version": at_version}
+    )
+    if cli.output.json_mode:
+        cli.output.json(mv)
+        return
+    cli.output.line(f"{mv.model} v{mv.version} tags: {mapping(mv.tags)}")
 
 
 @app.command("lineage")
