@@ -6,20 +6,13 @@ import logging
 
 from opentelemetry import trace
 
-from mlops import tabular
 from mlops.bus import EventContext
-from mlops.events.v1 import common_pb2, data_pb2, monitoring_pb2
-from mlops.registry.v1 import registry_pb2 as pb
+from mlops.events.v1 import data_pb2, monitoring_pb2
 from services.registry.core import RegistryCore
+from services.registry.core.datasets import csv_schema  # noqa: F401 - tests/unit/test_registry_spec.py imports it here
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.registry")
-
-
-def csv_schema(data: bytes) -> tuple[list[common_pb2.Column], int]:
-    """Columns and row count of a CSV file already in memory, as `mlops.tabular.csv_facts` infers them."""
-    facts = tabular.csv_facts([data])
-    return facts.columns, facts.row_count
 
 
 class RegistryHandlers:
@@ -35,20 +28,9 @@ class RegistryHandlers:
         """
         span = trace.get_current_span()
         span.set_attribute("mlops.dataset.name", event.dataset)
-        request = pb.RecordDatasetVersionRequest(
-            dataset=event.dataset,
-            uri=event.uri,
-            sha256=event.sha256,
-            format=event.format,
-            row_count=event.row_count,
-            parent_sha256=event.parent_sha256,
-            committed_by=event.committed_by or ctx.envelope.source,
-            labels=event.labels,
-            source_event_id=ctx.envelope.id,
+        response = await self.core.record_data_commit(
+            event, source=ctx.envelope.source, event_id=ctx.envelope.id, session=ctx.session
         )
-        if event.HasField("committed_at"):
-            request.committed_at.CopyFrom(event.committed_at)
-        response = await self.core.record_dataset_version(request, session=ctx.session)
         span.set_attribute("mlops.dataset.version", response.dataset_version.version)
 
     async def on_monitor_event(self, event, ctx: EventContext) -> None:
