@@ -7,11 +7,11 @@ from pathlib import Path
 
 from mlops.events.v1 import data_pb2, training_pb2
 from mlops.grpc import open_channel
-from mlops.registry.v1 import registry_pb2_grpc
 from mlops.service import ServiceRuntime, run
 from mlops.settings import ArtifactSettings
 from mlops.store import open_store
-from services.trainer.core import RegistryClient, TrainerCore
+from services.trainer.clients import RegistryClient
+from services.trainer.core import TrainerCore
 from services.trainer.handlers import TrainerHandlers
 from services.trainer.pool import TrainingPool, spawned_executor
 from services.trainer.settings import TrainerSettings
@@ -42,13 +42,13 @@ async def main() -> None:
     core = TrainerCore(
         database=runtime.database,
         outbox=runtime.outbox,
-        registry=RegistryClient(registry_pb2_grpc.RegistryStub(channel), settings.registry_timeout_s),
+        registry=RegistryClient(channel, timeout_s=settings.registry_timeout_s),
         store=open_store(ArtifactSettings()),
         pool=pool,
         settings=settings,
     )
     handlers = TrainerHandlers(core)
-    runtime.subscribe(data_pb2.DataCommitted, handlers.on_data_committed)
+    runtime.subscribe(data_pb2.DatasetVersionRecorded, handlers.on_dataset_recorded)
     runtime.subscribe(training_pb2.RetrainRequested, handlers.on_retrain_requested)
     runtime.on_stop("training workers", core.stop)
     runtime.on_stop("training processes", lambda: stop_pool(pool))

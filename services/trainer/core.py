@@ -1,6 +1,6 @@
 """The trainer's core: turn events into durable jobs, and jobs into registered, checked model versions.
 
-Transport-neutral: the Kafka handlers call `queue_for_data_commit` / `queue_for_retrain` inside the
+Transport-neutral: the Kafka handlers call `queue_for_recorded` / `queue_for_retrain` inside the
 consumer's inbox transaction; `start_workers` claims jobs and runs them. Training itself happens in
 a worker process per job slot (`services.trainer.pool`, `services.trainer.training.train`), so this
 event loop only waits on it; a worker that dies or runs past the job's time limit is replaced.
@@ -30,10 +30,11 @@ from mlops.events.v1 import data_pb2, training_pb2
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
+from services.trainer.clients import RegistryClient
 from services.trainer.intake import JobIntake
 from services.trainer.jobs import Job, JobQueue, trial_run_id
 from services.trainer.pool import RunTimedOut, TrainingPool, TrainingSlot, WorkerKilled
-from services.trainer.runs import JobFailed, RegistryClient, RunBook, now
+from services.trainer.runs import JobFailed, RunBook, now
 from services.trainer.search import better, sample_trials
 from services.trainer.settings import TrainerSettings
 from services.trainer.training import TrainingParams, TrainOutcome, TrainRequest, describe_hardware, train
@@ -84,10 +85,10 @@ class TrainerCore:
 
     # --- Events → jobs (inside the consumer's inbox transaction; see `services.trainer.intake`) --
 
-    async def queue_for_data_commit(
-        self, event: data_pb2.DataCommitted, *, event_id: str, session: AsyncSession
+    async def queue_for_recorded(
+        self, event: data_pb2.DatasetVersionRecorded, *, event_id: str, session: AsyncSession
     ) -> list[str]:
-        return await self.intake.queue_for_data_commit(event, event_id=event_id, session=session)
+        return await self.intake.queue_for_recorded(event, event_id=event_id, session=session)
 
     async def queue_for_retrain(
         self, event: training_pb2.RetrainRequested, *, event_id: str, session: AsyncSession

@@ -1,7 +1,8 @@
 """Events become durable training jobs, inside the consumer's inbox transaction.
 
-A data commit queues one job per model whose latest spec trains on the data set; a retrain request
-queues the model's latest spec on the requested (or latest) data set version. Queuing is
+A data set version recorded by the registry queues one job per model whose latest spec trains on the
+data set; a retrain request queues the model's latest spec on the requested (or latest) data set
+version. Queuing is
 idempotent on the job's natural key (see `services.trainer.jobs`).
 """
 
@@ -15,16 +16,25 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.bus import Outbox
 from mlops.bus.tracing import current_traceparent
-from mlops.errors import InvalidArgument, NotFound
+from mlops.errors import IntegrityError, InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
 from mlops.registry.v1 import registry_pb2 as pb
+from services.trainer.clients import RegistryClient
 from services.trainer.jobs import JobQueue
-from services.trainer.runs import RegistryClient, now
+from services.trainer.runs import now
 
 log = logging.getLogger(__name__)
 
 QUEUED = Counter("mlops_trainer_jobs_queued_total", "Training jobs queued, by trigger", ["trigger"])
 STAGE = training_pb2.TrainingStage
+
+
+def check_trigger(trigger: int, field: str) -> None:
+    """Refuse a trigger this trainer does not know: it would be carried into every event of the job,
+    and label the queued-jobs metric with any number."""
+    if trigger not in common_pb2.TrainingTrigger.values():
+        known = ", ".join(common_pb2.TrainingTrigger.keys())
+        raise InvalidArgument(f"{field} {trigger} is not a TrainingTrigger ({known})")
 
 
 class JobIntake:
@@ -33,36 +43,39 @@ class JobIntake:
         self.outbox = outbox
         self.jobs = jobs
 
-    async def queue_for_data_commit(
-        self, event: data_pb2.DataCommitted, *, event_id: str, session: AsyncSession
+    async def queue_for_recorded(
+        self, event: data_pb2.DatasetVersionRecorded, *, event_id: str, session: AsyncSession
     ) -> list[str]:
-        """One job per model whose latest spec trains on the committed data set; returns the new job ids."""
+        """One job per model whose latest spec trains on the recorded data set; returns the new job ids.
+
+        The registry alone records data set versions; this is its record, confirmed against it before
+        anything is queued. A version committed to retrain one model (`event.retrain`, the monitor's
+        single intent) trains that model with the intent's trigger; the data set's other models train
+        on it as on any new data.
+        """
+        span = trace.get_current_span()
+        span.set_attributes({"mlops.dataset.name": event.dataset, "mlops.dataset.version": event.version})
+        intent = event.retrain if event.HasField("retrain") else None
+        if intent is not None:
+            check_trigger(intent.trigger, "DatasetVersionRecorded.retrain.trigger")
         specs = await self.registry.specs_for_dataset(event.dataset)
         if not specs:
-            log.info("data set %s committed; no model spec trains on it", event.dataset)
+            log.info("%s v%d recorded; no model spec trains on it", event.dataset, event.version)
             return []
-        # Numbered by the registry itself (idempotent on name + sha256), so the trainer never waits
-        # for, or races, the registry's own consumer of the same event.
-        request = pb.RecordDatasetVersionRequest(
-            dataset=event.dataset,
-            uri=event.uri,
-            sha256=event.sha256,
-            format=event.format,
-            row_count=event.row_count,
-            parent_sha256=event.parent_sha256,
-            committed_by=event.committed_by,
-            labels=event.labels,
-            source_event_id=event_id,
-        )
-        if event.HasField("committed_at"):
-            request.committed_at.CopyFrom(event.committed_at)
-        recorded = (await self.registry.call("RecordDatasetVersion", request)).dataset_version
-        trace.get_current_span().set_attribute("mlops.dataset.version", recorded.version)
+        dataset = await self.registry.dataset_version(event.dataset, event.version)
+        if dataset.sha256 != event.sha256:
+            raise IntegrityError(
+                f"DatasetVersionRecorded says {event.dataset} v{event.version} has sha256 {event.sha256}, "
+                f"the registry holds {dataset.sha256}"
+            )
+        # the user's commit is what the job answers to: its ce_id, kept with the version
+        origin = dataset.source_event_id or event_id
         queued = []
         for spec in specs:
-            job_id = await self._enqueue(
-                session, spec, recorded, common_pb2.TRAINING_TRIGGER_DATA_COMMITTED, event_id
-            )
+            trigger = common_pb2.TRAINING_TRIGGER_DATA_COMMITTED
+            if intent is not None and spec.model == intent.model:
+                trigger = intent.trigger or common_pb2.TRAINING_TRIGGER_DRIFT
+            job_id = await self._enqueue(session, spec, dataset, trigger, origin)
             if job_id:
                 queued.append(job_id)
         return queued
@@ -75,28 +88,19 @@ class JobIntake:
         A request that names a model with no spec is refused (the event goes to the dead-letter topic
         with the reason): there is nobody to answer. One that names a data set version the model's data
         set lacks is answered with TrainingFailed (stage RESOLVE) rather than retried: nothing will make
-        it succeed later. A trigger this
-        trainer does not know is refused (the event goes to the dead-letter topic): it would be
-        carried into every event of the job, and label the queued-jobs metric with any number.
+        it succeed later. A trigger this trainer does not know is refused (dead-letter topic).
         """
-        if event.trigger not in common_pb2.TrainingTrigger.values():
-            known = ", ".join(common_pb2.TrainingTrigger.keys())
-            raise InvalidArgument(
-                f"RetrainRequested.trigger {event.trigger} is not a TrainingTrigger ({known})"
-            )
+        check_trigger(event.trigger, "RetrainRequested.trigger")
         span = trace.get_current_span()
         span.set_attribute("mlops.model.name", event.model)
         try:
-            spec = await self.registry.call("GetModelSpec", pb.GetModelSpecRequest(model=event.model))
+            spec = await self.registry.model_spec(event.model)
         except NotFound as error:
             raise NotFound(
                 f"RetrainRequested names model {event.model!r}, which has no spec: {error.message}"
             ) from None
         try:
-            lookup = pb.GetDatasetVersionRequest(dataset=spec.spec.spec.dataset)
-            if event.dataset_version:
-                lookup.version = event.dataset_version
-            dataset = await self.registry.call("GetDatasetVersion", lookup)
+            dataset = await self.registry.dataset_version(spec.spec.spec.dataset, event.dataset_version)
         except NotFound as error:
             await self.outbox.add(
                 session,

@@ -11,11 +11,11 @@ from opentelemetry import trace
 
 from mlops.errors import MlopsError
 from mlops.events.v1 import training_pb2
-from mlops.grpc import raise_typed
 from mlops.jaeger import TRACE_TAG
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
+from services.trainer.clients import RegistryClient
 from services.trainer.jobs import Job
 from services.trainer.training import EpochRecord, TrainingParams, TrainOutcome
 
@@ -46,29 +46,6 @@ class JobFailed(Exception):
         self.retryable = retryable
 
 
-class RegistryClient:
-    """The registry calls the trainer makes, with a deadline and typed errors."""
-
-    def __init__(self, stub, timeout_s: float) -> None:
-        self.stub = stub
-        self.timeout_s = timeout_s
-
-    async def call(self, method: str, request):
-        with raise_typed():
-            return await getattr(self.stub, method)(request, timeout=self.timeout_s)
-
-    async def specs_for_dataset(self, dataset: str) -> list[pb.ModelSpecVersion]:
-        specs, token = [], ""
-        while True:
-            page = await self.call(
-                "ListModelSpecs", pb.ListModelSpecsRequest(dataset=dataset, page_size=500, page_token=token)
-            )
-            specs.extend(page.specs)
-            token = page.next_page_token
-            if not token:
-                return specs
-
-
 class RunBook:
     """Runs and model versions of training jobs, in the registry (and the artifact store)."""
 
@@ -79,8 +56,7 @@ class RunBook:
     async def create(
         self, job: Job, run_id: str, params: TrainingParams, hardware: pb.Hardware, parent_run_id: str = ""
     ) -> None:
-        await self.registry.call(
-            "CreateRun",
+        await self.registry.create_run(
             pb.CreateRunRequest(
                 run_id=run_id,
                 model=job.model,
@@ -97,8 +73,7 @@ class RunBook:
         )
 
     async def log_epochs(self, run_id: str, history: list[EpochRecord]) -> None:
-        await self.registry.call(
-            "LogRunMetrics",
+        await self.registry.log_run_metrics(
             pb.LogRunMetricsRequest(
                 run_id=run_id,
                 epochs=[
@@ -127,7 +102,7 @@ class RunBook:
             if outcome is not None:
                 request.metrics.update(parity_metrics(outcome))
             request.model_version = model_version
-        await self.registry.call("FinishRun", request)
+        await self.registry.finish_run(request)
 
     async def register(self, job: Job, run_id: str, outcome: TrainOutcome) -> pb.ModelVersion:
         spec = job.spec.spec.spec
@@ -155,8 +130,7 @@ class RunBook:
             "register model", attributes={"mlops.model.name": job.model}
         ) as span:
             try:
-                response = await self.registry.call(
-                    "RegisterModelVersion",
+                response = await self.registry.register_model_version(
                     pb.RegisterModelVersionRequest(
                         model=job.model,
                         run_id=run_id,

@@ -237,13 +237,14 @@ def test_data_commit_then_list_and_show(registry, tmp_path, jaeger_url):
     missing = mlops(registry, "data", "show", f"{dataset}@9")
     assert missing.returncode == 3 and "error:" in missing.stderr
 
-    # One trace: the CLI's span, its S3 and gRPC calls, the publish, and the registry's side of each.
+    # One trace: the CLI's span, its S3 and gRPC calls, the registry's side, and its announcement of
+    # the version (the registry alone records data; the CLI publishes nothing).
     trace_id = committed["traceId"]
     wanted = {
         ("mlops-cli", "mlops data commit"),
         ("mlops-cli", "/mlops.registry.v1.Registry/RecordDatasetVersion"),
-        ("mlops-cli", "publish mlops.data.committed"),
         ("mlops-registry", "/mlops.registry.v1.Registry/RecordDatasetVersion"),
+        ("mlops-registry", "publish mlops.dataset.recorded"),
     }
     deadline = time.monotonic() + 30
     seen: set[tuple[str, str]] = set()
@@ -254,6 +255,7 @@ def test_data_commit_then_list_and_show(registry, tmp_path, jaeger_url):
         time.sleep(0.5)
     assert wanted <= seen, f"missing {wanted - seen}; seen {sorted(seen)}"
     assert any(span.service == "mlops-cli" and span.name.startswith("S3.") for span in spans)
+    assert not any(span.service == "mlops-cli" and span.name.startswith("publish ") for span in spans)
 
 
 def _register_versions(registry: str, model: str, count: int) -> str:

@@ -32,8 +32,14 @@ from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.settings import BusSettings
 from mlops.store import open_store
+from services.registry.core import RegistryCore
+from services.registry.datasets import DatasetChecker
+from services.registry.handlers import RegistryHandlers
+from services.registry.settings import RegistrySettings
+from services.registry.tables import SCHEMA as REGISTRY_SCHEMA
 from services.trainer.__main__ import MIGRATIONS, stop_pool, training_pool
-from services.trainer.core import RegistryClient, TrainerCore
+from services.trainer.clients import RegistryClient
+from services.trainer.core import TrainerCore
 from services.trainer.handlers import TrainerHandlers
 from services.trainer.jobs import JobQueue, job_key
 from services.trainer.settings import TrainerSettings
@@ -86,7 +92,9 @@ async def registry():
                 pytrace=False,
             )
     channel = open_channel(settings.registry_addr)
-    yield registry_pb2_grpc.RegistryStub(channel)
+    stub = registry_pb2_grpc.RegistryStub(channel)
+    stub.channel = channel
+    yield stub
     await channel.close()
 
 
@@ -123,7 +131,7 @@ async def trainer(database, kafka, trainer_bus, registry, artifact_settings, tel
     core = TrainerCore(
         database=database,
         outbox=Outbox(SCHEMA, source="mlops-trainer-tests", topic_prefix=PREFIX),
-        registry=RegistryClient(registry, settings.registry_timeout_s),
+        registry=RegistryClient(registry.channel, timeout_s=settings.registry_timeout_s),
         store=open_store(artifact_settings),
         pool=pool,
         settings=settings,
@@ -138,13 +146,42 @@ async def trainer(database, kafka, trainer_bus, registry, artifact_settings, tel
         inbox=Inbox(SCHEMA),
         from_end=True,
     )
-    consumer.subscribe(data_pb2.DataCommitted, handlers.on_data_committed)
+    consumer.subscribe(data_pb2.DatasetVersionRecorded, handlers.on_dataset_recorded)
     consumer.subscribe(training_pb2.RetrainRequested, handlers.on_retrain_requested)
     relay = OutboxRelay(database, SCHEMA, publisher, trainer_bus)
+    # The registry's side of a commit on the tests' topics: it records the version (object and sha256
+    # checked, schema read) and its outbox carries DatasetVersionRecorded to the trainer, as in the stack.
+    registry_core = RegistryCore(
+        database,
+        Outbox(REGISTRY_SCHEMA, source="mlops-registry-tests", topic_prefix=PREFIX),
+        RegistrySettings(),
+        DatasetChecker(open_store(artifact_settings)),
+    )
+    recorder = EventConsumer(
+        kafka,
+        trainer_bus,
+        group_id=f"tests-trainer-registry-{uuid.uuid4().hex[:8]}",
+        publisher=publisher,
+        database=database,
+        inbox=Inbox(REGISTRY_SCHEMA),
+        from_end=True,
+    )
+    recorder.subscribe(data_pb2.DataCommitted, RegistryHandlers(registry_core).on_data_committed)
+    registry_relay = OutboxRelay(database, REGISTRY_SCHEMA, publisher, trainer_bus)
     await consumer.start()
+    await recorder.start()
     await consumer.wait_assigned()
-    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(relay.run()), *core.start_workers()]
+    await recorder.wait_assigned()
+    tasks = [
+        asyncio.create_task(consumer.run()),
+        asyncio.create_task(recorder.run()),
+        asyncio.create_task(relay.run()),
+        asyncio.create_task(registry_relay.run()),
+        *core.start_workers(),
+    ]
     yield InProcessTrainer(publisher, core)
+    await recorder.stop()
+    await registry_relay.stop()
     await consumer.stop()
     await core.stop()
     await stop_pool(pool)
@@ -285,7 +322,9 @@ async def test_wine_commit_trains_two_models_identically_and_registers_checked_o
         return spans, by_name, train
 
     spans, by_name, train = await eventually(training_traced, timeout_s=20, what="the training in Jaeger")
-    process = by_name[f"process {PREFIX}mlops.data.committed"]
+    # the commit is recorded by the registry; the trainer trains on the registry's record
+    assert f"process {PREFIX}mlops.data.committed" in by_name
+    process = by_name[f"process {PREFIX}mlops.dataset.recorded"]
     assert train.parent_id == process.span_id
     assert train.attributes["mlops.dataset.name"] == dataset
     assert train.attributes["mlops.model.version"] == 1
@@ -298,7 +337,9 @@ async def test_wine_commit_trains_two_models_identically_and_registers_checked_o
     fresh_id = f"fresh-{unique}"
     await trainer.publish(commit(dataset, uri, sha), event_id=fresh_id)
 
-    await eventually(lambda: _inbox_has(database, fresh_id), timeout_s=30, what="the fresh replay handled")
+    await eventually(
+        lambda: _inbox_has(database, fresh_id, REGISTRY_SCHEMA), timeout_s=30, what="the fresh replay handled"
+    )
     await asyncio.sleep(1.0)  # a job queued by mistake would be claimed well within this
     for model in models:
         listed = await registry.ListModelVersions(pb.ListModelVersionsRequest(model=model))
@@ -312,11 +353,11 @@ async def test_wine_commit_trains_two_models_identically_and_registers_checked_o
     ]
 
 
-async def _inbox_has(database, event_id: str) -> bool:
+async def _inbox_has(database, event_id: str, schema: str = SCHEMA) -> bool:
     async with database.session() as session:
         row = (
             await session.exec(
-                text(f'SELECT 1 FROM "{SCHEMA}".inbox WHERE event_id = :e'), params={"e": event_id}
+                text(f'SELECT 1 FROM "{schema}".inbox WHERE event_id = :e'), params={"e": event_id}
             )
         ).first()
     return row is not None
@@ -650,3 +691,45 @@ async def test_a_job_row_no_worker_can_read_is_failed_once_not_claimed_forever(d
     assert status["failed_stage"] == training_pb2.TRAINING_STAGE_RESOLVE
     assert status["error"].startswith("unreadable job row: DecodeError"), status["error"]
     assert await queue.claim("w", lease_s=0.01) is None and (await queue.status(job_id))["attempts"] == 1
+
+
+async def test_data_committed_to_retrain_one_model_trains_it_with_the_intents_trigger(
+    trainer, registry, events, artifact_settings, tmp_path, unique
+):
+    """The monitor's single intent: data assembled for one model's retrain, committed as data. The
+    registry records it once; the named model trains with the drift trigger, the data set's other
+    model trains on it as on any new data."""
+    trained_reader, _ = events
+    dataset = f"intent-{unique}"
+    drifted, other = f"intent-a-{unique}", f"intent-b-{unique}"
+    uri, sha = await upload(artifact_settings, dataset, load_wine(as_frame=True).frame, tmp_path)
+    for model in (drifted, other):
+        await registry.ApplyModelSpec(
+            pb.ApplyModelSpecRequest(spec=spec_for(model, dataset), applied_by="tests")
+        )
+    event = commit(dataset, uri, sha)
+    event.retrain.CopyFrom(
+        data_pb2.RetrainIntent(
+            model=drifted,
+            trigger=common_pb2.TRAINING_TRIGGER_DRIFT,
+            reason="psi drift for 2 windows",
+            cause_event_id=f"drift-{unique}",
+            requested_by="mlops-monitor",
+        )
+    )
+    await trainer.publish(event)
+    results = {}
+
+    def collect(record) -> bool:
+        trained = training_pb2.ModelTrained.FromString(record.value)
+        if trained.model in (drifted, other):
+            results[trained.model] = trained
+        return len(results) == 2
+
+    await read_until(trained_reader, collect, timeout_s=120)
+    assert results[drifted].trigger == common_pb2.TRAINING_TRIGGER_DRIFT
+    assert results[other].trigger == common_pb2.TRAINING_TRIGGER_DATA_COMMITTED
+    recorded = await registry.GetDatasetVersion(pb.GetDatasetVersionRequest(dataset=dataset))
+    assert recorded.retrain.model == drifted and recorded.retrain.cause_event_id == f"drift-{unique}"
+    listed = await registry.ListDatasetVersions(pb.ListDatasetVersionsRequest(dataset=dataset))
+    assert [v.version for v in listed.versions] == [1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mlops.bus import acl
-from mlops.bus.catalog import DLQ_SUFFIX, all_events
+from mlops.event_catalog import DLQ_SUFFIX, all_events
 
 
 def allowed(identity: str, operation: str, topic: str, prefix: str = "") -> bool:
@@ -25,7 +25,12 @@ def test_every_event_of_the_catalog_has_one_writer_and_a_dead_letter_topic() -> 
 def test_the_monitor_commits_the_data_sets_it_assembles_and_requests_retraining() -> None:
     assert allowed("monitor", "WRITE", "mlops.data.committed")
     assert allowed("monitor", "WRITE", "mlops.retrain.requested")
-    assert allowed("trainer", "READ", "mlops.data.committed")
+    assert allowed("registry", "WRITE", "mlops.retrain.requested"), "people's requests, stated by the registry"
+
+
+def test_the_trainer_trains_on_the_registrys_records_not_on_raw_commits() -> None:
+    assert allowed("trainer", "READ", "mlops.dataset.recorded")
+    assert not allowed("trainer", "READ", "mlops.data.committed")
     assert not allowed("trainer", "WRITE", "mlops.data.committed")
 
 
@@ -65,8 +70,8 @@ def test_each_service_reads_what_it_subscribes_to_and_writes_its_dead_letters() 
     assert allowed("monitor", "WRITE", "mlops.groundtruth.logged.dlq")
     assert allowed("inference", "READ", "mlops.deployments.desired")
     assert allowed("inference", "WRITE", "mlops.deployments.desired.dlq")
-    readers = acl.topic_access()["mlops.data.committed"].readers
-    assert readers == {"registry", "trainer"}
+    assert acl.topic_access()["mlops.data.committed"].readers == {"registry"}
+    assert acl.topic_access()["mlops.dataset.recorded"].readers == {"trainer"}
 
 
 def test_consumer_groups_are_prefixed_per_service_and_inference_has_none() -> None:

@@ -26,7 +26,7 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from mlops.bus.catalog import DLQ_SUFFIX, all_events, spec_for
+from mlops.event_catalog import DLQ_SUFFIX, all_events, spec_for
 from mlops.events.v1 import data_pb2, deployment_pb2, evaluation_pb2, model_pb2, monitoring_pb2, training_pb2
 
 OUTBOX_DEAD_LETTERS = "mlops.outbox" + DLQ_SUFFIX
@@ -64,17 +64,18 @@ WRITER: dict[type[Message], str] = {
 """The one identity that owns each event (each fact has one writer)."""
 
 ALSO_WRITES: dict[str, tuple[type[Message], ...]] = {
-    # `request retrain` assembles a data set from the inference log and ground truth and commits
-    # it as any pipeline would, before its RetrainRequested (services/monitor/core.py)
+    # a retrain on data assembled from the inference log and ground truth is stated as one intent:
+    # the data, committed as any pipeline would, carrying the retrain it is for
     "monitor": (data_pb2.DataCommitted,),
+    # people ask for a retrain through Registry.RequestRetrain, which states it for them
+    "registry": (training_pb2.RetrainRequested,),
 }
 """The few services that also publish an event another identity owns, and why."""
 
 READS: dict[str, tuple[type[Message], ...]] = {
     "registry": (data_pb2.DataCommitted, monitoring_pb2.DriftDetected, monitoring_pb2.PerformanceDegraded),
-    # the trainer subscribes to the raw intent today (services/trainer/__main__.py), not yet to
-    # the registry's DatasetVersionRecorded that DESIGN.md names: the ACL follows the code
-    "trainer": (data_pb2.DataCommitted, training_pb2.RetrainRequested),
+    # the registry's checked record, never the raw DataCommitted: the registry alone records data
+    "trainer": (data_pb2.DatasetVersionRecorded, training_pb2.RetrainRequested),
     "evaluator": (training_pb2.ModelTrained,),
     "deployer": (evaluation_pb2.ModelEvaluated,),
     "inference": (deployment_pb2.DesiredState,),

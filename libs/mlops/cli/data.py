@@ -1,9 +1,8 @@
-"""`mlops data`: commit a snapshot (schema, upload, record, publish), list and show data sets."""
+"""`mlops data`: commit a snapshot (upload, then the registry records it), list and show data sets."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -20,14 +19,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from mlops.cli.context import CliContext, cli_context, current_user, tracer
+from mlops.cli.context import CliContext, cli_context, current_user
 from mlops.cli.output import Output, mapping, message_to_dict, short_sha, timestamp, version
 from mlops.cli.refs import RefError, parse_dataset_ref, parse_labels
-from mlops.cli.schema import TableSchema, format_of, infer_schema
+from mlops.cli.schema import format_of
 from mlops.errors import FailedPrecondition, MlopsError, NotFound, Unavailable
-from mlops.events.v1 import data_pb2
 from mlops.registry.v1 import registry_pb2
-from mlops.settings import ArtifactSettings, BusSettings, KafkaSettings
+from mlops.settings import ArtifactSettings
 from mlops.telemetry import current_trace_id
 
 app = typer.Typer(help="Commit data snapshots and inspect data sets.", no_args_is_help=True)
@@ -68,23 +66,6 @@ async def _upload(settings: ArtifactSettings, dataset: str, path: Path, on_bytes
     return ref.uri, ref.sha256
 
 
-async def _publish(event: data_pb2.DataCommitted, event_id: str) -> None:
-    from aiokafka.errors import KafkaError
-
-    from mlops.bus import EventPublisher
-
-    publisher = EventPublisher(KafkaSettings(), BusSettings(), source="mlops-cli")
-    try:
-        try:
-            await publisher.start()
-            await publisher.publish(event, event_id=event_id)
-        finally:
-            with contextlib.suppress(Exception):  # also after a failed start, which leaves it half open
-                await publisher.stop()
-    except KafkaError as error:
-        raise Unavailable(f"Kafka ({KafkaSettings().bootstrap}): {error}") from None
-
-
 async def _commit(
     cli: CliContext,
     path: Path,
@@ -93,13 +74,11 @@ async def _commit(
     labels: dict[str, str],
     committed_by: str,
 ) -> dict:
+    """Upload the file and have the registry record it: the registry reads it back, checks its sha256,
+    infers its schema and announces the version (DatasetVersionRecorded), which starts training."""
     size = await asyncio.to_thread(lambda: path.stat().st_size)
     span = trace.get_current_span()
     with _progress(cli.output, size) as progress:
-        reading = progress.add_task(f"reading {path.name}", total=size)
-        with tracer.start_as_current_span("infer schema", attributes={"mlops.dataset.format": fmt}):
-            schema: TableSchema = infer_schema(path, fmt, progress=lambda n: progress.advance(reading, n))
-        progress.remove_task(reading)
         uploading = progress.add_task(f"uploading {path.name}", total=size)
         uri, sha256 = await _upload(
             ArtifactSettings(), dataset, path, lambda n: progress.advance(uploading, n)
@@ -121,7 +100,6 @@ async def _commit(
             parent = latest.sha256
         committed_at = Timestamp()
         committed_at.GetCurrentTime()
-        event_id = str(uuid.uuid4())
         recorded = await cli.call(
             registry.RecordDatasetVersion,
             registry_pb2.RecordDatasetVersionRequest(
@@ -129,40 +107,21 @@ async def _commit(
                 uri=uri,
                 sha256=sha256,
                 format=fmt,
-                row_count=schema.row_count,
-                columns=schema.columns,
                 parent_sha256=parent,
                 committed_by=committed_by,
                 labels=labels,
                 committed_at=committed_at,
-                source_event_id=event_id,
+                # the commit's id: kept with the version, and the id training jobs answer to
+                source_event_id=str(uuid.uuid4()),
             ),
         )
     version_recorded = recorded.dataset_version
     span.set_attribute("mlops.dataset.version", version_recorded.version)
-    if not recorded.created and version_recorded.source_event_id:
-        # The same bytes again: republish the original event id, so that consumers that handled it
-        # skip it and one whose delivery failed last time gets it now.
-        event_id = version_recorded.source_event_id
-    event = data_pb2.DataCommitted(
-        dataset=dataset,
-        uri=uri,
-        sha256=sha256,
-        format=fmt,
-        committed_by=committed_by,
-        row_count=schema.row_count,
-        parent_sha256=parent,
-        labels=labels,
-        committed_at=committed_at,
-    )
-    try:
-        await _publish(event, event_id)
-    except Unavailable as error:
-        raise Unavailable(
-            f"{dataset} v{version_recorded.version} was recorded, but DataCommitted could not be published "
-            f"({error.message}); committing the same file again is safe and publishes it"
-        ) from None
-    return {"recorded": recorded, "event_id": event_id, "trace_id": current_trace_id() or ""}
+    return {
+        "recorded": recorded,
+        "event_id": version_recorded.source_event_id,
+        "trace_id": current_trace_id() or "",
+    }
 
 
 @app.command("commit")
@@ -186,8 +145,9 @@ def commit(
         ),
     ] = None,
 ) -> None:
-    """Commit a snapshot: infer its schema, upload it content-addressed, record the version, publish
-    DataCommitted (which starts training of every model whose spec names the data set)."""
+    """Commit a snapshot: upload it content-addressed and have the registry record it (it checks the
+    bytes and reads the schema); the recorded version starts training of every model whose spec
+    names the data set."""
     cli = cli_context(ctx)
     try:
         labels = parse_labels(label or [])
@@ -215,7 +175,7 @@ def commit(
             ("sha256", dv.sha256),
             ("rows", f"{dv.row_count} × {len(dv.columns)} columns"),
             ("parent", _parent(dv)),
-            ("event", f"DataCommitted {result['event_id']}"),
+            ("commit", result["event_id"]),
             ("trace", result["trace_id"] or "-"),
         ]
     )

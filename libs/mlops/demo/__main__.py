@@ -1,14 +1,14 @@
 """`make demo`: the closed loop on the local stack, driven the way users drive it.
 
 1. `mlops apply -f wine-quality.yaml` declares the model: training, gate, canary rollout, monitor policy.
-2. `mlops data commit wine.csv` stores scikit-learn's bundled wine data set, records the version and
-   publishes `DataCommitted`. The trainer trains it (torch → ONNX), the evaluator gates it, the
+2. `mlops data commit wine.csv` stores scikit-learn's bundled wine data set; the registry records the
+   version and announces it (`DatasetVersionRecorded`). The trainer trains it (torch → ONNX), the evaluator gates it, the
    deployer puts it in production and the inference servers load it.
 3. Clients call the model over the Open Inference Protocol, and the truth of each answer is
    published later as `GroundTruthLogged`. First the traffic looks like the training data: no alarm.
 4. Then it shifts, as it does when an upstream system changes. The monitor sees the drift for the
-   spec's number of windows, commits the labelled drifted traffic as a new data set version, and
-   the loop runs again: retrain → evaluation against the champion → canary steps judged on live
+   spec's number of windows, commits the labelled drifted traffic as data for a retrain (one
+   `DataCommitted` carrying the intent; the registry records it), and the loop runs again: retrain → evaluation against the champion → canary steps judged on live
    health → a new production version.
 5. A summary (versions, metrics, gate verdicts, rollout steps, drift scores, the loop's own overhead)
    and the trace of the loop, drawn from Jaeger, with its link.
@@ -53,6 +53,7 @@ SHIFT = {"alcohol": 2.5, "flavanoids": 2.5, "color_intensity": 2.5, "proline": 2
 
 FOLLOWED = [
     data_pb2.DataCommitted,
+    data_pb2.DatasetVersionRecorded,
     training_pb2.TrainingStarted,
     training_pb2.ModelTrained,
     training_pb2.TrainingFailed,
@@ -99,6 +100,9 @@ def describe(event) -> str:
     match event:
         case data_pb2.DataCommitted():
             return f"DataCommitted     {event.dataset} {event.sha256[:12]} by {event.committed_by or '?'}"
+        case data_pb2.DatasetVersionRecorded():
+            why = f" to retrain {event.retrain.model}" if event.HasField("retrain") else ""
+            return f"DatasetRecorded   {event.dataset}@{event.version} {event.sha256[:12]}{why}"
         case training_pb2.TrainingStarted():
             return f"TrainingStarted   {event.model} on {event.dataset}@{event.dataset_version}"
         case training_pb2.ModelTrained():
@@ -359,7 +363,8 @@ def loop_overhead(tail: EventTail, version: int) -> float | None:
     committed = [
         s
         for s in tail.seen
-        if isinstance(s.event, data_pb2.DataCommitted) and s.event.sha256 == trained.event.dataset_sha256
+        if isinstance(s.event, data_pb2.DataCommitted | data_pb2.DatasetVersionRecorded)
+        and s.event.sha256 == trained.event.dataset_sha256
     ]
     if not committed:
         return None
