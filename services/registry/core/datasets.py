@@ -52,6 +52,17 @@ def check_record_request(request: pb.RecordDatasetVersionRequest) -> None:
     need(request.row_count >= 0, "row_count must not be negative")
     if request.parent_sha256:
         check_sha(request.parent_sha256, "parent_sha256")
+    if request.HasField("retrain"):
+        intent = request.retrain
+        need(
+            bool(intent.model),
+            "retrain.model is required when the commit states a retrain: the model to retrain",
+        )
+        need(
+            intent.trigger in common_pb2.TrainingTrigger.values(),
+            f"retrain.trigger {intent.trigger} is not a TrainingTrigger "
+            f"({', '.join(common_pb2.TrainingTrigger.keys())})",
+        )
 
 
 def commit_request(
@@ -71,6 +82,8 @@ def commit_request(
     )
     if event.HasField("committed_at"):
         request.committed_at.CopyFrom(event.committed_at)
+    if event.HasField("retrain"):
+        request.retrain.CopyFrom(event.retrain)
     return request
 
 
@@ -98,6 +111,7 @@ def new_version(
         committed_at=timestamp(moment(request.committed_at, recorded_at)),
         recorded_at=timestamp(recorded_at),
         source_event_id=request.source_event_id,
+        retrain=request.retrain if request.HasField("retrain") else None,
     )
 
 
