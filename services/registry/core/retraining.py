@@ -47,7 +47,7 @@ class Retraining:
         """State a manual retrain of `request.model` on a checked data set version; returns the event's id."""
         check_retrain(request)
         spec = await self.specs.get_model_spec(pb.GetModelSpecRequest(model=request.model))
-        trains_on = spec.spec.dataset
+        trains_on = spec.spec.spec.dataset
         check_trains_on(request, trains_on)
         lookup = pb.GetDatasetVersionRequest(dataset=trains_on)
         if request.dataset_version:
