@@ -132,7 +132,7 @@ async def update_tags(session: AsyncSession, *, record: pb.ModelVersion) -> None
     )
 
 
-def _order_sql(order: SortOrder, params: dict[str, object]) -> str:
+def order_sql(order: SortOrder, params: dict[str, object]) -> str:
     if not order.field:
         return "v.created_at DESC, v.model, v.version DESC"
     if order.field in ("created_at", "version"):
@@ -181,8 +181,8 @@ async def search_versions(
     if request.HasField("created_before"):
         where.append("v.created_at < :before")
         params["before"] = moment(request.created_before)
-    order_sql = _order_sql(order, params)
-    sql = _WITH_ALIASES + f"WHERE {' AND '.join(where)} ORDER BY {order_sql} LIMIT :limit OFFSET :offset"
+    order_by = order_sql(order, params)
+    sql = _WITH_ALIASES + f"WHERE {' AND '.join(where)} ORDER BY {order_by} LIMIT :limit OFFSET :offset"
     rows = (await session.exec(q(sql), params=params)).all()
     rows, token = page.cut(rows)
     return [_with_aliases(r) for r in rows], token
