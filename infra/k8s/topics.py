@@ -5,7 +5,7 @@ with the ACLs of mlops.bus.acl, the same table the local stack applies.
     python infra/k8s/topics.py            # rewrite the files
     python infra/k8s/topics.py --check    # exit 1 when a file is not what the catalog says
 
-The catalog (mlops.bus.catalog, read from the proto options) is the only list of topics. Partitions
+The catalog (mlops.event_catalog, read from the proto options) is the only list of topics. Partitions
 bound how many replicas of one consumer group share a topic's work; the high-volume inference log
 gets more. The desired-state topic is compacted: the latest DesiredState per model is kept forever.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from mlops.bus import acl
-from mlops.bus.catalog import DLQ_SUFFIX, all_events
+from mlops.event_catalog import DLQ_SUFFIX, all_events
 
 OUTPUT = Path(__file__).parent / "base" / "topics.yaml"
 USERS_OUTPUT = Path(__file__).parent / "overlays" / "production" / "kafka-users.yaml"

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from mlops.bus import EventConsumer, EventPublisher, Handler, Inbox, Outbox, OutboxRelay
+from mlops.bus import EventConsumer, EventPublisher, Handler, Inbox, OutboxRelay
 from mlops.db import Database, migrate
 from mlops.grpc import GrpcServer
 from mlops.grpc.server import Registration
 from mlops.lifecycle import stop_in_order, wait_for_stop
+from mlops.outbox import Outbox
 from mlops.settings import BusSettings, DatabaseSettings, KafkaSettings, ServiceSettings, TelemetrySettings
 from mlops.telemetry import Telemetry, setup_telemetry
 

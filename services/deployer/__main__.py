@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mlops.bus import ensure_topics, spec_for
+from mlops.bus import ensure_topics
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import deployment_pb2, evaluation_pb2
 from mlops.grpc import open_channel
 from mlops.service import ServiceRuntime, run

@@ -9,10 +9,14 @@ an outage the consumer waits out.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mlops.errors import FailedPrecondition, NotFound
 from mlops.events.v1 import evaluation_pb2
-from mlops.grpc.registry import RegistryPeer
 from mlops.registry.v1 import registry_pb2 as pb
+
+if TYPE_CHECKING:  # a gRPC client, passed in by the caller
+    from mlops.grpc.registry import RegistryPeer
 
 
 async def confirmed_evaluation(

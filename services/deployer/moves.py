@@ -7,24 +7,27 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
-from mlops.bus.tracing import context_from_text
 from mlops.db import Database
 from mlops.errors import FailedPrecondition, InvalidArgument, NotFound
 from mlops.events.v1 import deployment_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
+from mlops.tracecontext import context_from_text
 from services.deployer import policy, prometheus, storage
-from services.deployer.clients import MonitorClient, RegistryClient
 from services.deployer.locks import KeyedLocks
 from services.deployer.policy import Share
 from services.deployer.serving import now_ts, state_name
 from services.deployer.settings import DeployerSettings
 from services.deployer.storage import StoredRollout
+
+if TYPE_CHECKING:  # the clients are the gRPC adapters the composition root passes in
+    from services.deployer.clients import MonitorClient, RegistryClient
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.deployer")

@@ -10,10 +10,10 @@ import uuid
 from opentelemetry import trace
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus.tracing import current_traceparent
 from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.errors import FailedPrecondition
 from mlops.events.v1 import deployment_pb2
+from mlops.tracecontext import current_traceparent
 from services.deployer import policy, prometheus, storage
 from services.deployer.moves import RolloutMoves
 from services.deployer.policy import Share

@@ -9,10 +9,14 @@ consumer waits out.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mlops.errors import FailedPrecondition, NotFound
 from mlops.events.v1 import training_pb2
-from mlops.grpc.registry import RegistryPeer
 from mlops.registry.v1 import registry_pb2 as pb
+
+if TYPE_CHECKING:  # a gRPC client, passed in by the caller
+    from mlops.grpc.registry import RegistryPeer
 
 
 async def registered_version(registry: RegistryPeer, trained: training_pb2.ModelTrained) -> pb.ModelVersion:

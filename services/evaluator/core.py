@@ -20,15 +20,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from opentelemetry import trace
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
 from mlops.errors import InvalidArgument
 from mlops.events.v1 import evaluation_pb2, training_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
 from mlops.tabular import (
@@ -42,10 +43,12 @@ from mlops.tabular import (
 )
 from services.evaluator import gates, prometheus, storage
 from services.evaluator.claims import registered_version
-from services.evaluator.clients import RegistryClient
 from services.evaluator.metrics import Slice, classification_metrics, regression_metrics, slices_of
 from services.evaluator.scoring import OnnxModel
 from services.evaluator.settings import EvaluatorSettings
+
+if TYPE_CHECKING:  # the registry's gRPC client, passed in by the composition root
+    from services.evaluator.clients import RegistryClient
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.evaluator")

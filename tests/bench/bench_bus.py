@@ -25,8 +25,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata
 
-from mlops.bus import EventConsumer, EventPublisher, ensure_topics, spec_for
+from mlops.bus import EventConsumer, EventPublisher, ensure_topics
 from mlops.bus.admin import with_dead_letters
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import data_pb2
 from mlops.settings import BusSettings, KafkaSettings
 from mlops.telemetry import setup_telemetry

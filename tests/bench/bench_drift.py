@@ -247,9 +247,10 @@ async def run_ingest(prefix: str, batches: int, store_predictions: bool) -> dict
 
     from sqlalchemy import text
 
-    from mlops.bus import EventPublisher, Outbox
+    from mlops.bus import EventPublisher
     from mlops.db import Database, migrate
     from mlops.grpc import open_channel
+    from mlops.outbox import Outbox
     from mlops.settings import ArtifactSettings, BusSettings, DatabaseSettings, KafkaSettings
     from mlops.store import open_store
     from services.monitor import prometheus

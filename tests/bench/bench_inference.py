@@ -367,7 +367,8 @@ def measure(
 
 
 def publish_desired_state(model: dict, uri: str, sha256: str, batch: int, wait_us: int) -> None:
-    from mlops.bus import EventPublisher, ensure_topics, spec_for
+    from mlops.bus import EventPublisher, ensure_topics
+    from mlops.event_catalog import spec_for
     from mlops.events.v1 import common_pb2, deployment_pb2
     from mlops.settings import BusSettings, KafkaSettings
 

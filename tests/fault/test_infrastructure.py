@@ -35,7 +35,7 @@ TURN_EVENTS = (
 
 
 async def published_for(kafka_settings, model: str, since) -> dict[str, int]:
-    from mlops.bus.catalog import spec_for
+    from mlops.event_catalog import spec_for
     from tests.fault.conftest import read_since
 
     counts = {}
@@ -47,7 +47,7 @@ async def published_for(kafka_settings, model: str, since) -> dict[str, int]:
 
 
 async def turn_offsets(kafka_settings):
-    from mlops.bus.catalog import spec_for
+    from mlops.event_catalog import spec_for
     from tests.fault.conftest import end_offsets
 
     return await end_offsets(kafka_settings, [spec_for(event).topic for event in TURN_EVENTS])

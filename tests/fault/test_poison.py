@@ -12,7 +12,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from mlops.bus.catalog import spec_for_topic
+from mlops.event_catalog import spec_for_topic
 from tests.fault.conftest import (
     CONSUMER_GROUPS,
     all_services_running,

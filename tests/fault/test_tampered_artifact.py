@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlparse
 
-from mlops.bus import spec_for
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import deployment_pb2
 from mlops.store import open_store
 from tests.fault.conftest import figures

@@ -15,9 +15,11 @@ from aiokafka import AIOKafkaProducer
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 from sqlalchemy import text
 
-from mlops.bus import DLQ_SUFFIX, Inbox, Outbox, OutboxRelay, spec_for
+from mlops.bus import Inbox, OutboxRelay
 from mlops.bus.producer import deferred_deliveries
+from mlops.event_catalog import DLQ_SUFFIX, spec_for
 from mlops.events.v1 import data_pb2
+from mlops.outbox import Outbox
 from tests.integration.bus_helpers import (
     SCHEMA,
     make_consumer,
@@ -270,7 +272,7 @@ async def test_a_handler_that_keeps_failing_is_retried_then_dead_lettered(kafka,
 CRASHING_WRITER = """
 import asyncio, os, sys
 from sqlalchemy import text
-from mlops.bus import Outbox
+from mlops.outbox import Outbox
 from mlops.db import Database
 from mlops.events.v1 import data_pb2
 from mlops.settings import DatabaseSettings

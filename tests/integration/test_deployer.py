@@ -31,13 +31,14 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from mlops.bus import EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay, ensure_topics, partitions_of
+from mlops.bus import EventConsumer, EventPublisher, Inbox, OutboxRelay, ensure_topics, partitions_of
 from mlops.db import migrate
 from mlops.deployer.v1 import deployer_pb2 as dpb
 from mlops.deployer.v1 import deployer_pb2_grpc
 from mlops.events.v1 import common_pb2, deployment_pb2, evaluation_pb2
 from mlops.grpc import GrpcServer, open_channel
 from mlops.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.settings import BusSettings, GrpcServerSettings
@@ -116,7 +117,7 @@ class Harness:
     watch: dict = field(default_factory=dict)
 
     def topic(self, event) -> str:
-        from mlops.bus import spec_for
+        from mlops.event_catalog import spec_for
 
         return self.bus.topic_prefix + spec_for(event).topic
 

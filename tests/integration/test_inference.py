@@ -34,7 +34,8 @@ from sklearn.datasets import load_diabetes, load_wine
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
-from mlops.bus import EventPublisher, spec_for
+from mlops.bus import EventPublisher
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import common_pb2, deployment_pb2, monitoring_pb2
 from mlops.grpc import open_channel
 from mlops.settings import BusSettings, GrpcClientSettings, KafkaSettings

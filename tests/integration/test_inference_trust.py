@@ -15,7 +15,8 @@ import numpy as np
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
-from mlops.bus import EventPublisher, spec_for
+from mlops.bus import EventPublisher
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import deployment_pb2
 from mlops.grpc import open_channel
 from mlops.registry.v1 import registry_pb2 as pb

@@ -27,11 +27,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 
-from mlops.bus import EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay
+from mlops.bus import EventConsumer, EventPublisher, Inbox, OutboxRelay
 from mlops.db import migrate
 from mlops.events.v1 import common_pb2, data_pb2, monitoring_pb2, training_pb2
 from mlops.grpc import GrpcServer, open_channel
 from mlops.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+from mlops.outbox import Outbox
 from mlops.profile import ReferenceProfile
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc

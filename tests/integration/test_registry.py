@@ -15,10 +15,12 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from google.protobuf import json_format
 
-from mlops.bus import DLQ_SUFFIX, EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay
+from mlops.bus import EventConsumer, EventPublisher, Inbox, OutboxRelay
 from mlops.errors import NotFound
+from mlops.event_catalog import DLQ_SUFFIX
 from mlops.events.v1 import common_pb2, data_pb2, evaluation_pb2, monitoring_pb2
 from mlops.grpc import GrpcServer, open_channel
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.settings import BusSettings, GrpcServerSettings

@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.bus import Envelope, EventContext, Outbox
+from mlops.bus import EventContext
 from mlops.db import migrate
+from mlops.envelope import Envelope
 from mlops.errors import PermissionDenied
 from mlops.events.v1 import data_pb2
 from mlops.grpc import GrpcServer, open_channel
 from mlops.outages import is_outage
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.settings import GrpcServerSettings

@@ -8,8 +8,8 @@ import json
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from mlops.bus.outbox import OutboxRelay
 from mlops.bus.producer import _deliveries
+from mlops.bus.relay import OutboxRelay
 from mlops.settings import BusSettings, KafkaSettings
 
 LIMIT = 1000
@@ -60,7 +60,7 @@ def no_topic_creation(monkeypatch):
     async def ensure(kafka, bus, topics):
         return None
 
-    monkeypatch.setattr("mlops.bus.outbox.ensure_topics", ensure)
+    monkeypatch.setattr("mlops.bus.relay.ensure_topics", ensure)
 
 
 def relay(publisher) -> OutboxRelay:

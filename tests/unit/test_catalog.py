@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mlops.bus import all_events
+from mlops.event_catalog import all_events
 
 EXPECTED = {
     "DataCommitted",

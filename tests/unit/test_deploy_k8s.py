@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.bus.catalog import DLQ_SUFFIX, all_events
+from mlops.event_catalog import DLQ_SUFFIX, all_events
 from mlops.identity import TokenBook
 from mlops.settings import DatabaseSettings, GrpcClientSettings, GrpcServerSettings
 from tests.unit.test_deploy_tools import CACHE, K8S_VERSION, REPO, SERVICES, cached, run, service_exists, tool

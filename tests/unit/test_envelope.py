@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mlops.bus import JSON, MalformedEvent, spec_for
-from mlops.bus.envelope import decode, encode
+from mlops.envelope import JSON, MalformedEvent, decode, encode
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import data_pb2
 
 EVENT = data_pb2.DataCommitted(

@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from mlops.bus.catalog import DLQ_SUFFIX, spec_for_topic
+from mlops.event_catalog import DLQ_SUFFIX, spec_for_topic
 from mlops.settings import BusSettings, KafkaSettings
 
 log = logging.getLogger(__name__)

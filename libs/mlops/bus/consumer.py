@@ -26,17 +26,18 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import envelope, metrics
+from mlops import envelope
+from mlops.bus import metrics
 from mlops.bus.admin import ensure_topics, with_dead_letters
-from mlops.bus.catalog import DLQ_SUFFIX, spec_for
 from mlops.bus.deadletter import dead_letter_headers, reason_of
-from mlops.bus.envelope import Envelope, MalformedEvent
 from mlops.bus.inbox import Inbox
 from mlops.bus.partitions import PartitionWorker
 from mlops.bus.producer import EventPublisher
 from mlops.bus.tracing import extract, start_span
 from mlops.db import Database
+from mlops.envelope import Envelope, MalformedEvent
 from mlops.errors import MlopsError
+from mlops.event_catalog import DLQ_SUFFIX, spec_for
 from mlops.outages import is_outage
 from mlops.settings import BusSettings, KafkaSettings
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mlops.bus.envelope import rfc3339
+from mlops.envelope import rfc3339
 from mlops.errors import MlopsError
 
 

@@ -13,9 +13,10 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 
-from mlops.bus import envelope, metrics
-from mlops.bus.catalog import spec_for
+from mlops import envelope
+from mlops.bus import metrics
 from mlops.bus.tracing import inject, start_span
+from mlops.event_catalog import spec_for
 from mlops.settings import BusSettings, KafkaSettings
 
 # While a consumer handles a batch, publishes only enqueue; the consumer awaits every delivery

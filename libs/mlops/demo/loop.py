@@ -22,8 +22,8 @@ from google.protobuf.message import Message
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc as oip_grpc
 from mlops.bus import EventPublisher, ensure_topics, partitions_of
-from mlops.bus.catalog import spec_for
-from mlops.bus.envelope import Envelope, decode
+from mlops.envelope import Envelope, decode
+from mlops.event_catalog import spec_for
 from mlops.events.v1 import monitoring_pb2
 from mlops.grpc import open_channel
 from mlops.settings import BusSettings, KafkaSettings

@@ -1,7 +1,8 @@
 """What the proto tree says about each event: its topic, its CloudEvents type and its key field.
 
 The options live on the messages themselves (`protos/mlops/events/v1/options.proto`), so the proto
-tree stays the only place where a topic name is written down.
+tree stays the only place where a topic name is written down. Protobuf only: a core that names the
+topic of an event it queues needs neither Kafka nor gRPC for it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ DLQ_SUFFIX = ".dlq"
 
 @dataclass(frozen=True)
 class EventSpec:
-    """One event type as the bus sees it."""
+    """One event type: its message, topic, CloudEvents type and key."""
 
     message: type[Message]
     topic: str

@@ -1,9 +1,8 @@
-"""The transactional outbox and its relay.
+"""The transactional outbox, the publishing side: the relay from a schema's outbox table to Kafka.
 
-`Outbox.add` writes an event into the service's schema inside the caller's transaction, so the
-event exists if and only if the state change committed. `OutboxRelay` publishes committed rows in
-order and deletes them once Kafka has acknowledged them; a crash in between republishes with the
-same `ce_id`, which consumers' inboxes de-duplicate. Commits wake the relay through NOTIFY.
+`mlops.outbox.Outbox.add` writes events in the caller's transaction. `OutboxRelay` publishes committed
+rows in order and deletes them once Kafka has acknowledged them; a crash in between republishes with
+the same `ce_id`, which consumers' inboxes de-duplicate. Commits wake the relay through NOTIFY.
 """
 
 from __future__ import annotations
@@ -28,57 +27,19 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 from asyncpg import Record
-from google.protobuf.message import Message
-from sqlalchemy import text
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import envelope, metrics
+from mlops.bus import metrics
 from mlops.bus.admin import ensure_topics
-from mlops.bus.catalog import DLQ_SUFFIX, spec_for
 from mlops.bus.deadletter import dead_letter_headers, reason_of
 from mlops.bus.producer import EventPublisher, deferred_deliveries
-from mlops.bus.tracing import context_from_text, current_traceparent
 from mlops.db import Database
+from mlops.event_catalog import DLQ_SUFFIX
 from mlops.outages import is_outage
+from mlops.outbox import notify_channel
 from mlops.settings import BusSettings
+from mlops.tracecontext import context_from_text
 
 log = logging.getLogger(__name__)
-
-
-def _channel(schema: str) -> str:
-    return f"mlops_outbox_{schema}"
-
-
-class Outbox:
-    """Writes events of one service (its `source`) into its schema's outbox table."""
-
-    def __init__(self, schema: str, *, source: str, topic_prefix: str = "") -> None:
-        self.schema = schema
-        self.source = source
-        self.topic_prefix = topic_prefix
-        self._insert = text(
-            f'INSERT INTO "{schema}".outbox (topic, key, value, headers) '
-            "VALUES (:topic, :key, :value, CAST(:headers AS jsonb))"
-        )
-        self._notify = text(f"SELECT pg_notify('{_channel(schema)}', '')")
-
-    async def add(self, session: AsyncSession, event: Message, *, key: str | None = None) -> str:
-        """Queue `event` in the caller's transaction; returns its ce_id. The trace context is kept with it."""
-        spec = spec_for(event)
-        value, headers = envelope.encode(event, spec, source=self.source)
-        rows = [[name, raw.decode()] for name, raw in headers]
-        rows += [[name, value_] for name, value_ in current_traceparent().items()]
-        await session.exec(
-            self._insert,
-            params={
-                "topic": self.topic_prefix + spec.topic,
-                "key": (key if key is not None else spec.key_of(event)).encode(),
-                "value": value,
-                "headers": json.dumps(rows),
-            },
-        )
-        await session.exec(self._notify)
-        return next(raw.decode() for name, raw in headers if name == "ce_id")
 
 
 class OutboxRelay:
@@ -125,7 +86,7 @@ class OutboxRelay:
             else:
                 return
             self.leader.set()
-            await connection.add_listener(_channel(self.schema), lambda *_: self._wake.set())
+            await connection.add_listener(notify_channel(self.schema), lambda *_: self._wake.set())
             while not self._stopping.is_set():
                 published = await self.relay_once(connection)
                 if published < self.bus.outbox_batch_size:
