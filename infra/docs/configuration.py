@@ -224,11 +224,9 @@ def describe(cls: type[BaseSettings], name: str, field: FieldInfo, names: list[s
 
 
 def _source_path(cls: type) -> str:
-    path = Path(inspect.getsourcefile(cls) or "")
-    try:
-        return path.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return path.name
+    """The class's file in the repository, from its module's name, wherever the package is installed."""
+    module = cls.__module__.replace(".", "/") + ".py"
+    return f"libs/{module}" if module.startswith("mlops/") else module
 
 
 def _summary(cls: type) -> str:

@@ -45,6 +45,10 @@ def test_every_settings_class_with_a_prefix_is_documented():
     assert {"KafkaSettings", "DatabaseSettings", "GrpcServerSettings", "GrpcClientSettings"} <= documented
     services = {path.parent.name for path in (ROOT / "services").glob("*/settings.py")}
     assert {f"{name.capitalize()}Settings" for name in services} <= documented
+    for cls in all_classes():
+        assert (ROOT / reference._source_path(cls)).is_file(), (
+            f"{cls.__name__}: its page links a missing file"
+        )
 
 
 class Grown(BaseSettings):
