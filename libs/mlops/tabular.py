@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlops.errors import InvalidArgument
+from mlops.errors import FailedPrecondition, InvalidArgument
 from mlops.events.v1 import common_pb2
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
@@ -189,12 +190,50 @@ def label_vector(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
 
 
 # Describing a committed data set ---------------------------------------------------------------
+#
+# The one reading of a committed file's columns, types, nulls and rows: the registry records it, and
+# `mlops data commit` computes the same. CSV types are read as the trainer's pandas reads the values:
+#
+# - a column is int64 while every sampled value is a decimal integer within int64, float64 while
+#   every one is a number (decimal, exponent, inf, nan; no "_" separators), string otherwise;
+#   spaces around a number are allowed, a value of spaces alone is text;
+# - an empty value makes its column nullable; a column with no value at all is string;
+# - blank lines are not rows, before the header or after it;
+# - the header names every column, each once; a sampled row with more or fewer fields than the
+#   header is refused with its line; quoting is strict (RFC 4180).
 
 CSV_SAMPLE_ROWS = 10_000
-"""CSV column types come from this many first rows; the row count covers every row."""
+"""CSV column types come from this many first rows; the row count covers every row (rows past the
+sample are counted, not parsed)."""
 PARQUET_MAX_TAIL = 8 << 20
 """The most of a Parquet file's end kept while it streams past: its footer must fit in it."""
 _READ_BUFFER = 1 << 20
+
+_INT64, _FLOAT64, _STRING = 0, 1, 2
+_KIND_NAMES = ("int64", "float64", "string")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|nan)", re.I)
+_INT64_RANGE = range(-(2**63), 2**63)
+
+# pyarrow's type names → the logical names of `mlops.events.v1.Column.type`.
+_ARROW_TYPES = {
+    "int8": "int32",
+    "int16": "int32",
+    "int32": "int32",
+    "uint8": "int32",
+    "uint16": "int32",
+    "int64": "int64",
+    "uint32": "int64",
+    "uint64": "int64",
+    "halffloat": "float32",
+    "float": "float32",
+    "double": "float64",
+    "bool": "bool",
+    "string": "string",
+    "large_string": "string",
+    "date32[day]": "timestamp",
+    "date64[ms]": "timestamp",
+}
 
 
 @dataclass(frozen=True)
@@ -236,42 +275,62 @@ def describe(chunks: Iterable[bytes], data_format: str) -> TableFacts:
     raise InvalidArgument(f"format {data_format!r} is not supported; use csv or parquet")
 
 
-def csv_facts(chunks: Iterable[bytes], sample_rows: int = CSV_SAMPLE_ROWS) -> TableFacts:
-    """Column names and types (int64, float64, string) from the first `sample_rows` rows, nulls among
-    them, and the count of every row.
+def _value_kind(cell: str) -> int:
+    """int64, float64 or string for one non-empty CSV value."""
+    value = cell.strip()
+    if _INTEGER.fullmatch(value):
+        # Past int64 only a float holds it. Digits are counted first: int() refuses thousands of them.
+        digits = len(value.lstrip("+-").lstrip("0"))
+        return _INT64 if digits < 19 or (digits == 19 and int(value) in _INT64_RANGE) else _FLOAT64
+    return _FLOAT64 if _NUMBER.fullmatch(value) else _STRING
 
-    A column is int64 while every value in the sample parses as a Python int, float64 while every
-    one parses as a float, string otherwise; nullable if a sampled value is empty.
-    """
+
+def _header(reader) -> list[str]:
+    header = next((row for row in reader if row), None)
+    if header is None:
+        raise InvalidArgument(
+            "the CSV file is empty: no header row (a CSV data set starts with its column names)"
+        )
+    for position, name in enumerate(header, start=1):
+        if not name.strip():
+            raise InvalidArgument(f"column {position} of the CSV file's header has no name")
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise InvalidArgument(
+            f"the CSV file's header names {', '.join(map(repr, duplicates))} more than once"
+        )
+    return header
+
+
+def csv_facts(chunks: Iterable[bytes], sample_rows: int | None = CSV_SAMPLE_ROWS) -> TableFacts:
+    """Column names, types (int64, float64, string) and nulls from the first `sample_rows` rows (every
+    row when None), and the count of every row; the rules are above."""
     # newline="\n": lines end at "\n" only and keep it, so that quoted line breaks reach csv intact.
     text = io.TextIOWrapper(
         io.BufferedReader(_ChunkReader(chunks), _READ_BUFFER), encoding="utf-8-sig", newline="\n"
     )
-    reader = csv.reader(text)
+    reader = csv.reader(text, strict=True)
     try:
-        header = next(reader, None)
-        if header is None:
-            raise InvalidArgument("the CSV file is empty: no header row")
-        kinds = ["int64"] * len(header)
-        nullable = [False] * len(header)
+        header = _header(reader)
+        width = len(header)
+        kinds = [-1] * width  # -1: no value seen yet
+        nullable = [False] * width
         rows = 0
         for row in reader:
+            if not row:
+                continue  # a blank line is not a row
+            if len(row) != width:
+                raise InvalidArgument(
+                    f"line {reader.line_num} of the CSV file has {len(row)} fields, but the header has {width}"
+                )
             rows += 1
-            for index, cell in enumerate(row[: len(header)]):
-                if cell == "":
+            for index, cell in enumerate(row):
+                if not cell:
                     nullable[index] = True
-                    continue
-                if kinds[index] == "int64":
-                    try:
-                        int(cell)
-                        continue
-                    except ValueError:
-                        kinds[index] = "float64"
-                if kinds[index] == "float64":
-                    try:
-                        float(cell)
-                    except ValueError:
-                        kinds[index] = "string"
+                elif kinds[index] != _STRING:
+                    kind = _value_kind(cell)
+                    if kind > kinds[index]:
+                        kinds[index] = kind
             if rows == sample_rows:
                 rows += _count_records(text)  # past the sample only the count matters
                 break
@@ -280,28 +339,45 @@ def csv_facts(chunks: Iterable[bytes], sample_rows: int = CSV_SAMPLE_ROWS) -> Ta
     except csv.Error as error:
         raise InvalidArgument(f"the CSV file is malformed at line {reader.line_num}: {error}") from None
     columns = [
-        common_pb2.Column(name=name, type=kind, nullable=null)
+        # A column with no value at all says nothing about its type; string is the safe reading.
+        common_pb2.Column(name=name, type=_KIND_NAMES[kind] if kind >= 0 else "string", nullable=null)
         for name, kind, null in zip(header, kinds, nullable, strict=True)
     ]
     return TableFacts(columns=columns, row_count=rows)
 
 
 def _count_records(text: io.TextIOBase) -> int:
-    """CSV records from here to the end, where "here" is the start of a record.
+    """CSV records from here to the end, where "here" is the start of a record; blank lines are none.
 
     Text without a quote character holds one record per line, so it is counted in blocks; from
     the first quote on, where a line break may sit inside a field, the csv module reads the rest.
     A Python object per row would make counting the rest of a large file most of its cost.
     """
     records = 0
-    partial = ""  # the block's last line, unfinished
     while block := text.read(_READ_BUFFER):
-        block = partial + block
+        block += text.readline()  # whole lines: csv would end a record where a piece of one ends
         if '"' in block:
-            return records + sum(1 for _ in csv.reader(itertools.chain(io.StringIO(block), text)))
-        records += block.count("\n")
-        partial = block[block.rfind("\n") + 1 :]
-    return records + (1 if partial else 0)
+            rest = csv.reader(itertools.chain(io.StringIO(block), text), strict=True)
+            return records + sum(1 for row in rest if row)
+        records += block.count("\n") - _blank_lines(block)
+        if not block.endswith("\n"):  # the file's last line, without a line break
+            records += 1 if block[block.rfind("\n") + 1 :].strip("\r") else 0
+    return records
+
+
+def _blank_lines(lines: str) -> int:
+    """Empty lines among those that end in a line break (they are rare: the quick checks usually answer)."""
+    crlf_blank = "\r" in lines and "\n\r\n" in lines  # "\r" first: one byte is found much faster
+    if not crlf_blank and "\n\n" not in lines and not lines.startswith(("\n", "\r\n")):
+        return 0
+    return sum(1 for line in lines.split("\n")[:-1] if line in ("", "\r"))
+
+
+def arrow_type_name(arrow_type: str) -> str:
+    """A pyarrow type's name in the platform's vocabulary (`double` → `float64`)."""
+    if arrow_type.startswith("timestamp"):
+        return "timestamp"
+    return _ARROW_TYPES.get(arrow_type, arrow_type)
 
 
 def _tail(chunks: Iterable[bytes], limit: int) -> bytes:
@@ -329,14 +405,18 @@ def parquet_facts(chunks: Iterable[bytes], max_tail: int = PARQUET_MAX_TAIL) -> 
     if length + 8 > len(tail):
         if len(tail) >= max_tail:
             raise InvalidArgument(
-                f"the Parquet footer is {length} bytes; the registry reads footers of at most "
-                f"{max_tail - 8} bytes (a file with fewer row groups or columns has a smaller one)"
+                f"the Parquet footer is {length} bytes; footers of at most "
+                f"{max_tail - 8} bytes are read (a file with fewer row groups or columns has a smaller one)"
             )
         raise InvalidArgument(f"the Parquet footer claims {length} bytes, more than the file holds")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from mlops.cli.schema import arrow_type_name
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FailedPrecondition(
+            "reading a Parquet file's schema needs pyarrow, which is not installed; "
+            "`pip install pyarrow`, or commit the data as CSV"
+        ) from None
 
     # The footer alone, behind the leading magic bytes, is all pyarrow reads to know the schema.
     try:
