@@ -32,8 +32,10 @@ from mlops.events.v1 import monitoring_pb2
 from mlops.outages import is_outage
 from mlops.settings import BusSettings, KafkaSettings
 from services.monitor.batch import BatchRows, decode_batch
-from services.monitor.core import CommitPlan, CountedBatch, MonitorCore, Prepared, count_batch
+from services.monitor.core import MonitorCore
+from services.monitor.counting import CountedBatch, Prepared, count_batch
 from services.monitor.settings import MonitorSettings
+from services.monitor.windows import CommitPlan
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""gRPC `mlops.monitor.v1.Monitor`: each method hands its request to the core and returns its reply.
+"""gRPC `mlops.monitor.v1.Monitor`: each method hands its request to the core's queries and returns
+their reply.
 
 GetHealth reads only in-memory state (and, once per model, the registry to tell an unknown model
 from a quiet one), so it answers within the deployer's tick.
@@ -12,13 +13,13 @@ from services.monitor.core import MonitorCore
 
 class MonitorServicer(monitor_pb2_grpc.MonitorServicer):
     def __init__(self, core: MonitorCore) -> None:
-        self.core = core
+        self.queries = core.queries
 
     async def GetHealth(self, request, context):
-        return await self.core.get_health(request)
+        return await self.queries.get_health(request)
 
     async def GetModelHealth(self, request, context):
-        return await self.core.get_model_health(request)
+        return await self.queries.get_model_health(request)
 
     async def GetDriftStatus(self, request, context):
-        return await self.core.get_drift_status(request)
+        return await self.queries.get_drift_status(request)
