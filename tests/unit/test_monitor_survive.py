@@ -16,7 +16,8 @@ from mlops.registry.v1 import registry_pb2 as pb
 from services.monitor import prometheus
 from services.monitor.batch import InvalidBatch, decode_batch
 from services.monitor.clients import ModelCatalog, VersionInfo
-from services.monitor.core import CountedBatch, HealthDelta, MonitorCore, Prepared
+from services.monitor.core import MonitorCore
+from services.monitor.counting import CountedBatch, HealthDelta, Prepared
 from services.monitor.ingest import _count_all, _decode_all
 from services.monitor.lru import LRU
 from services.monitor.performance import PerformanceTracker

@@ -14,7 +14,7 @@ from mlops.registry.v1 import registry_pb2 as pb
 from services.monitor import stats
 from services.monitor.batch import InvalidBatch, decode_batch, predicted_classes
 from services.monitor.clients import VersionInfo
-from services.monitor.core import Prepared, count_batch
+from services.monitor.counting import Prepared, count_batch
 from services.monitor.health import VersionHealth, percentile_us
 from services.monitor.performance import Sums, gate_bound, live_metrics
 from services.monitor.predictions import CLASSES as PREDICTED
