@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mlops.events.v1 import common_pb2, evaluation_pb2
+from mlops.measures import higher_is_better
 from mlops.registry.v1 import registry_pb2
-from services.evaluator.metrics import higher_is_better
 
 GE = common_pb2.COMPARISON_GREATER_OR_EQUAL
 LE = common_pb2.COMPARISON_LESS_OR_EQUAL

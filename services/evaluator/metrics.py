@@ -1,6 +1,6 @@
 """Metrics on the held-out rows, slices of them, and latency percentiles: pure functions over arrays.
 
-Metric names are the ones a spec's `gate.metric` accepts. A metric that is undefined on the rows
+Metric names are the ones a spec's `gate.metric` accepts (`mlops.measures`, with their directions). A metric that is undefined on the rows
 given (ROC AUC when only one class is present, R² on one row) is left out rather than reported as
 NaN, so that every number that travels is a number.
 """
@@ -23,26 +23,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-HIGHER_IS_BETTER = {
-    "accuracy": True,
-    "macro_f1": True,
-    "roc_auc": True,
-    "log_loss": False,
-    "rmse": False,
-    "mae": False,
-    "r2": True,
-}
-"""Direction of every gate metric: for loss-like metrics (log_loss, rmse, mae) a rise is a regression."""
-
 MISSING = "<missing>"
 PROBABILITY_FLOOR = 1e-15
-
-
-def higher_is_better(metric: str) -> bool:
-    try:
-        return HIGHER_IS_BETTER[metric]
-    except KeyError:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(HIGHER_IS_BETTER)}") from None
 
 
 def classification_metrics(

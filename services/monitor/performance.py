@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.monitor")
 
 JOIN_BATCH = 5_000
-HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "rmse": False, "mae": False, "error_rate": False}
+LIVE_METRICS = frozenset({"accuracy", "error_rate", "rmse", "mae", "r2"})
+"""What `live_metrics` measures (their directions: `mlops.measures`); a gate on another metric is not
+judged live."""
 
 
 @dataclass
@@ -79,7 +81,7 @@ def live_metrics(task: str, sums: Sums) -> dict[str, float]:
 def gate_bound(gate) -> Bound | None:
     """The gate's bound on a metric the monitor measures live; None if its metric is not one."""
     metric = gate.metric
-    if metric not in HIGHER_IS_BETTER:
+    if metric not in LIVE_METRICS:
         return None
     if gate.HasField("min"):
         return Bound(metric, gate.min, common_pb2.COMPARISON_GREATER_OR_EQUAL)

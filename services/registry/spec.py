@@ -10,15 +10,12 @@ import hashlib
 import re
 from itertools import pairwise
 
+from mlops.measures import TASK_METRICS
 from mlops.registry.v1 import registry_pb2
 
 API_VERSION = "mlops/v1"
 KIND = "ModelSpec"
 TASKS = ("classification", "regression")
-METRICS = {
-    "classification": {"accuracy": "max", "macro_f1": "max", "roc_auc": "max", "log_loss": "min"},
-    "regression": {"rmse": "min", "mae": "min", "r2": "max"},
-}
 STRATEGIES = ("canary", "blue_green", "shadow", "direct")
 DRIFT_METHODS = ("psi", "ks", "chi2")
 DRIFT_ACTIONS = ("retrain", "alert", "none")
@@ -211,7 +208,7 @@ def validate(spec: registry_pb2.ModelSpec) -> list[str]:
                 need(len(param.choice.values) >= 1, f"{path}.choice", "must list at least one value")
 
     gate = body.gate
-    metrics = METRICS.get(body.task, {})
+    metrics = TASK_METRICS.get(body.task, ())
     if metrics:
         need(
             gate.metric in metrics,

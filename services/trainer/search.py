@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from mlops.errors import InvalidArgument
+from mlops.measures import improves
 from mlops.registry.v1 import registry_pb2 as pb
 from services.trainer.training import TrainingParams
 
@@ -76,9 +77,7 @@ def sample_trials(search: pb.SearchSpec, base: TrainingParams) -> list[TrainingP
 
 
 def better(metric: str, candidate: float, best: float | None) -> bool:
-    """Whether `candidate` beats `best` on `metric` (lower is better for losses and errors)."""
-    from services.trainer.training import LOWER_IS_BETTER
-
+    """Whether `candidate` beats `best` on `metric`, in the metric's direction (`mlops.measures`)."""
     if best is None or math.isnan(best):
         return not math.isnan(candidate)
-    return candidate < best if metric in LOWER_IS_BETTER else candidate > best
+    return improves(metric, candidate, best)

@@ -34,8 +34,6 @@ from services.trainer.export import (  # noqa: F401  (cpu_session, predict: part
     signature_of,
 )
 
-LOWER_IS_BETTER = {"log_loss", "rmse", "mae", "val_loss", "train_loss"}
-
 
 @dataclass(frozen=True)
 class TrainingParams:

@@ -10,7 +10,6 @@ from sklearn.metrics import roc_auc_score
 
 from services.evaluator.metrics import (
     classification_metrics,
-    higher_is_better,
     latency_percentiles,
     one_vs_rest_auc,
     regression_metrics,
@@ -73,13 +72,6 @@ def test_regression_on_one_row_leaves_r2_out():
 def test_empty_rows_give_no_metrics():
     assert classification_metrics(np.array([], dtype=int), np.zeros((0, 2)), np.array([]), 2) == {}
     assert regression_metrics(np.array([]), np.array([])) == {}
-
-
-def test_metric_directions():
-    assert higher_is_better("accuracy") and higher_is_better("r2") and higher_is_better("roc_auc")
-    assert not higher_is_better("rmse") and not higher_is_better("mae") and not higher_is_better("log_loss")
-    with pytest.raises(ValueError, match="unknown metric 'f1'"):
-        higher_is_better("f1")
 
 
 def test_latency_percentiles():

@@ -63,6 +63,7 @@ def test_better_knows_which_metrics_fall():
     assert better("accuracy", 0.9, 0.8) and not better("accuracy", 0.7, 0.8)
     assert better("rmse", 1.0, 2.0) and not better("log_loss", 0.5, 0.4)
     assert better("accuracy", 0.1, None)
+    assert better("error_rate", 0.1, 0.2) and better("val_loss", 0.1, 0.2) and not better("r2", 0.1, 0.2)
 
 
 def test_job_key_is_stable_and_names_spec_version_and_bytes():
