@@ -72,6 +72,11 @@ class JobIntake:
         origin = dataset.source_event_id or event_id
         queued = []
         for spec in specs:
+            if spec.spec.spec.training.external:
+                log.info(
+                    "%s is trained outside the platform; nothing to train on %s", spec.model, event.dataset
+                )
+                continue
             trigger = common_pb2.TRAINING_TRIGGER_DATA_COMMITTED
             if intent is not None and spec.model == intent.model:
                 trigger = intent.trigger or common_pb2.TRAINING_TRIGGER_DRIFT
@@ -99,25 +104,38 @@ class JobIntake:
             raise NotFound(
                 f"RetrainRequested names model {event.model!r}, which has no spec: {error.message}"
             ) from None
+        if spec.spec.spec.training.external:
+            reason = (
+                f"model {event.model!r} is trained outside the platform (spec.training.external): "
+                "register a new version instead"
+            )
+            await self._refuse(session, event, reason, "FailedPrecondition")
+            return None
         try:
             dataset = await self.registry.dataset_version(spec.spec.spec.dataset, event.dataset_version)
         except NotFound as error:
-            await self.outbox.add(
-                session,
-                training_pb2.TrainingFailed(
-                    model=event.model,
-                    trigger=event.trigger,
-                    stage=STAGE.TRAINING_STAGE_RESOLVE,
-                    reason=error.message,
-                    error_type=type(error).__name__,
-                    retryable=False,
-                    failed_at=now(),
-                ),
-            )
+            await self._refuse(session, event, error.message, type(error).__name__)
             return None
         span.set_attributes({"mlops.dataset.name": dataset.dataset, "mlops.dataset.version": dataset.version})
         trigger = event.trigger or common_pb2.TRAINING_TRIGGER_MANUAL
         return await self._enqueue(session, spec, dataset, trigger, event_id)
+
+    async def _refuse(
+        self, session: AsyncSession, event: training_pb2.RetrainRequested, reason: str, error_type: str
+    ) -> None:
+        """Answer a request nothing will make succeed later: TrainingFailed at RESOLVE, not a retry."""
+        await self.outbox.add(
+            session,
+            training_pb2.TrainingFailed(
+                model=event.model,
+                trigger=event.trigger,
+                stage=STAGE.TRAINING_STAGE_RESOLVE,
+                reason=reason,
+                error_type=error_type,
+                retryable=False,
+                failed_at=now(),
+            ),
+        )
 
     async def _enqueue(
         self,

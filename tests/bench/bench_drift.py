@@ -183,6 +183,8 @@ async def prepare_ingest(prefix: str, batches: int) -> str:
         spec = pb.ModelSpec(
             api_version="mlops/v1", kind="ModelSpec", metadata=pb.ObjectMeta(name=name), spec=body
         )
+        # versions are registered here by hand: the stack's trainer must not train this model too
+        spec.spec.training.external = True
         applied = await registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="bench"))
         model = await store.put_bytes(f"models/{name}", "model.onnx", b"bench")
         profile_ref = await store.put_bytes(f"models/{name}", "profile.json", profile.to_json().encode())

@@ -174,3 +174,13 @@ async def test_a_retrain_is_refused_with_the_reason_when_it_cannot_happen(unique
             await registry.RequestRetrain(pb.RequestRetrainRequest(model=model, dataset="elsewhere"))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"trains on data set {dataset!r}, not 'elsewhere'" in caught.value.details()
+
+        outside = SPEC.format(name=model, dataset=dataset, epochs=5).replace(
+            "seed: 7", "seed: 7, external: true"
+        )
+        spec.write_text(outside)
+        mlops("apply", "-f", str(spec))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await registry.RequestRetrain(pb.RequestRetrainRequest(model=model))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "trained outside the platform" in caught.value.details()

@@ -312,6 +312,8 @@ async def new_model(
     spec = pb.ModelSpec(
         api_version="mlops/v1", kind="ModelSpec", metadata=pb.ObjectMeta(name=model), spec=body
     )
+    # versions are registered here by hand: the stack's trainer must not train this model too
+    spec.spec.training.external = True
     applied = await h.registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
     registered = []
     for seed in range(1, versions + 1):

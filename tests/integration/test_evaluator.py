@@ -192,6 +192,8 @@ async def apply_spec(h: Harness, model: str, dataset: str, task: str, gate: pb.G
     spec = pb.ModelSpec(
         api_version="mlops/v1", kind="ModelSpec", metadata=pb.ObjectMeta(name=model), spec=body
     )
+    # versions are registered here by hand: the stack's trainer must not train this model too
+    spec.spec.training.external = True
     reply = await h.registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
     return reply.spec_version
 

@@ -136,6 +136,8 @@ async def declare_model(
     spec = pb.ModelSpec(
         api_version="mlops/v1", kind="ModelSpec", metadata=pb.ObjectMeta(name=name), spec=body
     )
+    # versions are registered here by hand: the stack's trainer must not train this model too
+    spec.spec.training.external = True
     applied = await registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
     profile = ReferenceProfile.compute(
         task=task,

@@ -117,3 +117,11 @@ async def test_an_intent_with_an_unknown_trigger_is_refused_naming_the_field():
         await _intake(jobs).queue_for_recorded(_recorded(model="red", trigger=42), event_id="r", session=None)
     assert "DatasetVersionRecorded.retrain.trigger 42" in caught.value.message
     assert jobs.queued == []
+
+
+async def test_a_model_trained_outside_the_platform_is_left_alone():
+    jobs = _Jobs()
+    intake = _intake(jobs)
+    intake.registry.specs[1].spec.spec.training.external = True  # "white" is registered from outside
+    queued = await intake.queue_for_recorded(_recorded(), event_id="recorded-1", session=None)
+    assert len(queued) == 1 and [model for model, *_ in jobs.queued] == ["red"]

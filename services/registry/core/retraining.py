@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlops.bus import Outbox
 from mlops.db import Database
-from mlops.errors import InvalidArgument
+from mlops.errors import FailedPrecondition, InvalidArgument
 from mlops.events.v1 import common_pb2, training_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.core.datasets import Datasets
@@ -24,6 +24,15 @@ def check_retrain(request: pb.RequestRetrainRequest) -> None:
     if request.dataset_version < 0:
         raise InvalidArgument(
             f"dataset_version must be 0 (the latest) or a version, got {request.dataset_version}"
+        )
+
+
+def check_trained_here(request: pb.RequestRetrainRequest, spec: pb.ModelSpecVersion) -> None:
+    """A model whose versions come from outside has nothing the platform could retrain."""
+    if spec.spec.spec.training.external:
+        raise FailedPrecondition(
+            f"model {request.model!r} is trained outside the platform (spec.training.external): "
+            "register a new version instead of asking for a retrain"
         )
 
 
@@ -47,6 +56,7 @@ class Retraining:
         """State a manual retrain of `request.model` on a checked data set version; returns the event's id."""
         check_retrain(request)
         spec = await self.specs.get_model_spec(pb.GetModelSpecRequest(model=request.model))
+        check_trained_here(request, spec)
         trains_on = spec.spec.spec.dataset
         check_trains_on(request, trains_on)
         lookup = pb.GetDatasetVersionRequest(dataset=trains_on)

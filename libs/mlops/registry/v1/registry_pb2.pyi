@@ -91,7 +91,7 @@ class ModelSpecBody(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., task: _Optional[str] = ..., label: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., slices: _Optional[_Iterable[str]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., gate: _Optional[_Union[GateSpec, _Mapping]] = ..., rollout: _Optional[_Union[RolloutSpec, _Mapping]] = ..., monitor: _Optional[_Union[MonitorSpec, _Mapping]] = ..., serving: _Optional[_Union[ServingSpec, _Mapping]] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("hidden_layers", "epochs", "learning_rate", "batch_size", "seed", "early_stopping_patience", "search", "validation_fraction", "test_fraction", "dropout", "weight_decay", "parity_tolerance", "max_seconds")
+    __slots__ = ("hidden_layers", "epochs", "learning_rate", "batch_size", "seed", "early_stopping_patience", "search", "validation_fraction", "test_fraction", "dropout", "weight_decay", "parity_tolerance", "max_seconds", "external")
     HIDDEN_LAYERS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class TrainingSpec(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     hidden_layers: _containers.RepeatedScalarFieldContainer[int]
     epochs: int
     learning_rate: float
@@ -118,7 +119,8 @@ class TrainingSpec(_message.Message):
     weight_decay: float
     parity_tolerance: float
     max_seconds: int
-    def __init__(self, hidden_layers: _Optional[_Iterable[int]] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_decay: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., max_seconds: _Optional[int] = ...) -> None: ...
+    external: bool
+    def __init__(self, hidden_layers: _Optional[_Iterable[int]] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., early_stopping_patience: _Optional[int] = ..., search: _Optional[_Union[SearchSpec, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., test_fraction: _Optional[float] = ..., dropout: _Optional[float] = ..., weight_decay: _Optional[float] = ..., parity_tolerance: _Optional[float] = ..., max_seconds: _Optional[int] = ..., external: _Optional[bool] = ...) -> None: ...
 
 class SearchSpec(_message.Message):
     __slots__ = ("trials", "params", "metric")
