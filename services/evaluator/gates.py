@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mlops import spec_defaults
 from mlops.events.v1 import common_pb2, evaluation_pb2
 from mlops.measures import higher_is_better
 from mlops.registry.v1 import registry_pb2
@@ -39,7 +40,7 @@ class GatePolicy:
             return getattr(gate, name) if gate.HasField(name) else None
 
         return cls(
-            metric=gate.metric or ("accuracy" if task == "classification" else "rmse"),
+            metric=gate.metric or spec_defaults.gate_metric(task),
             min=bound("min"),
             max=bound("max"),
             max_regression=bound("max_regression"),

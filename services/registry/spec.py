@@ -1,4 +1,5 @@
-"""Model specs: defaults and validation, pure functions over the `ModelSpec` message.
+"""Model specs: defaults (`mlops.spec_defaults`, shared with the trainer and the evaluator) and
+validation, pure functions over the `ModelSpec` message.
 
 Validation collects every problem with its field path (`spec.training.epochs: …`), so a user fixes
 a spec in one round instead of one error at a time.
@@ -12,6 +13,7 @@ from itertools import pairwise
 
 from mlops.measures import TASK_METRICS
 from mlops.registry.v1 import registry_pb2
+from mlops.spec_defaults import with_defaults as with_defaults  # where the registry's modules find it
 
 API_VERSION = "mlops/v1"
 KIND = "ModelSpec"
@@ -31,74 +33,6 @@ MAX_BATCH_SIZE = 65_536
 MAX_TRAINING_SECONDS = 6 * 3600
 MAX_SEARCH_TRIALS = 200
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def with_defaults(spec: registry_pb2.ModelSpec) -> registry_pb2.ModelSpec:
-    """A copy with every optional setting filled in, so that a stored spec says all it means."""
-    full = registry_pb2.ModelSpec()
-    full.CopyFrom(spec)
-    body = full.spec
-    training = body.training
-    if not training.hidden_layers:
-        training.hidden_layers.extend([64, 32])
-    for field, value in (
-        ("epochs", 30),
-        ("learning_rate", 0.001),
-        ("batch_size", 128),
-        ("seed", 7),
-        ("early_stopping_patience", 5),
-        ("validation_fraction", 0.15),
-        ("test_fraction", 0.15),
-        ("dropout", 0.0),
-        ("weight_decay", 0.0),
-        ("parity_tolerance", 1e-4),
-        ("max_seconds", 1800),
-    ):
-        if not training.HasField(field):
-            setattr(training, field, value)
-    gate = body.gate
-    if not gate.metric:
-        gate.metric = "accuracy" if body.task == "classification" else "rmse"
-    if not gate.HasField("max_regression"):
-        gate.max_regression = 0.01
-    rollout = body.rollout
-    if not rollout.strategy:
-        rollout.strategy = "canary"
-    if not rollout.steps and rollout.strategy == "canary":
-        rollout.steps.extend([10, 50, 100])
-    for field, value in (
-        ("step_seconds", 20),
-        ("max_error_rate", 0.01),
-        ("max_p99_latency_ms", 50.0),
-        ("min_requests", 20),
-        ("auto_promote", True),
-        ("health_timeout_seconds", 120),
-    ):
-        if not rollout.HasField(field):
-            setattr(rollout, field, value)
-    if not rollout.on_health_timeout:
-        rollout.on_health_timeout = "rollback"
-    monitor = body.monitor
-    if not monitor.method:
-        monitor.method = "psi"
-    if not monitor.on_drift:
-        monitor.on_drift = "retrain"
-    if not monitor.on_degradation:
-        monitor.on_degradation = "alert"
-    for field, value in (
-        ("window_seconds", 30),
-        ("threshold", 0.2),
-        ("consecutive_windows", 2),
-        ("sampling_rate", 1.0),
-        ("min_samples", 200),
-    ):
-        if not monitor.HasField(field):
-            setattr(monitor, field, value)
-    serving = body.serving
-    for field, value in (("max_batch_size", 64), ("max_wait_us", 500)):
-        if not serving.HasField(field):
-            setattr(serving, field, value)
-    return full
 
 
 def validate(spec: registry_pb2.ModelSpec) -> list[str]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from mlops import tabular
 from mlops.profile import ReferenceProfile
+from mlops.spec_defaults import TRAINING as DEFAULTS
 from services.trainer.export import (  # noqa: F401  (cpu_session, predict: part of this module's interface)
     ONNX_OPSET,
     cpu_session,
@@ -39,17 +40,17 @@ from services.trainer.export import (  # noqa: F401  (cpu_session, predict: part
 class TrainingParams:
     """Hyperparameters of one run: the spec's `training` block with defaults filled, or one search trial."""
 
-    hidden_layers: tuple[int, ...] = (64, 32)
-    epochs: int = 30
-    learning_rate: float = 0.001
-    batch_size: int = 128
-    seed: int = 7
-    early_stopping_patience: int = 5
-    dropout: float = 0.0
-    weight_decay: float = 0.0
-    validation_fraction: float = 0.15
-    test_fraction: float = 0.15
-    parity_tolerance: float = 1e-4
+    hidden_layers: tuple[int, ...] = DEFAULTS["hidden_layers"]
+    epochs: int = DEFAULTS["epochs"]
+    learning_rate: float = DEFAULTS["learning_rate"]
+    batch_size: int = DEFAULTS["batch_size"]
+    seed: int = DEFAULTS["seed"]
+    early_stopping_patience: int = DEFAULTS["early_stopping_patience"]
+    dropout: float = DEFAULTS["dropout"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    validation_fraction: float = DEFAULTS["validation_fraction"]
+    test_fraction: float = DEFAULTS["test_fraction"]
+    parity_tolerance: float = DEFAULTS["parity_tolerance"]
 
     @classmethod
     def from_spec(cls, training) -> TrainingParams:
