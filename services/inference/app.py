@@ -129,7 +129,7 @@ class InferenceApp:
         if self.logger is not None:
             self.tasks.append(asyncio.create_task(self.logger.run(), name="inference log"))
         await self.reader.wait_caught_up(ready_timeout_s)
-        self.servicer.ready = True
+        self.core.caught_up()
         await self.server.set_serving(self.core.ready)
         self._readiness_task = asyncio.create_task(self._follow_readiness(), name="readiness")
         self.tasks.append(self._readiness_task)

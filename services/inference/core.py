@@ -118,6 +118,7 @@ class InferenceCore:
         self.readiness_listener: Callable[[bool], None] | None = None
         """Called with the new readiness whenever it changes (the composition root sets gRPC health)."""
         self._ready = True
+        self._caught_up = False
         self._table: dict[str, ModelRoutes] = {}
         self._generations: dict[str, int] = {}
         self._not_ready: dict[str, str] = {}
@@ -142,6 +143,14 @@ class InferenceCore:
         generation counts: it still answers, and a replica taken out of service for a refused new
         version would leave callers with none when every replica refuses it)."""
         return all(model in self._table for model in self._not_ready)
+
+    def caught_up(self) -> None:
+        """The desired state has been read to its end (and what it names loaded or refused)."""
+        self._caught_up = True
+
+    def server_ready(self) -> bool:
+        """Whether the server as a whole is ready: the desired state read to its end, then `ready`."""
+        return self._caught_up and self.ready
 
     def not_ready(self) -> dict[str, str]:
         """Models named by the desired state that answer nothing, and why."""
@@ -349,21 +358,50 @@ class InferenceCore:
         Unavailable naming the problem."""
         routes = self._table.get(model)
         if routes is None:
-            reason = self._not_ready.get(model) or self._refused.get(model)
-            if reason is not None:
-                raise Unavailable(reason)
-            served = ", ".join(sorted(self._table)) or "none"
-            raise NotFound(f"model {model!r} is not served here (served: {served})")
+            raise self._not_served(model)
         if version:
             serving = routes.by_version.get(version)
             if serving is None:
-                loaded = ", ".join(sorted(routes.by_version, key=_version_order)) or "none"
-                raise NotFound(f"model {model!r} has no version {version!r} loaded (loaded: {loaded})")
+                raise self._no_version(model, version, routes)
         else:
             serving = routes.pick()
             if serving is None:
-                raise Unavailable(self._not_ready.get(model) or f"model {model!r} answers no traffic")
+                raise self._no_traffic(model)
         return Target(serving, tuple(s for s in routes.shadows if s is not serving))
+
+    def metadata(self, model: str, version: str = "") -> tuple[Serving, list[str]]:
+        """The version a metadata call describes (the one named, else the model's default) and every
+        version loaded, in order; raises NotFound or Unavailable as `route` does."""
+        routes = self._table.get(model)
+        if routes is None:
+            raise self._not_served(model)
+        serving = routes.by_version.get(version) if version else routes.default
+        if serving is None:
+            raise self._no_version(model, version, routes) if version else self._no_traffic(model)
+        return serving, sorted(routes.by_version, key=_version_order)
+
+    def repository_index(self) -> list[tuple[str, str, str]]:
+        """(model, version, role) of every version loaded, by model and version."""
+        return [
+            (model, version, serving.spec.role)
+            for model, routes in sorted(self._table.items())
+            for version, serving in sorted(routes.by_version.items())
+        ]
+
+    def _not_served(self, model: str) -> MlopsError:
+        reason = self._not_ready.get(model) or self._refused.get(model)
+        if reason is not None:
+            return Unavailable(reason)
+        served = ", ".join(sorted(self._table)) or "none"
+        return NotFound(f"model {model!r} is not served here (served: {served})")
+
+    @staticmethod
+    def _no_version(model: str, version: str, routes: ModelRoutes) -> NotFound:
+        loaded = ", ".join(sorted(routes.by_version, key=_version_order)) or "none"
+        return NotFound(f"model {model!r} has no version {version!r} loaded (loaded: {loaded})")
+
+    def _no_traffic(self, model: str) -> Unavailable:
+        return Unavailable(self._not_ready.get(model) or f"model {model!r} answers no traffic")
 
     async def predict(self, target: Target, rows: np.ndarray, *, request_id: str, arrived_ns: int) -> Outputs:
         """Answer with the target's version; shadows get a copy off the critical path. A logged request

@@ -4,14 +4,14 @@ The server runs without the generic gRPC interceptors (see `app.py`): on a path 
 costs a few hundred microseconds, they were the largest cost after gRPC itself. This servicer does
 their two jobs: every call is a SERVER span that continues the client's `traceparent` from the
 call's metadata (unsampled spans take the bus's cheap path), tagged `mlops.model.name` and
-`mlops.model.version`; and a platform error becomes its status with its message, anything else
-INTERNAL with the trace id in the message and the traceback in the log.
+`mlops.model.version`; and a failure becomes its status by the platform's one mapping
+(`mlops.grpc.errors.status_for`: a platform error its own, an outage UNAVAILABLE, anything else
+INTERNAL with the trace id in the message and the traceback in the log).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import time
 
 import grpc
@@ -21,11 +21,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
 from mlops.bus.tracing import context_from_text, start_span
-from mlops.errors import InvalidArgument, MlopsError, NotFound
+from mlops.errors import InvalidArgument, MlopsError
+from mlops.grpc.errors import status_for
 from services.inference import codec, prometheus
 from services.inference.core import InferenceCore
 
-log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 _TRACE_KEYS = ("traceparent", "tracestate")
 
@@ -39,16 +39,13 @@ def _server_span(method: str, context: grpc.aio.ServicerContext) -> trace.Span:
     return span
 
 
-async def _abort(context: grpc.aio.ServicerContext, span: trace.Span, method: str, error: Exception) -> None:
-    if isinstance(error, MlopsError):
-        code, message = error.grpc_code, error.message
-    else:
-        trace_id = format(span.get_span_context().trace_id, "032x")
-        log.error("unexpected error in %s (trace %s)", method, trace_id, exc_info=error)
-        code, message = (
-            grpc.StatusCode.INTERNAL,
-            f"internal error in {method} (trace {trace_id}); the server logged it",
-        )
+def _status(span: trace.Span, method: str, error: Exception) -> tuple[grpc.StatusCode, str]:
+    return status_for(error, method, format(span.get_span_context().trace_id, "032x"))
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, span: trace.Span, code: grpc.StatusCode, message: str
+) -> None:
     if span.is_recording():
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.set_status(Status(StatusCode.ERROR, message))
@@ -67,7 +64,7 @@ def _served(method):
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, span, name, error)
+            await _abort(context, span, *_status(span, name, error))
         finally:
             span.end()
 
@@ -82,8 +79,6 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self.limits = limits
         self.server_name = server_name
         self.server_version = server_version
-        self.ready = False
-        """Set by the composition root once the desired state has been read up to its end."""
 
     def register(self, server) -> None:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
@@ -94,7 +89,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_served
     async def ServerReady(self, request, context):
-        return oip.ServerReadyResponse(ready=self.ready and self.core.ready)
+        return oip.ServerReadyResponse(ready=self.core.server_ready())
 
     @_served
     async def ServerMetadata(self, request, context):
@@ -106,28 +101,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_served
     async def ModelMetadata(self, request, context):
-        routes = self.core.models.get(request.name)
-        if routes is None:
-            self.core.route(request.name)  # raises NotFound or Unavailable with the reason
-            raise NotFound(f"model {request.name!r} is not served here")
-        if request.version:
-            serving = routes.by_version.get(request.version)
-            if serving is None:
-                raise NotFound(f"model {request.name!r} has no version {request.version!r} loaded")
-        else:
-            serving = routes.default
-            if serving is None:
-                self.core.route(request.name)
-                raise NotFound(f"model {request.name!r} serves no version")
-        versions = sorted(routes.by_version, key=lambda v: (len(v), v))
-        return codec.model_metadata(serving, versions)
+        return codec.model_metadata(*self.core.metadata(request.name, request.version))
 
     @_served
     async def RepositoryIndex(self, request, context):
         reply = oip.RepositoryIndexResponse()
-        for name, routes in sorted(self.core.models.items()):
-            for version, serving in sorted(routes.by_version.items()):
-                reply.models.add(name=name, version=version, state="READY", reason=serving.spec.role)
+        for name, version, role in self.core.repository_index():
+            reply.models.add(name=name, version=version, state="READY", reason=role)
         return reply
 
     async def ModelInfer(self, request: oip.ModelInferRequest, context):
@@ -138,8 +118,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 target = self.core.route(model, request.model_version)
             except MlopsError as error:
-                prometheus.REQUESTS.labels(self.core.metric_model(model), "", error.grpc_code.name).inc()
-                await _abort(context, span, "ModelInfer", error)
+                code, message = _status(span, "ModelInfer", error)
+                prometheus.REQUESTS.labels(self.core.metric_model(model), "", code.name).inc()
+                await _abort(context, span, code, message)
             serving = target.serving
             if span.is_recording():
                 span.set_attributes({"mlops.model.name": model, "mlops.model.version": serving.version_text})
@@ -152,15 +133,16 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             except Exception as error:
                 if not isinstance(error, MlopsError) and isinstance(error, ValueError | TypeError):
                     error = InvalidArgument(f"{type(error).__name__}: {error}")
-                code = error.grpc_code.name if isinstance(error, MlopsError) else "INTERNAL"
-                message = (
+                code, message = _status(span, "ModelInfer", error)
+                # The inference log keeps what happened; the caller is told only the status's message.
+                detail = (
                     error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
                 )
-                prometheus.REQUESTS.labels(model, serving.version_text, code).inc()
+                prometheus.REQUESTS.labels(model, serving.version_text, code.name).inc()
                 self.core.failed(
-                    target, request_id=request.id, arrived_ns=arrived_ns, error=f"{code}: {message}"
+                    target, request_id=request.id, arrived_ns=arrived_ns, error=f"{code.name}: {detail}"
                 )
-                await _abort(context, span, "ModelInfer", error)
+                await _abort(context, span, code, message)
             counted.inc()
             seconds.observe((time.perf_counter_ns() - arrived_ns) / 1e9)
             return response

@@ -15,18 +15,22 @@ from mlops.telemetry import current_trace_id
 log = logging.getLogger(__name__)
 
 
-async def _abort_for(error: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+def status_for(error: Exception, method: str, trace_id: str | None) -> tuple[grpc.StatusCode, str]:
+    """The status and message a call that failed with `error` answers: a platform error its own, an
+    outage of a dependency UNAVAILABLE (clients retry it), anything else INTERNAL with the trace id,
+    its traceback logged here and never sent."""
     if isinstance(error, MlopsError):
-        await context.abort(error.grpc_code, error.message)
+        return error.grpc_code, error.message
     if is_outage(error):
         log.warning("%s: a dependency is unavailable: %s", method, error)
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"a dependency of {method} is unavailable; retry shortly"
-        )
-    trace_id = current_trace_id()
-    log.exception("unexpected error in %s (trace %s)", method, trace_id)
+        return grpc.StatusCode.UNAVAILABLE, f"a dependency of {method} is unavailable; retry shortly"
+    log.error("unexpected error in %s (trace %s)", method, trace_id, exc_info=error)
     where = f" (trace {trace_id})" if trace_id else ""
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}{where}; the server logged it")
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}{where}; the server logged it"
+
+
+async def _abort_for(error: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    await context.abort(*status_for(error, method, current_trace_id()))
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable], method: str) -> Callable[..., Awaitable]:
