@@ -87,9 +87,10 @@ protos-check: $(VENV)/.installed ## Fail when the generated code is stale or was
 	    test -f $$tmp/$$f || { echo "generated file without a proto: libs/$$f"; exit 1; }; \
 	  done && echo "generated code is up to date"
 
-lint: $(VENV)/.installed ## Ruff over the hand-written code (generated code is excluded)
+lint: $(VENV)/.installed ## Ruff over the hand-written code (generated code is excluded), then the import contracts (pyproject.toml)
 	$(VENV)/bin/ruff check libs services tests
 	$(VENV)/bin/ruff format --check libs services tests
+	$(VENV)/bin/lint-imports --no-cache
 
 image: ## Build the one image every service runs from (needs Docker): mlops:dev
 	docker build -t $${MLOPS_IMAGE:-mlops:dev} .
