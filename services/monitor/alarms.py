@@ -54,7 +54,6 @@ class Closing:
     spec: pb.ModelSpecVersion | None
     info: VersionInfo | None
     span: trace.Span
-    dataset_version: int = 0
     dataset_note: str = ""
     committed: data_pb2.DataCommitted | None = None
     """The assembled data set version's commit, published with the retrain request."""

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 
 from mlops.errors import FailedPrecondition, NotFound
-from mlops.grpc import raise_typed
 from mlops.grpc.registry import RegistryPeer
 from mlops.profile import ReferenceProfile
 from mlops.registry.v1 import registry_pb2 as pb
@@ -23,10 +22,8 @@ from services.monitor.reference import Reference
 
 
 class RegistryClient(RegistryPeer):
-    async def record_dataset_version(self, request: pb.RecordDatasetVersionRequest) -> pb.DatasetVersion:
-        with raise_typed():
-            reply = await self.stub.RecordDatasetVersion(request, timeout=self.timeout_s)
-        return reply.dataset_version
+    """The reads the monitor makes; it writes nothing to the registry (data it assembles for a retrain
+    is committed as an event, and the registry records it)."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
 """What a drift alarm asks for: a retraining of what production serves, and the data to train on.
 
 A retraining starts a trace of its own (`request retrain <model>`) whose root links to the drift
-window's span: the retrain's trace leads back to the drift that caused it. With `retrain_dataset`
-other than "latest", a data set version is assembled from the labelled predictions of the drifted
-windows before the commit that records the alarm, and RetrainRequested names it.
+window's span: the retrain's trace leads back to the drift that caused it.
+
+The monitor states one intent per retrain and records nothing itself. With `retrain_dataset` other
+than "latest", the labelled predictions of the drifted windows are uploaded as a data set snapshot,
+and the intent is that data committed to retrain the model (`DataCommitted` carrying a
+`RetrainIntent`): the registry records it, and the trainer trains the model on that record. Otherwise
+the intent is `RetrainRequested` on the latest version of the model's data set.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import InvalidArgument
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
-from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
 from mlops.tabular import read_table
 from services.monitor import storage
@@ -121,31 +124,47 @@ class Retraining:
         with trace.use_span(closing.retrain_span, end_on_exit=False):
             retrain_id = await self.request_retrain(session, closing, cause, what, run_start, now)
         span.set_attribute("mlops.retrain.event_id", retrain_id)
-        span.set_attribute("mlops.retrain.dataset_version", closing.dataset_version)
 
     async def request_retrain(
         self, session: AsyncSession, closing: Closing, cause: str, what: str, run_start: float, now: float
     ) -> str:
+        """Write the one event that states the retrain; returns its id."""
         window = closing.window
         span = trace.get_current_span()
         span.set_attribute("mlops.drift.event_id", cause)
+        reason = f"{what} for {closing.consecutive} windows" + closing.dataset_note
         if closing.committed is not None:
-            await self.outbox.add(session, closing.committed)
+            committed = data_pb2.DataCommitted()
+            committed.CopyFrom(closing.committed)
+            committed.retrain.CopyFrom(
+                data_pb2.RetrainIntent(
+                    model=window.model,
+                    model_version=window.version,
+                    trigger=common_pb2.TRAINING_TRIGGER_DRIFT,
+                    reason=reason,
+                    cause_event_id=cause,
+                    window=time_window(run_start, window.end),
+                    requested_by=REQUESTED_BY,
+                )
+            )
+            retrain_id = await self.outbox.add(session, committed)
+            span.set_attributes(
+                {"mlops.retrain.event_id": retrain_id, "mlops.retrain.dataset_sha256": committed.sha256}
+            )
+            return retrain_id
         retrain = training_pb2.RetrainRequested(
             model=window.model,
             version=window.version,
             trigger=common_pb2.TRAINING_TRIGGER_DRIFT,
-            reason=f"{what} for {closing.consecutive} windows" + closing.dataset_note,
+            reason=reason,
             cause_event_id=cause,
             window=time_window(run_start, window.end),
-            dataset_version=closing.dataset_version,
+            dataset_version=0,  # the latest, when the trainer handles it
             requested_by=REQUESTED_BY,
             requested_at=timestamp(now),
         )
         retrain_id = await self.outbox.add(session, retrain)
-        span.set_attributes(
-            {"mlops.retrain.event_id": retrain_id, "mlops.retrain.dataset_version": closing.dataset_version}
-        )
+        span.set_attribute("mlops.retrain.event_id", retrain_id)
         return retrain_id
 
     async def choose_dataset(self, closing: Closing) -> None:
@@ -157,22 +176,23 @@ class Retraining:
         run_start = window.start - (closing.consecutive - 1) * window.width
         try:
             with tracer.start_as_current_span("assemble retraining data") as span:
-                version = await self.assemble(closing, run_start, window.end)
-                span.set_attribute("mlops.dataset.version", version.version if version else 0)
+                committed = await self.assemble(closing, run_start, window.end)
+                span.set_attribute("mlops.dataset.sha256", committed.sha256 if committed else "")
         except Exception as error:  # the retrain still goes ahead, on the latest version
             log.warning(
                 "could not assemble retraining data for %s v%d: %s", window.model, window.version, error
             )
             closing.dataset_note = f"; assembling a data set failed ({error}), latest version used"
             return
-        if version is not None:
-            closing.dataset_version = version.version
+        if committed is not None:
+            closing.committed = committed
             closing.dataset_note = (
-                f"; on {version.dataset} v{version.version} assembled from the drifted windows"
+                f"; on {committed.dataset} {committed.sha256[:12]} assembled from the drifted windows"
             )
 
-    async def assemble(self, closing: Closing, start: float, end: float) -> pb.DatasetVersion | None:
-        """A new data set version from the labelled predictions of [start, end), or None if too few."""
+    async def assemble(self, closing: Closing, start: float, end: float) -> data_pb2.DataCommitted | None:
+        """A snapshot of the labelled predictions of [start, end), uploaded, and the commit that names
+        it; None if too few rows are labelled. Nothing is recorded here: the registry records it."""
         assert closing.spec is not None and closing.info is not None
         window = closing.window
         body = closing.spec.spec.spec
@@ -258,31 +278,17 @@ class Retraining:
             "window_end": utc(end).isoformat(),
             "labelled_rows": str(len(labelled)),
         }
-        row_count = data.count(b"\n") - 1
-        recorded = await self.registry.record_dataset_version(
-            pb.RecordDatasetVersionRequest(
-                dataset=dataset,
-                uri=ref.uri,
-                sha256=ref.sha256,
-                format="csv",
-                row_count=row_count,
-                parent_sha256=parent.sha256,
-                committed_by=REQUESTED_BY,
-                labels=labels,
-            )
-        )
-        closing.committed = data_pb2.DataCommitted(
+        return data_pb2.DataCommitted(
             dataset=dataset,
             uri=ref.uri,
             sha256=ref.sha256,
             format="csv",
             committed_by=REQUESTED_BY,
-            row_count=row_count,
+            row_count=data.count(b"\n") - 1,
             parent_sha256=parent.sha256,
             labels=labels,
             committed_at=timestamp(time.time()),
         )
-        return recorded
 
 
 def _read_frame(data: bytes, data_format: str):

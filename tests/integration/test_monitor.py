@@ -501,7 +501,7 @@ async def test_shifted_traffic_alarms_after_consecutive_windows_and_asks_for_a_r
     assert (drift_trace, window.span_id) in root.links
 
 
-async def test_assembled_dataset_policy_commits_a_new_version_from_labelled_drifted_traffic(
+async def test_assembled_dataset_policy_commits_labelled_drifted_traffic_as_the_retrains_one_intent(
     database, kafka, bus, store, publisher, registry
 ):
     settings = monitor_settings(retrain_dataset="assembled", retrain_min_labelled_rows=100)
@@ -510,6 +510,7 @@ async def test_assembled_dataset_policy_commits_a_new_version_from_labelled_drif
         running_monitor(database, kafka, bus, store, publisher, settings),
         raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.retrain.requested") as retrains,
         raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.data.committed") as commits,
+        raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.drift.detected") as drifts,
     ):
 
         async def labelled_shifted_traffic():
@@ -522,14 +523,20 @@ async def test_assembled_dataset_policy_commits_a_new_version_from_labelled_drif
                 await asyncio.sleep(0.1)
 
         publishing = asyncio.create_task(labelled_shifted_traffic())
-        record = await read_until(retrains, records_for(model.name), timeout_s=40)
-        committed_record = await read_until(commits, records_for(model.dataset), timeout_s=10)
+        committed_record = await read_until(commits, records_for(model.dataset), timeout_s=40)
         await publishing
-    retrain = training_pb2.RetrainRequested.FromString(record.value)
+        drift = await read_until(drifts, records_for(model.name), timeout_s=10)
+        # the same transaction wrote the alarm and the intent: had a RetrainRequested been written, it
+        # would be on its topic by now
+        stray = await retrains.getmany(timeout_ms=1000)
+    assert not [r for records in stray.values() for r in records if r.key == model.name.encode()]
     committed = data_pb2.DataCommitted.FromString(committed_record.value)
-    assert retrain.dataset_version > model.dataset_version.version
     assert committed.parent_sha256 == model.dataset_version.sha256
     assert committed.committed_by == "mlops-monitor"
+    assert committed.retrain.model == model.name and committed.retrain.model_version == 1
+    assert committed.retrain.trigger == common_pb2.TRAINING_TRIGGER_DRIFT
+    assert committed.retrain.cause_event_id == header(drift, "ce_id")
+    assert "assembled from the drifted windows" in committed.retrain.reason
     assert committed.labels["model"] == model.name and committed.labels["model_version"] == "1"
     assert int(committed.labels["labelled_rows"]) >= 100
     assert committed.uri.endswith(f"datasets/{model.dataset}/{committed.sha256}/data.csv")
@@ -539,10 +546,12 @@ async def test_assembled_dataset_policy_commits_a_new_version_from_labelled_drif
     # Only the drifted windows' labelled rows: the retrained model's profile is the traffic it now sees.
     assert len(frame) == int(committed.labels["labelled_rows"])
     assert frame["beta"].mean() > 8  # the drifted rows, as logged
-    recorded = await registry.GetDatasetVersion(
-        pb.GetDatasetVersionRequest(dataset=model.dataset, version=retrain.dataset_version)
-    )
-    assert recorded.sha256 == committed.sha256 and recorded.parent_version == model.dataset_version.version
+    # The monitor records nothing: the registry does, when it reads the commit.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await registry.GetDatasetVersion(
+            pb.GetDatasetVersionRequest(dataset=model.dataset, sha256=committed.sha256)
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_ground_truth_gives_live_accuracy_and_degradation_after_consecutive_windows(

@@ -93,7 +93,6 @@ def test_the_refusal_names_the_caller_the_method_and_the_role_it_needs():
         ("deployer", "/mlops.registry.v1.Registry/RecordDeployment"),
         ("deployer", "/mlops.monitor.v1.Monitor/GetHealth"),
         ("evaluator", "/mlops.registry.v1.Registry/RecordEvaluation"),
-        ("monitor", "/mlops.registry.v1.Registry/RecordDatasetVersion"),
         ("trainer", "/mlops.registry.v1.Registry/RegisterModelVersion"),
         ("trainer", "/mlops.registry.v1.Registry/CreateRun"),
         ("trainer", "/mlops.registry.v1.Registry/LogRunMetrics"),
@@ -109,6 +108,9 @@ def test_services_may_make_the_calls_the_design_gives_them(name, method):
     ("name", "method"),
     [
         ("monitor", "/mlops.registry.v1.Registry/SetAlias"),
+        # the registry alone records data set versions: the others commit data as events
+        ("monitor", "/mlops.registry.v1.Registry/RecordDatasetVersion"),
+        ("trainer", "/mlops.registry.v1.Registry/RecordDatasetVersion"),
         ("evaluator", "/mlops.registry.v1.Registry/RegisterModelVersion"),
         ("trainer", "/mlops.registry.v1.Registry/ApplyModelSpec"),
         ("deployer", "/mlops.deployer.v1.Deployer/Promote"),
@@ -268,4 +270,4 @@ def test_every_rpc_a_service_calls_is_one_the_table_lets_it_call():
                     continue
                 assert refusal(caller, f"/{service}/{method}") is None, f"{folder.name} calls {method}"
                 checked += 1
-    assert checked >= 12, "the calls were not found: has the way services call changed?"
+    assert checked >= 11, "the calls were not found: has the way services call changed?"

@@ -93,25 +93,38 @@ async def test_no_retrain_without_an_alarm_or_with_another_policy_and_the_regist
     assert registry.asked == []
 
 
-async def test_the_retrain_request_names_its_cause_the_drifted_run_and_the_data_set():
+async def test_the_retrain_request_names_its_cause_and_the_drifted_run():
     outbox = _Outbox()
     closing = _closing()
-    committed = data_pb2.DataCommitted(dataset="wine", uri="file:///x", sha256="a" * 64, format="csv")
-    closing.committed, closing.dataset_version = committed, 7
-    closing.dataset_note = "; on wine v7 assembled from the drifted windows"
     await _retraining(outbox=outbox).follow_alarm(None, closing, "drift-1", now=1234.5)
     closing.end_spans()
-    first, request = outbox.added
-    assert first is committed  # published with the request, in the same transaction
+    (request,) = outbox.added  # one intent
     assert isinstance(request, training_pb2.RetrainRequested)
     assert request.model == "m" and request.version == 2 and request.cause_event_id == "drift-1"
     assert request.trigger == common_pb2.TRAINING_TRIGGER_DRIFT and request.requested_by == REQUESTED_BY
-    assert request.reason == (
-        "psi drift on 1 of 2 features and prediction drift 0.5 for 3 windows"
-        "; on wine v7 assembled from the drifted windows"
-    )
+    assert request.reason == "psi drift on 1 of 2 features and prediction drift 0.5 for 3 windows"
     assert request.window.start.seconds == 980 and request.window.end.seconds == 1010  # the whole run
-    assert request.dataset_version == 7 and request.requested_at.seconds == 1234
+    assert request.dataset_version == 0 and request.requested_at.seconds == 1234  # the latest
+
+
+async def test_assembled_data_is_the_one_intent_a_commit_carrying_the_retrain():
+    outbox = _Outbox()
+    closing = _closing()
+    committed = data_pb2.DataCommitted(dataset="wine", uri="file:///x", sha256="a" * 64, format="csv")
+    closing.committed = committed
+    closing.dataset_note = "; on wine aaaaaaaaaaaa assembled from the drifted windows"
+    await _retraining(outbox=outbox).follow_alarm(None, closing, "drift-1", now=1234.5)
+    closing.end_spans()
+    (stated,) = outbox.added  # no RetrainRequested beside it: the registry records, the trainer trains
+    assert isinstance(stated, data_pb2.DataCommitted) and stated.sha256 == committed.sha256
+    intent = stated.retrain
+    assert (intent.model, intent.model_version, intent.cause_event_id) == ("m", 2, "drift-1")
+    assert intent.trigger == common_pb2.TRAINING_TRIGGER_DRIFT and intent.requested_by == REQUESTED_BY
+    assert intent.reason == (
+        "psi drift on 1 of 2 features and prediction drift 0.5 for 3 windows"
+        "; on wine aaaaaaaaaaaa assembled from the drifted windows"
+    )
+    assert intent.window.start.seconds == 980 and intent.window.end.seconds == 1010
 
 
 async def test_a_skipped_or_unasked_retrain_writes_nothing():
@@ -126,9 +139,9 @@ async def test_a_skipped_or_unasked_retrain_writes_nothing():
 async def test_a_data_set_that_cannot_be_assembled_leaves_the_retrain_on_the_latest_version():
     closing = _closing()
     await _retraining(retrain_dataset="latest").choose_dataset(closing)
-    assert closing.dataset_version == 0 and closing.dataset_note == ""
+    assert closing.committed is None and closing.dataset_note == ""
     await _retraining(retrain_dataset="auto").choose_dataset(closing)
-    assert closing.dataset_version == 0
+    assert closing.committed is None
     assert (
         closing.dataset_note == "; assembling a data set failed (the database is down), latest version used"
     )

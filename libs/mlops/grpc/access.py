@@ -35,7 +35,7 @@ def _write(least: Role, *services: str) -> Rule:
 TABLE: dict[str, dict[str, Rule]] = {
     "mlops.registry.v1.Registry": {
         # the trainer records what a DataCommitted names; the monitor records drifted windows' data
-        "RecordDatasetVersion": _write(Role.ADMIN, "monitor", "trainer"),
+        "RecordDatasetVersion": _write(Role.ADMIN),
         "GetDatasetVersion": _READ,
         "ListDatasets": _READ,
         "ListDatasetVersions": _READ,
