@@ -23,15 +23,16 @@ from opentelemetry import trace
 from sklearn.datasets import load_diabetes, load_wine
 from sqlalchemy import text
 
-from mlops.bus import EventConsumer, EventPublisher, Inbox, Outbox, OutboxRelay
-from mlops.bus.tracing import parse_traceparent
+from mlops.bus import EventConsumer, EventPublisher, Inbox, OutboxRelay
 from mlops.db import migrate
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
 from mlops.grpc import open_channel
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
 from mlops.settings import BusSettings
 from mlops.store import open_store
+from mlops.tracecontext import parse_traceparent
 from services.registry.core import RegistryCore
 from services.registry.datasets import DatasetChecker
 from services.registry.handlers import RegistryHandlers
