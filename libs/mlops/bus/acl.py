@@ -30,7 +30,7 @@ from mlops.event_catalog import DLQ_SUFFIX, all_events, spec_for
 from mlops.events.v1 import data_pb2, deployment_pb2, evaluation_pb2, model_pb2, monitoring_pb2, training_pb2
 
 OUTBOX_DEAD_LETTERS = "mlops.outbox" + DLQ_SUFFIX
-"""Where an outbox relay parks a row whose topic it cannot even name (mlops.bus.outbox)."""
+"""Where an outbox relay parks a row whose topic it cannot even name (mlops.bus.relay)."""
 
 SERVICES = ("registry", "trainer", "evaluator", "deployer", "inference", "monitor")
 UPSTREAM = "upstream"
