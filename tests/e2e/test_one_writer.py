@@ -108,7 +108,8 @@ async def test_replayed_and_racing_commits_record_once_and_train_once(
             )
             assert first.version == 1 and first.dataset_version == 1
             assert first.trigger == common_pb2.TRAINING_TRIGGER_DATA_COMMITTED
-            assert first.trigger_event_id == committed["eventId"], "the job answers to the person's commit"
+            run = await registry.GetRun(pb.GetRunRequest(run_id=first.run_id))
+            assert run.trigger_event_id == committed["eventId"], "the job answers to the person's commit"
 
             # A person asks for a retrain of what is trained already: nothing new; then the spec
             # changes and the same request trains the new spec on the same data, once.
