@@ -12,25 +12,28 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
-from mlops.bus.tracing import parse_traceparent
 from mlops.db import Database
 from mlops.errors import NotFound
 from mlops.events.v1 import data_pb2, monitoring_pb2
 from mlops.monitor.v1 import monitor_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
+from mlops.tracecontext import parse_traceparent
 from services.monitor import prometheus, storage
-from services.monitor.clients import ModelCatalog, VersionInfo
 from services.monitor.lru import LRU
 from services.monitor.reference import Judgement, advance_run
 from services.monitor.settings import MonitorSettings
 from services.monitor.times import time_window, timestamp, utc
 from services.monitor.windows import OpenWindow
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.monitor.clients import ModelCatalog, VersionInfo
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.monitor")

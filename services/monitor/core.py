@@ -18,19 +18,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from opentelemetry import trace
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import NotFound
+from mlops.outbox import Outbox
 from mlops.store import ArtifactStore
 from services.monitor import prometheus, storage
 from services.monitor.alarms import Alarms, Closing, VersionState
 from services.monitor.batch import BatchRows, InvalidBatch
-from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
 from services.monitor.counting import CountedBatch, HealthDelta, Prepared, WindowDelta, count_batch
 from services.monitor.health import VersionHealth
 from services.monitor.lru import LRU
@@ -42,6 +42,9 @@ from services.monitor.times import time_window as _time_window
 from services.monitor.times import timestamp as _ts
 from services.monitor.times import utc as _dt
 from services.monitor.windows import CommitPlan, OpenWindow, OpenWindows
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
 
 __all__ = [
     "REQUESTED_BY",

@@ -7,14 +7,17 @@ reference slots, per-version health rows, and the prediction rows kept for the g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from services.monitor.batch import BatchRows, InvalidBatch, predicted_classes
-from services.monitor.clients import VersionInfo
 from services.monitor.predictions import PredictionBatch
 from services.monitor.reference import Reference
 from services.monitor.times import utc
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.monitor.clients import VersionInfo
 
 
 @dataclass(frozen=True)

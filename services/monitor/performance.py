@@ -15,22 +15,25 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, monitoring_pb2, training_pb2
+from mlops.outbox import Outbox
 from services.monitor import prometheus
-from services.monitor.clients import ModelCatalog
 from services.monitor.core import REQUESTED_BY, MonitorCore, _dt, _time_window, _ts
 from services.monitor.predictions import class_at, value_at
 from services.monitor.reference import advance_run
 from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.monitor.clients import ModelCatalog
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.monitor")

@@ -9,6 +9,7 @@ metrics from ground truth are put here by the performance tracker.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,12 +18,14 @@ from mlops.errors import InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2
 from mlops.monitor.v1 import monitor_pb2
 from services.monitor import prometheus, storage
-from services.monitor.clients import ModelCatalog
 from services.monitor.counting import HealthDelta
 from services.monitor.health import VersionHealth, prediction_psi_classes, prediction_psi_values
 from services.monitor.lru import LRU
 from services.monitor.settings import MonitorSettings
 from services.monitor.times import time_window, timestamp
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.monitor.clients import ModelCatalog
 
 
 class Queries:

@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 from opentelemetry import context as otel_context
@@ -25,18 +26,20 @@ from opentelemetry import trace
 from opentelemetry.trace import Link
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import InvalidArgument
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
+from mlops.outbox import Outbox
 from mlops.store import ArtifactStore
 from mlops.tabular import read_table
 from services.monitor import storage
 from services.monitor.alarms import Closing, policy
-from services.monitor.clients import RegistryClient
 from services.monitor.predictions import TIMES
 from services.monitor.settings import MonitorSettings
 from services.monitor.times import time_window, timestamp, utc
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.monitor.clients import RegistryClient
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.monitor")

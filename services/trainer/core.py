@@ -16,28 +16,31 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Histogram
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
-from mlops.bus.tracing import context_from_text
 from mlops.db import Database
 from mlops.errors import IntegrityError, MlopsError, NotFound
 from mlops.events.v1 import data_pb2, training_pb2
 from mlops.outages import is_outage
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
-from services.trainer.clients import RegistryClient
+from mlops.tracecontext import context_from_text
 from services.trainer.intake import JobIntake
-from services.trainer.jobs import Job, JobQueue, trial_run_id
 from services.trainer.pool import RunTimedOut, TrainingPool, TrainingSlot, WorkerKilled
 from services.trainer.runs import JobFailed, RunBook, now
 from services.trainer.search import better, sample_trials
 from services.trainer.settings import TrainerSettings
+from services.trainer.storage import Job, JobQueue, trial_run_id
 from services.trainer.training import TrainingParams, TrainOutcome, TrainRequest, describe_hardware, train
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.trainer.clients import RegistryClient
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("mlops.trainer")

@@ -3,25 +3,28 @@
 A data set version recorded by the registry queues one job per model whose latest spec trains on the
 data set; a retrain request queues the model's latest spec on the requested (or latest) data set
 version. Queuing is
-idempotent on the job's natural key (see `services.trainer.jobs`).
+idempotent on the job's natural key (see `services.trainer.storage`).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from prometheus_client import Counter
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
-from mlops.bus.tracing import current_traceparent
 from mlops.errors import IntegrityError, InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
-from services.trainer.clients import RegistryClient
-from services.trainer.jobs import JobQueue
+from mlops.tracecontext import current_traceparent
 from services.trainer.runs import now
+from services.trainer.storage import JobQueue
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.trainer.clients import RegistryClient
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ metrics and endings; the uploaded, registered version) in the shape the registry
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
@@ -15,9 +17,11 @@ from mlops.jaeger import TRACE_TAG
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
-from services.trainer.clients import RegistryClient
-from services.trainer.jobs import Job
+from services.trainer.storage import Job
 from services.trainer.training import EpochRecord, TrainingParams, TrainOutcome
+
+if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
+    from services.trainer.clients import RegistryClient
 
 tracer = trace.get_tracer("mlops.trainer")
 STAGE = training_pb2.TrainingStage

@@ -42,8 +42,8 @@ from services.trainer.__main__ import MIGRATIONS, stop_pool, training_pool
 from services.trainer.clients import RegistryClient
 from services.trainer.core import TrainerCore
 from services.trainer.handlers import TrainerHandlers
-from services.trainer.jobs import JobQueue, job_key
 from services.trainer.settings import TrainerSettings
+from services.trainer.storage import JobQueue, job_key
 from services.trainer.tables import SCHEMA
 from services.trainer.training import (
     TrainingParams,

@@ -9,8 +9,8 @@ from google.protobuf import json_format
 
 from mlops.errors import InvalidArgument
 from mlops.registry.v1 import registry_pb2 as pb
-from services.trainer.jobs import job_key, trial_run_id
 from services.trainer.search import better, cast, sample_trials
+from services.trainer.storage import job_key, trial_run_id
 from services.trainer.training import TrainingParams
 
 

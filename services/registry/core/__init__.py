@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.events.v1 import data_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.core.aliases import Aliases
 from services.registry.core.datasets import Datasets, commit_request

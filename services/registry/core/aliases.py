@@ -8,10 +8,10 @@ from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import FailedPrecondition, NotFound
 from mlops.events.v1 import model_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.common import ALIAS_NAME, Page, moment, need, now, timestamp
 from services.registry.settings import RegistrySettings

@@ -13,10 +13,10 @@ from datetime import datetime
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops import tabular
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import NotFound
 from mlops.events.v1 import common_pb2, data_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.common import (
     DATASET_NAME,

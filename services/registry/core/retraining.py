@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import FailedPrecondition, InvalidArgument
 from mlops.events.v1 import common_pb2, training_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.core.datasets import Datasets
 from services.registry.core.specs import Specs

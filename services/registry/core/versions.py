@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from mlops.bus import Outbox
 from mlops.db import Database
 from mlops.errors import InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, model_pb2
+from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.common import (
     Page,
