@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mlops import spec_defaults
 from mlops.events.v1 import common_pb2
 
 CANARY, SHADOW, BLUE_GREEN, DIRECT = "canary", "shadow", "blue_green", "direct"
@@ -26,7 +27,7 @@ STRATEGIES = (CANARY, SHADOW, BLUE_GREEN, DIRECT)
 
 ROLLBACK_ON_TIMEOUT, PAUSE_ON_TIMEOUT = "rollback", "pause"
 HEALTH_TIMEOUT_ACTIONS = (ROLLBACK_ON_TIMEOUT, PAUSE_ON_TIMEOUT)
-DEFAULT_HEALTH_TIMEOUT_S = 120
+DEFAULT_HEALTH_TIMEOUT_S = int(spec_defaults.ROLLOUT["health_timeout_seconds"])
 """The spec's default, for rollouts whose spec was stored before the field existed."""
 
 PRODUCTION = common_pb2.SERVING_ROLE_PRODUCTION

@@ -96,7 +96,7 @@ def parity(module, onnx_bytes: bytes, rows: np.ndarray) -> float:
 
 
 def evaluate(module, x: np.ndarray, y: np.ndarray, schema: tabular.Schema) -> dict[str, float]:
-    """The gate's metrics (registry `spec.METRICS`) of the exported module on one split."""
+    """The gate's metrics (registry `mlops.measures.TASK_METRICS`) of the exported module on one split."""
     from sklearn import metrics as sk
 
     outputs = predict(module, x)

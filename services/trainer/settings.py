@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from mlops import spec_defaults
 from mlops.settings import RegistryPeerSettings
 
 
@@ -31,7 +32,7 @@ class TrainerSettings(RegistryPeerSettings):
     """How often an idle worker looks for pending jobs."""
     job_max_attempts: int = Field(3, ge=1)
     """Claims of one job before it is failed for good (the worker died each time)."""
-    default_max_seconds: int = Field(1800, ge=1)
+    default_max_seconds: int = Field(int(spec_defaults.TRAINING["max_seconds"]), ge=1)
     """Wall time of one job when its spec names no `training.max_seconds` (specs applied before it existed)."""
     max_parameters: int = Field(20_000_000, ge=1)
     """Largest network a job may build, counted once the data set's features and classes are known.
