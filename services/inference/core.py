@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 import numpy as np
 from opentelemetry import trace
 
-from mlops.bus.envelope import new_event_id
+from mlops.envelope import new_event_id
 from mlops.errors import (
     FailedPrecondition,
     IntegrityError,

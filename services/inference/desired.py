@@ -21,10 +21,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from mlops.bus import DLQ_SUFFIX, EventPublisher, MalformedEvent, ensure_topics, partitions_of, spec_for
-from mlops.bus import envelope as envelopes
-from mlops.bus.envelope import rfc3339
+from mlops import envelope as envelopes
+from mlops.bus import EventPublisher, ensure_topics, partitions_of
 from mlops.bus.tracing import extract, start_span
+from mlops.envelope import MalformedEvent, rfc3339
+from mlops.event_catalog import DLQ_SUFFIX, spec_for
 from mlops.events.v1 import common_pb2, deployment_pb2
 from mlops.settings import BusSettings, KafkaSettings
 from services.inference.core import CANARY, PRODUCTION, SHADOW, InferenceCore, ModelState, VersionSpec

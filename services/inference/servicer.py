@@ -20,9 +20,10 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
-from mlops.bus.tracing import context_from_text, start_span
+from mlops.bus.tracing import start_span
 from mlops.errors import InvalidArgument, MlopsError
 from mlops.grpc.errors import status_for
+from mlops.tracecontext import context_from_text
 from services.inference import codec, prometheus
 from services.inference.core import InferenceCore
 

@@ -23,14 +23,17 @@ from aiokafka.structs import OffsetAndMetadata
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from mlops.bus import DLQ_SUFFIX, EventPublisher, envelope, spec_for
+from mlops import envelope
+from mlops.bus import EventPublisher
 from mlops.bus.admin import ensure_topics, with_dead_letters
-from mlops.bus.envelope import rfc3339
-from mlops.bus.tracing import extract, parse_traceparent, start_span
+from mlops.bus.tracing import extract, start_span
+from mlops.envelope import rfc3339
 from mlops.errors import MlopsError
+from mlops.event_catalog import DLQ_SUFFIX, spec_for
 from mlops.events.v1 import monitoring_pb2
 from mlops.outages import is_outage
 from mlops.settings import BusSettings, KafkaSettings
+from mlops.tracecontext import parse_traceparent
 from services.monitor.batch import BatchRows, decode_batch
 from services.monitor.core import MonitorCore
 from services.monitor.counting import CountedBatch, Prepared, count_batch

@@ -14,26 +14,15 @@ from mlops.bus.producer import EventPublisher
 from mlops.bus.relay import OutboxRelay
 from mlops.bus.tables import create_bus_tables, drop_bus_tables
 
-# Temporary re-exports, marked for issue 14's sweep: services/registry, services/trainer,
-# services/monitor and services/inference still import these from mlops.bus. They belong to
-# mlops.outbox, mlops.event_catalog and mlops.envelope; remove them once nothing imports them here.
-from mlops.envelope import MalformedEvent  # isort: skip
-from mlops.event_catalog import DLQ_SUFFIX, spec_for  # isort: skip
-from mlops.outbox import Outbox  # isort: skip
-
 __all__ = [
-    "DLQ_SUFFIX",  # temporary, see above
     "EventConsumer",
     "EventContext",
     "EventPublisher",
     "Handler",
     "Inbox",
-    "MalformedEvent",  # temporary
-    "Outbox",  # temporary
     "OutboxRelay",
     "create_bus_tables",
     "drop_bus_tables",
     "ensure_topics",
     "partitions_of",
-    "spec_for",  # temporary
 ]

@@ -19,11 +19,6 @@ from opentelemetry.trace import NonRecordingSpan, ProxyTracerProvider, SpanConte
 
 from mlops.tracecontext import EMPTY_CONTEXT, FAST_W3C, TRACE_HEADERS, parse_traceparent, trace_headers
 
-# Temporary re-exports, marked for issue 14's sweep: services/inference, services/monitor and
-# services/trainer still import these text helpers (and parse_traceparent, imported above for
-# `extract`) from here; they live in mlops.tracecontext.
-from mlops.tracecontext import context_from_text, current_traceparent  # noqa: F401  isort: skip
-
 tracer = trace.get_tracer("mlops.bus")
 """The API's proxy tracer; `start_span` below goes to the SDK tracer behind it directly."""
 
