@@ -25,7 +25,9 @@ def test_every_event_of_the_catalog_has_one_writer_and_a_dead_letter_topic() -> 
 def test_the_monitor_commits_the_data_sets_it_assembles_and_requests_retraining() -> None:
     assert allowed("monitor", "WRITE", "mlops.data.committed")
     assert allowed("monitor", "WRITE", "mlops.retrain.requested")
-    assert allowed("registry", "WRITE", "mlops.retrain.requested"), "people's requests, stated by the registry"
+    assert allowed("registry", "WRITE", "mlops.retrain.requested"), (
+        "people's requests, stated by the registry"
+    )
 
 
 def test_the_trainer_trains_on_the_registrys_records_not_on_raw_commits() -> None:
