@@ -34,7 +34,8 @@ def _write(least: Role, *services: str) -> Rule:
 
 TABLE: dict[str, dict[str, Rule]] = {
     "mlops.registry.v1.Registry": {
-        # the trainer records what a DataCommitted names; the monitor records drifted windows' data
+        # people's own recording (mlops data commit); no service records data: the registry does,
+        # from DataCommitted
         "RecordDatasetVersion": _write(Role.ADMIN),
         "GetDatasetVersion": _READ,
         "ListDatasets": _READ,
