@@ -61,16 +61,26 @@ class JobIntake:
         intent = event.retrain if event.HasField("retrain") else None
         if intent is not None:
             check_trigger(intent.trigger, "DatasetVersionRecorded.retrain.trigger")
-        specs = await self.registry.specs_for_dataset(event.dataset)
-        if not specs:
-            log.info("%s v%d recorded; no model spec trains on it", event.dataset, event.version)
-            return []
-        dataset = await self.registry.dataset_version(event.dataset, event.version)
+        if not event.dataset or event.version < 1:
+            raise InvalidArgument(
+                f"DatasetVersionRecorded names data set {event.dataset[:200]!r} version {event.version}: "
+                "a record names a data set and a version from 1"
+            )
+        try:
+            dataset = await self.registry.dataset_version(event.dataset, event.version)
+        except NotFound as error:
+            raise NotFound(
+                f"DatasetVersionRecorded names a version the registry does not hold: {error.message}"
+            ) from None
         if dataset.sha256 != event.sha256:
             raise IntegrityError(
                 f"DatasetVersionRecorded says {event.dataset} v{event.version} has sha256 {event.sha256}, "
                 f"the registry holds {dataset.sha256}"
             )
+        specs = await self.registry.specs_for_dataset(event.dataset)
+        if not specs:
+            log.info("%s v%d recorded; no model spec trains on it", event.dataset, event.version)
+            return []
         # the user's commit is what the job answers to: its ce_id, kept with the version
         origin = dataset.source_event_id or event_id
         queued = []

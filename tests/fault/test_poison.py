@@ -30,6 +30,7 @@ HUGE = 900 * 1024  # under the broker's 1 MiB default, so that it reaches the co
 # topic: (JSON field names that must be strings, the event's key field)
 CONSUMED = {
     "mlops.data.committed": (["dataset", "uri", "sha256", "format"], "dataset"),
+    "mlops.dataset.recorded": (["dataset", "uri", "sha256", "format"], "dataset"),
     "mlops.drift.detected": (["model"], "model"),
     "mlops.performance.degraded": (["model"], "model"),
     "mlops.retrain.requested": (["model", "reason"], "model"),
@@ -74,6 +75,16 @@ def absurd_and_unknown(topic: str, rng: random.Random, tag: str) -> list[dict]:
             for i in range(1, 6)
         ]
         return absurd + [dict(e, sha256=e["sha256"][:64]) for e in unknown]
+    if topic == "mlops.dataset.recorded":
+        absurd = [
+            {"dataset": ghost, "version": "-3", "sha256": "a" * 64},
+            {"dataset": ghost, "version": "0", "sha256": "a" * 64},
+            {"dataset": ghost, "version": "1", "recordedAt": far},
+            {"dataset": "x" * 5000, "version": "1"},
+            {"dataset": ghost, "version": "1", "retrain": {"model": ghost, "trigger": 99}},
+        ]
+        unknown = [{"dataset": f"{ghost}-{i}", "version": str(i + 1), "sha256": "b" * 64} for i in range(5)]
+        return absurd + unknown
     if topic in ("mlops.drift.detected", "mlops.performance.degraded"):
         absurd = [
             {"model": ghost, "version": "-3"},

@@ -36,6 +36,10 @@ class _Registry:
         return [s for s in self.specs if s.spec.spec.dataset == dataset]
 
     async def dataset_version(self, dataset: str, version: int = 0):
+        from mlops.errors import NotFound
+
+        if (dataset, version) not in self.versions:
+            raise NotFound(f"data set {dataset!r} has no version {version}")
         return self.versions[(dataset, version)]
 
 
@@ -125,3 +129,20 @@ async def test_a_model_trained_outside_the_platform_is_left_alone():
     intake.registry.specs[1].spec.spec.training.external = True  # "white" is registered from outside
     queued = await intake.queue_for_recorded(_recorded(), event_id="recorded-1", session=None)
     assert len(queued) == 1 and [model for model, *_ in jobs.queued] == ["red"]
+
+
+async def test_a_record_the_registry_does_not_hold_or_without_a_version_is_refused():
+    from mlops.errors import NotFound
+
+    jobs = _Jobs()
+    ghost = _recorded()
+    ghost.dataset = "ghost"
+    with pytest.raises(NotFound) as caught:
+        await _intake(jobs).queue_for_recorded(ghost, event_id="r", session=None)
+    assert "names a version the registry does not hold" in caught.value.message
+    versionless = _recorded()
+    versionless.version = 0
+    with pytest.raises(InvalidArgument) as refused:
+        await _intake(jobs).queue_for_recorded(versionless, event_id="r", session=None)
+    assert "a version from 1" in refused.value.message
+    assert jobs.queued == []
