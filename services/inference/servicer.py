@@ -22,7 +22,7 @@ from inference import grpc_service_pb2 as oip
 from inference import grpc_service_pb2_grpc
 from mlops.bus.tracing import start_span
 from mlops.errors import InvalidArgument, MlopsError
-from mlops.grpc.errors import status_for
+from mlops.grpc.errors import bounded, status_for
 from mlops.tracecontext import context_from_text
 from services.inference import codec, prometheus
 from services.inference.core import InferenceCore
@@ -50,7 +50,7 @@ async def _abort(
     if span.is_recording():
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.set_status(Status(StatusCode.ERROR, message))
-    await context.abort(code, message)
+    await context.abort(code, bounded(message))
 
 
 def _served(method):

@@ -19,7 +19,6 @@ from services.registry.settings import RegistrySettings
 
 M = TypeVar("M", bound=Message)
 
-DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FORMATS = ("csv", "parquet")

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops.errors import IntegrityError, InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, data_pb2, training_pb2
+from mlops.names import DATASET_NAME
 from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.tracecontext import current_traceparent
@@ -61,10 +62,10 @@ class JobIntake:
         intent = event.retrain if event.HasField("retrain") else None
         if intent is not None:
             check_trigger(intent.trigger, "DatasetVersionRecorded.retrain.trigger")
-        if not event.dataset or event.version < 1:
+        if not DATASET_NAME.match(event.dataset) or event.version < 1:
             raise InvalidArgument(
                 f"DatasetVersionRecorded names data set {event.dataset[:200]!r} version {event.version}: "
-                "a record names a data set and a version from 1"
+                "a record names a data set by a valid name and a version from 1"
             )
         try:
             dataset = await self.registry.dataset_version(event.dataset, event.version)

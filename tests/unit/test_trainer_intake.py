@@ -145,4 +145,8 @@ async def test_a_record_the_registry_does_not_hold_or_without_a_version_is_refus
     with pytest.raises(InvalidArgument) as refused:
         await _intake(jobs).queue_for_recorded(versionless, event_id="r", session=None)
     assert "a version from 1" in refused.value.message
+    huge = _recorded()
+    huge.dataset = "h" * 900_000
+    with pytest.raises(InvalidArgument):
+        await _intake(jobs).queue_for_recorded(huge, event_id="r", session=None)
     assert jobs.queued == []

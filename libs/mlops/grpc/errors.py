@@ -14,13 +14,27 @@ from mlops.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 2048
+"""A status message travels in a trailer, percent-encoded, under gRPC's 16 KiB limit on metadata; a
+message quoting a huge input (a 900 KB name) would be refused whole on the way and reach the client
+as RESOURCE_EXHAUSTED, which reads as an overload to retry instead of the caller's mistake."""
+
+
+def bounded(message: str) -> str:
+    """`message`, cut to at most MAX_MESSAGE_BYTES of UTF-8, saying how much was cut."""
+    raw = message.encode()
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        return message
+    kept = raw[: MAX_MESSAGE_BYTES - 40].decode(errors="ignore")
+    return f"{kept}… ({len(raw) - len(kept.encode())} bytes cut)"
+
 
 def status_for(error: Exception, method: str, trace_id: str | None) -> tuple[grpc.StatusCode, str]:
     """The status and message a call that failed with `error` answers: a platform error its own, an
     outage of a dependency UNAVAILABLE (clients retry it), anything else INTERNAL with the trace id,
     its traceback logged here and never sent."""
     if isinstance(error, MlopsError):
-        return error.grpc_code, error.message
+        return error.grpc_code, bounded(error.message)
     if is_outage(error):
         log.warning("%s: a dependency is unavailable: %s", method, error)
         return grpc.StatusCode.UNAVAILABLE, f"a dependency of {method} is unavailable; retry shortly"

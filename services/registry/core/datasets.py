@@ -16,10 +16,10 @@ from mlops import tabular
 from mlops.db import Database
 from mlops.errors import NotFound
 from mlops.events.v1 import common_pb2, data_pb2
+from mlops.names import DATASET_NAME
 from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from services.registry.common import (
-    DATASET_NAME,
     FORMATS,
     Page,
     check_sha,
