@@ -36,18 +36,14 @@ from services.monitor.health import VersionHealth
 from services.monitor.lru import LRU
 from services.monitor.predictions import StagedPredictions, copy_predictions
 from services.monitor.queries import Queries
-from services.monitor.retraining import REQUESTED_BY, Retraining
+from services.monitor.retraining import Retraining
 from services.monitor.settings import MonitorSettings
-from services.monitor.times import time_window as _time_window
-from services.monitor.times import timestamp as _ts
-from services.monitor.times import utc as _dt
 from services.monitor.windows import CommitPlan, OpenWindow, OpenWindows
 
 if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
     from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
 
 __all__ = [
-    "REQUESTED_BY",
     "Closing",
     "CommitPlan",
     "CountedBatch",
@@ -57,9 +53,6 @@ __all__ = [
     "Prepared",
     "VersionState",
     "WindowDelta",
-    "_dt",  # the performance tracker's names for `times`
-    "_time_window",
-    "_ts",
     "count_batch",
 ]
 

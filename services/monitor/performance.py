@@ -26,11 +26,13 @@ from mlops.errors import InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, monitoring_pb2, training_pb2
 from mlops.outbox import Outbox
 from services.monitor import prometheus
-from services.monitor.core import REQUESTED_BY, MonitorCore, _dt, _time_window, _ts
+from services.monitor.core import MonitorCore
 from services.monitor.predictions import class_at, value_at
 from services.monitor.reference import advance_run
+from services.monitor.retraining import REQUESTED_BY
 from services.monitor.settings import MonitorSettings
 from services.monitor.tables import SCHEMA
+from services.monitor.times import time_window, timestamp, utc
 
 if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
     from services.monitor.clients import ModelCatalog
@@ -201,7 +203,7 @@ class PerformanceTracker:
                         "WHERE NOT l.matched AND l.received_at > :since "
                         "ORDER BY l.id LIMIT :n FOR UPDATE OF l SKIP LOCKED"
                     ),
-                    params={"n": JOIN_BATCH, "since": _dt(now - self.settings.label_match_window_s)},
+                    params={"n": JOIN_BATCH, "since": utc(now - self.settings.label_match_window_s)},
                 )
             ).all()
             if not rows:
@@ -238,8 +240,8 @@ class PerformanceTracker:
                     params={
                         "m": model,
                         "v": version,
-                        "start": _dt(start),
-                        "end": _dt(start + width),
+                        "start": utc(start),
+                        "end": utc(start + width),
                         "n": item.labelled,
                         "c": item.correct,
                         "sse": item.sse,
@@ -266,7 +268,7 @@ class PerformanceTracker:
                         f"FROM {SCHEMA}.performance_windows WHERE NOT closed AND window_end <= :due "
                         "ORDER BY model, version, window_start FOR UPDATE SKIP LOCKED"
                     ),
-                    params={"due": _dt(now - grace)},
+                    params={"due": utc(now - grace)},
                 )
             ).all()
             for model, version, start, end, *figures in rows:
@@ -318,7 +320,7 @@ class PerformanceTracker:
                 f"UPDATE {SCHEMA}.performance_windows SET closed = true, metrics = CAST(:metrics AS jsonb) "
                 "WHERE model = :m AND version = :v AND window_start = :start"
             ),
-            params={"metrics": json.dumps(metrics), "m": model, "v": version, "start": _dt(start)},
+            params={"metrics": json.dumps(metrics), "m": model, "v": version, "start": utc(start)},
         )
         await session.exec(
             text(
@@ -332,7 +334,7 @@ class PerformanceTracker:
                 "m": model,
                 "v": version,
                 "d": degraded,
-                "at": _dt(now) if alarm else None,
+                "at": utc(now) if alarm else None,
                 "metrics": json.dumps(metrics),
             },
         )
@@ -346,14 +348,14 @@ class PerformanceTracker:
             baseline = (await self.catalog.version(model, version)).version.metrics.get(bound.metric, 0.0)
         except NotFound:
             baseline = 0.0
-        window = _time_window(start, end)
+        window = time_window(start, end)
         with tracer.start_as_current_span(
             f"performance window {model}",
             attributes={
                 "mlops.model.name": model,
                 "mlops.model.version": version,
-                "mlops.window.start": _dt(start).isoformat(),
-                "mlops.window.end": _dt(end).isoformat(),
+                "mlops.window.start": utc(start).isoformat(),
+                "mlops.window.end": utc(end).isoformat(),
                 f"mlops.live.{bound.metric}": metrics[bound.metric],
             },
         ):
@@ -368,7 +370,7 @@ class PerformanceTracker:
                 baseline=baseline,
                 sample_count=sums.labelled,
                 consecutive_windows=degraded,
-                detected_at=_ts(now),
+                detected_at=timestamp(now),
             )
             cause = await self.outbox.add(session, degradation)
             prometheus.SERIES.labels(prometheus.DEGRADATION_ALARMS, model, str(version)).inc()
@@ -388,14 +390,14 @@ class PerformanceTracker:
                         window=window,
                         dataset_version=0,
                         requested_by=REQUESTED_BY,
-                        requested_at=_ts(now),
+                        requested_at=timestamp(now),
                     ),
                 )
 
     async def apply_retention(self, now: float) -> None:
         """Predictions and labels after `prediction_retention_hours`, closed windows after
         `window_retention_days`."""
-        cutoff = _dt(now - self.settings.prediction_retention_hours * 3600)
+        cutoff = utc(now - self.settings.prediction_retention_hours * 3600)
         async with self.database.transaction() as session:
             await session.exec(
                 text(
@@ -408,7 +410,7 @@ class PerformanceTracker:
             await session.exec(
                 text(f"DELETE FROM {SCHEMA}.labels WHERE received_at < :c"), params={"c": cutoff}
             )
-            history = _dt(now - self.settings.window_retention_days * 86400)
+            history = utc(now - self.settings.window_retention_days * 86400)
             await session.exec(
                 text(f"DELETE FROM {SCHEMA}.windows WHERE closed AND window_end < :c"), params={"c": history}
             )
