@@ -1,11 +1,11 @@
 """The deployer believes a `ModelEvaluated` only as far as the registry confirms it.
 
 Forged events are written with a plain Kafka producer, as anyone who can write the topic could, to the
-topics of the in-process deployer of `test_deployer` (its harness, the real registry, Kafka, PostgreSQL
+topics of the in-process deployer of `deployer_helpers` (its harness, the real registry, Kafka, PostgreSQL
 and S3). Each is dead-lettered with the reason, and nothing is rolled out.
 """
 
-# The deployer fixture is imported from test_deployer, and pytest hands it to the tests by parameter name.
+# The deployer fixture is imported from deployer_helpers, and pytest hands it to the tests by parameter name.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mlops.events.v1 import deployment_pb2, evaluation_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.settings import BusSettings
 from tests.integration.conftest import eventually
-from tests.integration.test_deployer import (
+from tests.integration.deployer_helpers import (
     Harness,
     evaluated,
     new_model,
@@ -29,7 +29,7 @@ from tests.integration.test_deployer import (
     recorded,
     rollout_of,
 )
-from tests.integration.test_deployer import (  # noqa: F401 - the deployer in-process, as a fixture
+from tests.integration.deployer_helpers import (  # noqa: F401 - the deployer in-process, as a fixture
     harness as deployer,
 )
 
