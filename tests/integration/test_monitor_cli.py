@@ -8,12 +8,12 @@ import sys
 import time
 import uuid
 
-from tests.integration import test_monitor as harness
+from tests.integration import monitor_helpers as harness
 from tests.integration.conftest import eventually
+from tests.integration.monitor_helpers import batch_of, declare_model, drift_status, shifted_frame
 from tests.integration.test_cli import ROOT, _environment
-from tests.integration.test_monitor import batch_of, declare_model, drift_status, shifted_frame
 
-# The monitor running in-process, and what it needs, as test_monitor builds them.
+# The monitor running in-process, and what it needs, as monitor_helpers builds them.
 monitor, publisher, registry, store = harness.monitor, harness.publisher, harness.registry, harness.store
 
 

@@ -13,10 +13,10 @@ from sqlalchemy import text
 from mlops.events.v1 import monitoring_pb2
 from mlops.registry.v1 import registry_pb2 as pb
 from services.monitor.tables import SCHEMA
-from tests.integration import test_monitor as base
+from tests.integration import monitor_helpers as base
 from tests.integration.bus_helpers import raw_reader
 from tests.integration.conftest import TEST_TOPIC_PREFIX, eventually
-from tests.integration.test_monitor import TOPIC, batch_of, declare_model, header, training_frame
+from tests.integration.monitor_helpers import TOPIC, batch_of, declare_model, header, training_frame
 
 # The monitor wired as its composition root wires it, and the registry, store and publisher it
 # uses: the fixtures of the monitor's main integration tests.

@@ -19,10 +19,10 @@ from sqlalchemy import text
 from mlops.grpc import open_channel
 from mlops.monitor.v1 import monitor_pb2, monitor_pb2_grpc
 from services.monitor.tables import SCHEMA
-from tests.integration import test_monitor as harness
+from tests.integration import monitor_helpers as harness
 from tests.integration.conftest import TEST_TOPIC_PREFIX, eventually
+from tests.integration.monitor_helpers import batch_of, declare_model, training_frame
 from tests.integration.test_cli import ROOT, _free_port
-from tests.integration.test_monitor import batch_of, declare_model, training_frame
 
 publisher, registry, store = harness.publisher, harness.registry, harness.store
 
