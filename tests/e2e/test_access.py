@@ -23,7 +23,7 @@ from mlops.grpc.access import TABLE
 from mlops.identity import Role
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.registry.v1 import registry_pb2_grpc
-from tests.integration.test_registry import DESIGN_SPEC, spec_from_yaml
+from tests.integration.registry_helpers import DESIGN_SPEC, spec_from_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("MLOPS_STACK_DIR", ROOT / ".stack"))

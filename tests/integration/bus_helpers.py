@@ -1,4 +1,5 @@
-"""Helpers shared by the bus tests: a consumer that records what it handled, raw Kafka reads."""
+"""Helpers shared by the bus tests: a consumer that records what it handled, raw Kafka reads, the topic
+of DataCommitted (under the tests' prefix) and an event to publish on it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from aiokafka import AIOKafkaConsumer
 
 from mlops.bus import EventConsumer, EventPublisher, Inbox, ensure_topics, partitions_of
 from mlops.db import Database, migrate
+from mlops.event_catalog import spec_for
+from mlops.events.v1 import data_pb2
 from mlops.settings import BusSettings
+from tests.integration.conftest import TEST_TOPIC_PREFIX
 
 MIGRATIONS = Path(__file__).parent / "fixtures" / "migrations"
 SCHEMA = "bustest"
@@ -86,3 +90,19 @@ async def read_until(reader: AIOKafkaConsumer, predicate, *, timeout_s: float = 
                 if predicate(record):
                     return record
     raise AssertionError(f"no matching record within {timeout_s}s")
+
+
+LOGICAL_TOPIC = spec_for(data_pb2.DataCommitted).topic
+TOPIC = TEST_TOPIC_PREFIX + LOGICAL_TOPIC
+
+
+def committed(dataset: str, **extra) -> data_pb2.DataCommitted:
+    return data_pb2.DataCommitted(
+        dataset=dataset,
+        uri=f"s3://mlops/datasets/{dataset}/{'a' * 64}/data.csv",
+        sha256="a" * 64,
+        format="csv",
+        committed_by="tests",
+        row_count=178,
+        **extra,
+    )

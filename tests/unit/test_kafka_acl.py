@@ -107,7 +107,7 @@ def test_an_event_without_a_writer_is_named(monkeypatch) -> None:
 
 
 def test_production_has_one_kafka_user_per_identity_with_the_tables_acls() -> None:
-    from tests.unit.test_deploy_k8s import objects
+    from tests.unit.deploy_k8s_helpers import objects
 
     kafka_users = {d["metadata"]["name"]: d for d in objects("production") if d["kind"] == "KafkaUser"}
     assert set(kafka_users) == set(acl.IDENTITIES)
