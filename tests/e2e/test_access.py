@@ -213,7 +213,7 @@ except InferenceServerException as error:
 
 
 def test_an_unmodified_tritonclient_with_tls_and_a_token_header_is_served(tmp_path):
-    from tests.integration.test_inference import TRITON_PYTHON
+    from tests.integration.inference_helpers import TRITON_PYTHON
 
     script = tmp_path / "triton_tls.py"
     script.write_text(TRITON)

@@ -10,7 +10,7 @@ import grpc
 
 from tests.fault.conftest import figures
 from tests.integration.conftest import artifact_settings, eventually, kafka, telemetry  # noqa: F401 - shared fixtures
-from tests.integration.test_inference import (  # noqa: F401 - shared fixtures
+from tests.integration.inference_helpers import (  # noqa: F401 - shared fixtures
     harness,
     models,
     name,

@@ -13,7 +13,7 @@ from mlops.store import open_store
 from tests.fault.conftest import figures
 from tests.integration.bus_helpers import raw_reader, read_until
 from tests.integration.conftest import artifact_settings, eventually, kafka, telemetry  # noqa: F401
-from tests.integration.test_inference import (  # noqa: F401 - shared fixtures
+from tests.integration.inference_helpers import (  # noqa: F401 - shared fixtures
     harness,
     models,
     name,

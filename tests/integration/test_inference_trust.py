@@ -4,7 +4,7 @@ The server runs in-process with `confirm_artifacts` on, against the real registr
 topics of its own. Desired states are published as anyone who can write the topic could publish them.
 """
 
-# The models fixture is imported from test_inference, and pytest hands it to the tests by parameter name.
+# The models fixture is imported from inference_helpers, and pytest hands it to the tests by parameter name.
 # ruff: noqa: F811
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mlops.store import open_store
 from services.inference.app import InferenceApp
 from tests.integration.bus_helpers import raw_reader, read_until
 from tests.integration.conftest import eventually
-from tests.integration.test_inference import (  # noqa: F401 - the models fixture
+from tests.integration.inference_helpers import (  # noqa: F401 - the models fixture
     Trained,
     models,
     name,
