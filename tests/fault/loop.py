@@ -118,11 +118,17 @@ class Loop:
         )
 
     def wait_in_production(self, version: int, *, timeout_s: float = 300) -> Made:
+        seen: list[Made] = []
+
         def promoted():
             made = self.made()
+            seen[:] = [made]
             done = any(
                 v == version and state == deployment_pb2.ROLLOUT_STATE_PROMOTED for v, state in made.rollouts
             )
             return made if done and made.production == version else None
 
-        return wait_until(promoted, timeout_s=timeout_s, what=f"{self.name} v{version} in production")
+        try:
+            return wait_until(promoted, timeout_s=timeout_s, what=f"{self.name} v{version} in production")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last seen: {seen[0] if seen else 'nothing'}") from None

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlops/events/v1/common.proto\x12\x0fmlops.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\nTimeWindow\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08nullable\x18\x03 \x01(\x08\"\xad\x02\n\x0eHealthSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12+\n\x06window\x18\x02 \x01(\x0b\x32\x1b.mlops.events.v1.TimeWindow\x12\x15\n\rrequest_count\x18\x03 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x04 \x01(\x03\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x06 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x07 \x01(\x01\x12=\n\x07metrics\x18\x08 \x03(\x0b\x32,.mlops.events.v1.HealthSnapshot.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xd6\x01\n\x0fTrainingTrigger\x12 \n\x1cTRAINING_TRIGGER_UNSPECIFIED\x10\x00\x12#\n\x1fTRAINING_TRIGGER_DATA_COMMITTED\x10\x01\x12\x1a\n\x16TRAINING_TRIGGER_DRIFT\x10\x02\x12 \n\x1cTRAINING_TRIGGER_DEGRADATION\x10\x03\x12\x1b\n\x17TRAINING_TRIGGER_MANUAL\x10\x04\x12!\n\x1dTRAINING_TRIGGER_SPEC_CHANGED\x10\x05*\x94\x01\n\nComparison\x12\x1a\n\x16\x43OMPARISON_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPARISON_GREATER_OR_EQUAL\x10\x01\x12\x1c\n\x18\x43OMPARISON_LESS_OR_EQUAL\x10\x02\x12\x16\n\x12\x43OMPARISON_GREATER\x10\x03\x12\x13\n\x0f\x43OMPARISON_LESS\x10\x04*z\n\x0bServingRole\x12\x1c\n\x18SERVING_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVING_ROLE_PRODUCTION\x10\x01\x12\x17\n\x13SERVING_ROLE_CANARY\x10\x02\x12\x17\n\x13SERVING_ROLE_SHADOW\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlops/events/v1/common.proto\x12\x0fmlops.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\nTimeWindow\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08nullable\x18\x03 \x01(\x08\"\xad\x02\n\x0eHealthSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12+\n\x06window\x18\x02 \x01(\x0b\x32\x1b.mlops.events.v1.TimeWindow\x12\x15\n\rrequest_count\x18\x03 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x04 \x01(\x03\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x06 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x07 \x01(\x01\x12=\n\x07metrics\x18\x08 \x03(\x0b\x32,.mlops.events.v1.HealthSnapshot.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xf5\x01\n\x0fTrainingTrigger\x12 \n\x1cTRAINING_TRIGGER_UNSPECIFIED\x10\x00\x12#\n\x1fTRAINING_TRIGGER_DATA_COMMITTED\x10\x01\x12\x1a\n\x16TRAINING_TRIGGER_DRIFT\x10\x02\x12 \n\x1cTRAINING_TRIGGER_DEGRADATION\x10\x03\x12\x1b\n\x17TRAINING_TRIGGER_MANUAL\x10\x04\x12!\n\x1dTRAINING_TRIGGER_SPEC_CHANGED\x10\x05\x12\x1d\n\x19TRAINING_TRIGGER_EXTERNAL\x10\x06*\x94\x01\n\nComparison\x12\x1a\n\x16\x43OMPARISON_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPARISON_GREATER_OR_EQUAL\x10\x01\x12\x1c\n\x18\x43OMPARISON_LESS_OR_EQUAL\x10\x02\x12\x16\n\x12\x43OMPARISON_GREATER\x10\x03\x12\x13\n\x0f\x43OMPARISON_LESS\x10\x04*z\n\x0bServingRole\x12\x1c\n\x18SERVING_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17SERVING_ROLE_PRODUCTION\x10\x01\x12\x17\n\x13SERVING_ROLE_CANARY\x10\x02\x12\x17\n\x13SERVING_ROLE_SHADOW\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHSNAPSHOT_METRICSENTRY']._loaded_options = None
   _globals['_HEALTHSNAPSHOT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_TRAININGTRIGGER']._serialized_start=541
-  _globals['_TRAININGTRIGGER']._serialized_end=755
-  _globals['_COMPARISON']._serialized_start=758
-  _globals['_COMPARISON']._serialized_end=906
-  _globals['_SERVINGROLE']._serialized_start=908
-  _globals['_SERVINGROLE']._serialized_end=1030
+  _globals['_TRAININGTRIGGER']._serialized_end=786
+  _globals['_COMPARISON']._serialized_start=789
+  _globals['_COMPARISON']._serialized_end=937
+  _globals['_SERVINGROLE']._serialized_start=939
+  _globals['_SERVINGROLE']._serialized_end=1061
   _globals['_TIMEWINDOW']._serialized_start=82
   _globals['_TIMEWINDOW']._serialized_end=178
   _globals['_COLUMN']._serialized_start=180

@@ -18,6 +18,7 @@ class TrainingTrigger(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING_TRIGGER_DEGRADATION: _ClassVar[TrainingTrigger]
     TRAINING_TRIGGER_MANUAL: _ClassVar[TrainingTrigger]
     TRAINING_TRIGGER_SPEC_CHANGED: _ClassVar[TrainingTrigger]
+    TRAINING_TRIGGER_EXTERNAL: _ClassVar[TrainingTrigger]
 
 class Comparison(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,7 @@ TRAINING_TRIGGER_DRIFT: TrainingTrigger
 TRAINING_TRIGGER_DEGRADATION: TrainingTrigger
 TRAINING_TRIGGER_MANUAL: TrainingTrigger
 TRAINING_TRIGGER_SPEC_CHANGED: TrainingTrigger
+TRAINING_TRIGGER_EXTERNAL: TrainingTrigger
 COMPARISON_UNSPECIFIED: Comparison
 COMPARISON_GREATER_OR_EQUAL: Comparison
 COMPARISON_LESS_OR_EQUAL: Comparison

@@ -12,9 +12,9 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InferenceLogged(_message.Message):
-    __slots__ = ("model", "feature_names", "class_labels", "records", "sampling_rate", "server_id")
+    __slots__ = ("model", "feature_names", "class_labels", "records", "sampling_rate", "server_id", "text_feature_names")
     class Record(_message.Message):
-        __slots__ = ("request_id", "version", "timestamp", "features", "outputs", "label", "latency_us", "error", "role")
+        __slots__ = ("request_id", "version", "timestamp", "features", "outputs", "label", "latency_us", "error", "role", "text_features")
         REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
         VERSION_FIELD_NUMBER: _ClassVar[int]
         TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class InferenceLogged(_message.Message):
         LATENCY_US_FIELD_NUMBER: _ClassVar[int]
         ERROR_FIELD_NUMBER: _ClassVar[int]
         ROLE_FIELD_NUMBER: _ClassVar[int]
+        TEXT_FEATURES_FIELD_NUMBER: _ClassVar[int]
         request_id: str
         version: int
         timestamp: _timestamp_pb2.Timestamp
@@ -33,20 +34,23 @@ class InferenceLogged(_message.Message):
         latency_us: int
         error: str
         role: _common_pb2.ServingRole
-        def __init__(self, request_id: _Optional[str] = ..., version: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features: _Optional[_Iterable[float]] = ..., outputs: _Optional[_Iterable[float]] = ..., label: _Optional[str] = ..., latency_us: _Optional[int] = ..., error: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.ServingRole, str]] = ...) -> None: ...
+        text_features: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, request_id: _Optional[str] = ..., version: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., features: _Optional[_Iterable[float]] = ..., outputs: _Optional[_Iterable[float]] = ..., label: _Optional[str] = ..., latency_us: _Optional[int] = ..., error: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.ServingRole, str]] = ..., text_features: _Optional[_Iterable[str]] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_RATE_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     model: str
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     class_labels: _containers.RepeatedScalarFieldContainer[str]
     records: _containers.RepeatedCompositeFieldContainer[InferenceLogged.Record]
     sampling_rate: float
     server_id: str
-    def __init__(self, model: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_labels: _Optional[_Iterable[str]] = ..., records: _Optional[_Iterable[_Union[InferenceLogged.Record, _Mapping]]] = ..., sampling_rate: _Optional[float] = ..., server_id: _Optional[str] = ...) -> None: ...
+    text_feature_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., feature_names: _Optional[_Iterable[str]] = ..., class_labels: _Optional[_Iterable[str]] = ..., records: _Optional[_Iterable[_Union[InferenceLogged.Record, _Mapping]]] = ..., sampling_rate: _Optional[float] = ..., server_id: _Optional[str] = ..., text_feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroundTruthLogged(_message.Message):
     __slots__ = ("model", "request_id", "label", "value", "observed_at")

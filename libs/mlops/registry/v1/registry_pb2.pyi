@@ -489,14 +489,20 @@ class ListDatasetVersionsResponse(_message.Message):
     def __init__(self, versions: _Optional[_Iterable[_Union[DatasetVersion, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
-    __slots__ = ("name", "datatype", "shape")
+    __slots__ = ("name", "datatype", "shape", "columns", "role", "onnx_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATATYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ONNX_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     datatype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    role: str
+    onnx_type: str
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., onnx_type: _Optional[str] = ...) -> None: ...
 
 class ModelSignature(_message.Message):
     __slots__ = ("inputs", "outputs", "feature_names", "class_labels", "task", "onnx_opset", "categories")
@@ -530,7 +536,7 @@ class Vocabulary(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model", "version", "run_id", "spec_version", "dataset", "dataset_version", "dataset_sha256", "artifact_uri", "artifact_sha256", "artifact_size_bytes", "profile_uri", "profile_sha256", "signature", "metrics", "tags", "aliases", "description", "created_at")
+    __slots__ = ("model", "version", "run_id", "spec_version", "dataset", "dataset_version", "dataset_sha256", "artifact_uri", "artifact_sha256", "artifact_size_bytes", "profile_uri", "profile_sha256", "signature", "metrics", "tags", "aliases", "description", "created_at", "origin")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -563,6 +569,7 @@ class ModelVersion(_message.Message):
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     run_id: str
@@ -581,7 +588,8 @@ class ModelVersion(_message.Message):
     aliases: _containers.RepeatedScalarFieldContainer[str]
     description: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., run_id: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., profile_uri: _Optional[str] = ..., profile_sha256: _Optional[str] = ..., signature: _Optional[_Union[ModelSignature, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tags: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    origin: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., run_id: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., profile_uri: _Optional[str] = ..., profile_sha256: _Optional[str] = ..., signature: _Optional[_Union[ModelSignature, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tags: _Optional[_Mapping[str, str]] = ..., aliases: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class RegisterModelVersionRequest(_message.Message):
     __slots__ = ("model", "run_id", "spec_version", "dataset", "dataset_version", "dataset_sha256", "artifact_uri", "artifact_sha256", "artifact_size_bytes", "profile_uri", "profile_sha256", "signature", "metrics", "tags", "description")
@@ -784,7 +792,7 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., logged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "model", "spec_version", "dataset", "dataset_version", "dataset_sha256", "params", "status", "trigger", "trigger_event_id", "hardware", "started_at", "ended_at", "metrics", "history", "failed_stage", "error", "model_version", "parent_run_id")
+    __slots__ = ("run_id", "model", "spec_version", "dataset", "dataset_version", "dataset_sha256", "params", "status", "trigger", "trigger_event_id", "hardware", "started_at", "ended_at", "metrics", "history", "failed_stage", "error", "model_version", "parent_run_id", "tags", "artifacts", "source")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -799,6 +807,13 @@ class Run(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -818,6 +833,9 @@ class Run(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model: str
     spec_version: int
@@ -837,11 +855,156 @@ class Run(_message.Message):
     error: str
     model_version: int
     parent_run_id: str
-    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., trigger: _Optional[_Union[_common_pb2.TrainingTrigger, str]] = ..., trigger_event_id: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., failed_stage: _Optional[_Union[_training_pb2.TrainingStage, str]] = ..., error: _Optional[str] = ..., model_version: _Optional[int] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
+    tags: _containers.ScalarMap[str, str]
+    artifacts: _containers.RepeatedCompositeFieldContainer[RunArtifact]
+    source: str
+    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., trigger: _Optional[_Union[_common_pb2.TrainingTrigger, str]] = ..., trigger_event_id: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., failed_stage: _Optional[_Union[_training_pb2.TrainingStage, str]] = ..., error: _Optional[str] = ..., model_version: _Optional[int] = ..., parent_run_id: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[_Iterable[_Union[RunArtifact, _Mapping]]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class RunArtifact(_message.Message):
+    __slots__ = ("path", "uri", "sha256", "size_bytes", "created_at")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    uri: str
+    sha256: str
+    size_bytes: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, path: _Optional[str] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UploadRunArtifactRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    class Header(_message.Message):
+        __slots__ = ("run_id", "path", "size_bytes", "sha256")
+        RUN_ID_FIELD_NUMBER: _ClassVar[int]
+        PATH_FIELD_NUMBER: _ClassVar[int]
+        SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+        SHA256_FIELD_NUMBER: _ClassVar[int]
+        run_id: str
+        path: str
+        size_bytes: int
+        sha256: str
+        def __init__(self, run_id: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UploadRunArtifactRequest.Header
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[UploadRunArtifactRequest.Header, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UpdateRunRequest(_message.Message):
+    __slots__ = ("run_id", "params", "set_tags", "remove_tags")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SetTagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SET_TAGS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_TAGS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    params: _containers.ScalarMap[str, str]
+    set_tags: _containers.ScalarMap[str, str]
+    remove_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., set_tags: _Optional[_Mapping[str, str]] = ..., remove_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RegisterModelRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    class Header(_message.Message):
+        __slots__ = ("model", "dataset", "dataset_version", "label", "run_id", "tags", "description", "spec", "file_name", "size_bytes", "sha256")
+        class TagsEntry(_message.Message):
+            __slots__ = ("key", "value")
+            KEY_FIELD_NUMBER: _ClassVar[int]
+            VALUE_FIELD_NUMBER: _ClassVar[int]
+            key: str
+            value: str
+            def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+        MODEL_FIELD_NUMBER: _ClassVar[int]
+        DATASET_FIELD_NUMBER: _ClassVar[int]
+        DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+        LABEL_FIELD_NUMBER: _ClassVar[int]
+        RUN_ID_FIELD_NUMBER: _ClassVar[int]
+        TAGS_FIELD_NUMBER: _ClassVar[int]
+        DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+        SPEC_FIELD_NUMBER: _ClassVar[int]
+        FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+        SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+        SHA256_FIELD_NUMBER: _ClassVar[int]
+        model: str
+        dataset: str
+        dataset_version: int
+        label: str
+        run_id: str
+        tags: _containers.ScalarMap[str, str]
+        description: str
+        spec: ModelSpec
+        file_name: str
+        size_bytes: int
+        sha256: str
+        def __init__(self, model: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., label: _Optional[str] = ..., run_id: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., file_name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: RegisterModelRequest.Header
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[RegisterModelRequest.Header, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class DownloadArtifactRequest(_message.Message):
+    __slots__ = ("model_version", "run_artifact")
+    class ModelVersionArtifact(_message.Message):
+        __slots__ = ("model", "version", "alias")
+        MODEL_FIELD_NUMBER: _ClassVar[int]
+        VERSION_FIELD_NUMBER: _ClassVar[int]
+        ALIAS_FIELD_NUMBER: _ClassVar[int]
+        model: str
+        version: int
+        alias: str
+        def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ...) -> None: ...
+    class RunArtifactRef(_message.Message):
+        __slots__ = ("run_id", "path")
+        RUN_ID_FIELD_NUMBER: _ClassVar[int]
+        PATH_FIELD_NUMBER: _ClassVar[int]
+        run_id: str
+        path: str
+        def __init__(self, run_id: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    model_version: DownloadArtifactRequest.ModelVersionArtifact
+    run_artifact: DownloadArtifactRequest.RunArtifactRef
+    def __init__(self, model_version: _Optional[_Union[DownloadArtifactRequest.ModelVersionArtifact, _Mapping]] = ..., run_artifact: _Optional[_Union[DownloadArtifactRequest.RunArtifactRef, _Mapping]] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("data", "size_bytes", "sha256", "uri")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size_bytes: int
+    sha256: str
+    uri: str
+    def __init__(self, data: _Optional[bytes] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("run_id", "model", "spec_version", "dataset", "dataset_version", "dataset_sha256", "params", "trigger", "trigger_event_id", "hardware", "parent_run_id")
+    __slots__ = ("run_id", "model", "spec_version", "dataset", "dataset_version", "dataset_sha256", "params", "trigger", "trigger_event_id", "hardware", "parent_run_id", "tags", "source")
     class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -859,6 +1022,8 @@ class CreateRunRequest(_message.Message):
     TRIGGER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     PARENT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     model: str
     spec_version: int
@@ -870,7 +1035,9 @@ class CreateRunRequest(_message.Message):
     trigger_event_id: str
     hardware: Hardware
     parent_run_id: str
-    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., trigger: _Optional[_Union[_common_pb2.TrainingTrigger, str]] = ..., trigger_event_id: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., parent_run_id: _Optional[str] = ...) -> None: ...
+    tags: _containers.ScalarMap[str, str]
+    source: str
+    def __init__(self, run_id: _Optional[str] = ..., model: _Optional[str] = ..., spec_version: _Optional[int] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., trigger: _Optional[_Union[_common_pb2.TrainingTrigger, str]] = ..., trigger_event_id: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., parent_run_id: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class LogRunMetricsRequest(_message.Message):
     __slots__ = ("run_id", "epochs")

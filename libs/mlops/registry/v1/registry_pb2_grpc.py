@@ -170,6 +170,26 @@ class RegistryStub:
                 request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsRequest.SerializeToString,
                 response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsResponse.FromString,
                 _registered_method=True)
+        self.RegisterModel = channel.stream_unary(
+                '/mlops.registry.v1.Registry/RegisterModel',
+                request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+                response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RegisterModelVersionResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/mlops.registry.v1.Registry/DownloadArtifact',
+                request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
+        self.UploadRunArtifact = channel.stream_unary(
+                '/mlops.registry.v1.Registry/UploadRunArtifact',
+                request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.UploadRunArtifactRequest.SerializeToString,
+                response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RunArtifact.FromString,
+                _registered_method=True)
+        self.UpdateRun = channel.unary_unary(
+                '/mlops.registry.v1.Registry/UpdateRun',
+                request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.UpdateRunRequest.SerializeToString,
+                response_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.Run.FromString,
+                _registered_method=True)
         self.GetLineage = channel.unary_unary(
                 '/mlops.registry.v1.Registry/GetLineage',
                 request_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
@@ -401,6 +421,53 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterModel(self, request_iterator, context):
+        """Models trained outside the platform, and the files of runs.
+
+        Registers an ONNX model trained outside the platform as the model's next
+        version. The first message carries the header, the others the file's bytes
+        in order (at most 4 MiB each). The registry stores the bytes
+        content-addressed, reads the signature from the graph (any input names,
+        datatypes and shapes; any outputs), applies the header's spec first when it
+        has one or, for a model with no spec, creates one with the platform's
+        defaults and `training.external: true`, records the version with lineage to
+        the data set it is judged on (and to `run_id` when given), and emits
+        ModelTrained (trigger EXTERNAL), so the evaluator gates it against the
+        champion and the deployer rolls it out like any other. Idempotent on
+        (model, artifact sha256): the same bytes again return the existing version
+        with created = false. INVALID_ARGUMENT names what is wrong with the header
+        or the file (not ONNX, a signature the platform cannot feed from the data
+        set's columns, a sha256 that does not match).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """The bytes of a model version's artifact (by version or alias) or of a
+        run's artifact (by run and path), in chunks of at most 1 MiB; the first
+        chunk carries the size and sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadRunArtifact(self, request_iterator, context):
+        """Stores a file a run produced (a plot, a report, a model) under the run: the
+        first message is the header, the others the bytes in order. Idempotent on
+        (run_id, path, sha256); another file at the same path replaces it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRun(self, request, context):
+        """Sets params, and sets or removes tags, of a run; returns the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetLineage(self, request, context):
         """Lineage.
 
@@ -549,6 +616,26 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.ListDeployments,
                     request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsRequest.FromString,
                     response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'RegisterModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.RegisterModel,
+                    request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.FromString,
+                    response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RegisterModelVersionResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'UploadRunArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadRunArtifact,
+                    request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.UploadRunArtifactRequest.FromString,
+                    response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.RunArtifact.SerializeToString,
+            ),
+            'UpdateRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRun,
+                    request_deserializer=mlops_dot_registry_dot_v1_dot_registry__pb2.UpdateRunRequest.FromString,
+                    response_serializer=mlops_dot_registry_dot_v1_dot_registry__pb2.Run.SerializeToString,
             ),
             'GetLineage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLineage,
@@ -1286,6 +1373,114 @@ class Registry:
             '/mlops.registry.v1.Registry/ListDeployments',
             mlops_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsRequest.SerializeToString,
             mlops_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlops.registry.v1.Registry/RegisterModel',
+            mlops_dot_registry_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+            mlops_dot_registry_dot_v1_dot_registry__pb2.RegisterModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlops.registry.v1.Registry/DownloadArtifact',
+            mlops_dot_registry_dot_v1_dot_registry__pb2.DownloadArtifactRequest.SerializeToString,
+            mlops_dot_registry_dot_v1_dot_registry__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadRunArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlops.registry.v1.Registry/UploadRunArtifact',
+            mlops_dot_registry_dot_v1_dot_registry__pb2.UploadRunArtifactRequest.SerializeToString,
+            mlops_dot_registry_dot_v1_dot_registry__pb2.RunArtifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlops.registry.v1.Registry/UpdateRun',
+            mlops_dot_registry_dot_v1_dot_registry__pb2.UpdateRunRequest.SerializeToString,
+            mlops_dot_registry_dot_v1_dot_registry__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,
