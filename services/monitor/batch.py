@@ -34,6 +34,9 @@ class BatchRows:
     failed: np.ndarray
     features: np.ndarray
     """[n, F] in `feature_names` order; NaN rows for failed requests that logged no features."""
+    text_feature_names: tuple[str, ...]
+    texts: np.ndarray
+    """[n, T] str objects in `text_feature_names` order; None for failed requests that logged none."""
     outputs: np.ndarray
     """[n, C] probabilities (classification) or [n, 1] predictions; NaN for failed requests."""
     labels: list[str]
@@ -142,6 +145,14 @@ def decode_batch(
     if len(set(names)) != len(names):
         raise InvalidBatch("InferenceLogged.feature_names has duplicates")
     _check_names("feature_names", names)
+    text_names = tuple(event.text_feature_names)
+    if len(set(text_names)) != len(text_names):
+        raise InvalidBatch("InferenceLogged.text_feature_names has duplicates")
+    if both := set(names) & set(text_names):
+        raise InvalidBatch(
+            f"InferenceLogged names {sorted(both)[0]!r} in both feature_names and text_feature_names"
+        )
+    _check_names("text_feature_names", text_names)
     classes = tuple(event.class_labels)
     _check_names("class_labels", classes)
     # Serialising the parsed event costs far less than reading a float at a time from it; whatever
@@ -161,17 +172,36 @@ def decode_batch(
             r.error,
             r.request_id,
             r.label,
+            r.text_features,
         )
         for r in records
     ]
     if n:
-        versions_, stamps, latencies, roles, feature_runs, output_runs, errors, request_ids, labels = map(
-            list, zip(*meta, strict=True)
-        )
+        (
+            versions_,
+            stamps,
+            latencies,
+            roles,
+            feature_runs,
+            output_runs,
+            errors,
+            request_ids,
+            labels,
+            text_runs,
+        ) = map(list, zip(*meta, strict=True))
     else:
-        versions_, stamps, latencies, roles, feature_runs, output_runs, errors, request_ids, labels = (
-            [] for _ in range(9)
-        )
+        (
+            versions_,
+            stamps,
+            latencies,
+            roles,
+            feature_runs,
+            output_runs,
+            errors,
+            request_ids,
+            labels,
+            text_runs,
+        ) = ([] for _ in range(10))
     if "\0" in "".join(request_ids):
         i = next(i for i, request_id in enumerate(request_ids) if "\0" in request_id)
         raise InvalidBatch(f"record {i} ({request_ids[i]!r}) has a NUL character in its request id")
@@ -184,7 +214,9 @@ def decode_batch(
         raise InvalidBatch(
             f"record {i} ({request_ids[i]!r}) has {feature_lengths[i]} features; feature_names lists {width}"
         )
-    bad_outputs = (output_lengths != outputs_width) & ~(failed & (output_lengths == 0))
+    # A classifier that answers a label without probabilities logs no outputs; its label is counted.
+    label_only = (output_lengths == 0) & np.fromiter(map(bool, labels), dtype=bool, count=n) & bool(classes)
+    bad_outputs = (output_lengths != outputs_width) & ~((failed | label_only) & (output_lengths == 0))
     if bad_outputs.any():
         i = int(np.argmax(bad_outputs))
         raise InvalidBatch(
@@ -192,6 +224,7 @@ def decode_batch(
             + ("(one per class label)" if classes else "(one prediction)")
         )
     features = _matrix(feature_runs, feature_lengths, width)
+    texts = _texts(text_runs, failed, text_names, request_ids)
     outputs = _matrix(output_runs, output_lengths, outputs_width)
     versions = np.asarray(versions_, dtype=np.int64)
     if n and versions.min() < 1:
@@ -240,24 +273,49 @@ def decode_batch(
         latency_us=latency_us,
         failed=failed,
         features=features,
+        text_feature_names=text_names,
+        texts=texts,
         outputs=outputs,
         labels=labels,
         roles=np.asarray(roles, dtype=np.int64),
     )
 
 
+def _texts(runs: list, failed: np.ndarray, names: tuple[str, ...], request_ids: list[str]) -> np.ndarray:
+    """[n, T] object array of the records' text features; None rows for failed records without any.
+    Text values are only looked up in the profile's vocabularies, never stored, so any string is taken."""
+    n, width = len(runs), len(names)
+    lengths = np.fromiter(map(len, runs), dtype=np.int64, count=n)
+    bad = (lengths != width) & ~(failed & (lengths == 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidBatch(
+            f"record {i} ({request_ids[i]!r}) has {lengths[i]} text features; text_feature_names lists {width}"
+        )
+    texts = np.full((n, width), None, dtype=object)
+    if width:
+        for i in np.flatnonzero(lengths == width):
+            texts[i] = list(runs[i])
+    return texts
+
+
 def predicted_classes(rows: BatchRows, class_labels: list[str]) -> np.ndarray:
     """Index in `class_labels` of each row's predicted class: its label if logged, else the argmax of
-    its probabilities; -1 for failed rows and labels the model does not list."""
+    its probabilities (in the batch's class order, which may differ from the model's); -1 for failed
+    rows and labels the model does not list."""
     n = len(rows)
-    if rows.class_labels and list(rows.class_labels) != list(class_labels):
+    index = {label: i for i, label in enumerate(class_labels)}
+    if rows.class_labels and set(rows.class_labels) != set(class_labels):
         raise InvalidBatch(f"class_labels {list(rows.class_labels)} differ from the model's {class_labels}")
     result = np.full(n, -1, dtype=np.int64)
     ok = ~rows.failed
     if ok.any():
         result[ok] = np.argmax(np.nan_to_num(rows.outputs[ok], nan=-np.inf), axis=1)
+        if rows.class_labels and list(rows.class_labels) != list(class_labels):
+            # The same classes in another order (a converter's own): the model's order counts.
+            order = np.asarray([index[label] for label in rows.class_labels], dtype=np.int64)
+            result[ok] = order[result[ok]]
     unlabelled = -2
-    index = {label: i for i, label in enumerate(class_labels)}
     index[""] = unlabelled
     logged = np.fromiter(map(index.get, rows.labels, itertools.repeat(-1)), dtype=np.int64, count=n)
     labelled = ok & (logged != unlabelled)

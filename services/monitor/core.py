@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ from services.monitor.windows import CommitPlan, OpenWindow, OpenWindows
 
 if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
     from services.monitor.clients import ModelCatalog, RegistryClient, VersionInfo
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Closing",
@@ -86,6 +89,10 @@ class MonitorCore:
             database=database, outbox=outbox, registry=registry, store=store, settings=settings
         )
         self.queries = Queries(database=database, catalog=catalog, settings=settings)
+        self.reported: LRU[tuple[str, int, tuple[str, ...], tuple[str, ...]], bool] = LRU(
+            settings.max_tracked_versions
+        )
+        """Input layouts that did not match a version's profile, reported once each."""
         self.settings = settings
         prometheus.SERIES.resize(settings.max_metric_series)
 
@@ -181,12 +188,26 @@ class MonitorCore:
             versions=versions,
             partition=partition,
             traceparent=traceparent,
+            label=body.label,
         )
 
     def merge(self, counted: CountedBatch, *, now: float | None = None) -> None:
         """Add a counted batch to the health boards and the open windows (on the event loop)."""
         self.queries.add_health(counted.health, time.time() if now is None else now)
         self.open.merge(counted)
+        for version, (missing, extra) in counted.unmatched.items():
+            key = (counted.model, version, missing, extra)
+            if key in self.reported:
+                continue
+            self.reported[key] = True
+            log.warning(
+                "%s v%d: the inference log lacks %s of the training profile (not judged for drift); "
+                "it logs %s that the profile lacks (ignored)",
+                counted.model,
+                version,
+                ", ".join(missing) or "no feature",
+                ", ".join(extra) or "no input",
+            )
 
     def due(self, now: float) -> list[OpenWindow]:
         return self.open.due(now)

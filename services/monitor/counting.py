@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.monitor.batch import BatchRows, InvalidBatch, predicted_classes
+from services.monitor.batch import BatchRows, predicted_classes
+from services.monitor.inputs import match_inputs
 from services.monitor.predictions import PredictionBatch
 from services.monitor.reference import Reference
 from services.monitor.times import utc
@@ -30,6 +31,8 @@ class Prepared:
     versions: dict[int, VersionInfo]
     partition: int
     traceparent: str | None
+    label: str = ""
+    """The spec's label column: never a feature."""
 
 
 @dataclass
@@ -67,16 +70,9 @@ class CountedBatch:
     references: dict[int, Reference | None] = field(default_factory=dict)
     latest: float = 0.0
     """The latest request time in the batch."""
-
-
-def _column_order(rows: BatchRows, reference: Reference) -> np.ndarray:
-    position = {name: i for i, name in enumerate(rows.feature_names)}
-    missing = [name for name in reference.feature_names if name not in position]
-    if missing:
-        raise InvalidBatch(
-            f"the batch lacks features of {rows.model}'s training profile: {', '.join(missing)}"
-        )
-    return np.asarray([position[name] for name in reference.feature_names], dtype=np.int64)
+    unmatched: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    """Per version: the profile features the batch lacks, and the inputs it logs that the profile
+    lacks (both left out of drift; reported once)."""
 
 
 def count_batch(prepared: Prepared, *, store_predictions: bool) -> CountedBatch:
@@ -121,16 +117,19 @@ def count_batch(prepared: Prepared, *, store_predictions: bool) -> CountedBatch:
             )
         )
         ok = ~sub_rows.failed
-        matrix = None
+        matrix = present = None
         if reference is not None:
-            matrix = sub_rows.features[:, _column_order(rows, reference)]
+            matched = match_inputs(sub_rows, reference, label=prepared.label)
+            matrix, present = matched.matrix, matched.present
+            if matched.missing or matched.extra:
+                out.unmatched[version] = (matched.missing, matched.extra)
         version_starts = starts[selected]
         for start in np.unique(version_starts[ok]):
             in_window = ok & (version_starts == start)
             counts = None
             if reference is not None and matrix is not None:
                 predicted = classes[in_window] if classes is not None else values[in_window]
-                counts = reference.count(matrix[in_window], predicted)
+                counts = reference.count(matrix[in_window], predicted, present)
             out.windows.append(WindowDelta(rows.model, version, int(start), counts, int(in_window.sum())))
         if store_predictions and ok.any():
             stored = matrix if matrix is not None else sub_rows.features
@@ -169,6 +168,8 @@ def _subset(rows: BatchRows, selected: np.ndarray) -> BatchRows:
         latency_us=rows.latency_us[selected],
         failed=rows.failed[selected],
         features=rows.features[selected],
+        text_feature_names=rows.text_feature_names,
+        texts=rows.texts[selected],
         outputs=rows.outputs[selected],
         labels=[rows.labels[i] for i in index],
         roles=rows.roles[selected],

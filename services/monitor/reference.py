@@ -32,6 +32,8 @@ class FeatureSlots:
     edges: np.ndarray
     reference: np.ndarray
     """The profile's counts on the same slots (missing and unseen included)."""
+    vocabulary: dict[str, int] = field(default_factory=dict, compare=False)
+    """A categorical feature's code of each category (its position in the profile's categories)."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,11 @@ class Reference:
             else:
                 size = len(item.categories)
                 reference = np.asarray([*item.counts, item.unseen, item.missing], dtype=np.int64)
+                vocabulary = {str(category): code for code, category in enumerate(item.categories)}
                 features.append(
-                    FeatureSlots(item.name, "categorical", item.index, offset, size, np.empty(0), reference)
+                    FeatureSlots(
+                        item.name, "categorical", item.index, offset, size, np.empty(0), reference, vocabulary
+                    )
                 )
                 offset += size + 2
         prediction = profile.prediction
@@ -115,12 +120,19 @@ class Reference:
     def empty(self) -> np.ndarray:
         return np.zeros(self.size, dtype=np.int64)
 
-    def count(self, matrix: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    def count(
+        self, matrix: np.ndarray, predicted: np.ndarray, present: np.ndarray | None = None
+    ) -> np.ndarray:
         """Counts on this reference's slots of rows `matrix` [n, F] (columns in profile order, NaN
-        for missing) and `predicted` [n]: class indices (-1 unknown) or regression outputs."""
+        for missing) and `predicted` [n]: class indices (-1 unknown) or regression outputs. A feature
+        whose column is not `present` (the log lacks it) is not counted at all, so that its slots stay
+        empty and the window does not judge it."""
         n = matrix.shape[0]
         slots = np.empty((n, len(self.features) + 1), dtype=np.int64)
         for j, feature in enumerate(self.features):
+            if present is not None and not present[feature.column]:
+                slots[:, j] = -1
+                continue
             values = matrix[:, feature.column]
             if feature.kind == "numeric":
                 index = stats.bin_index(values, feature.edges)
@@ -150,13 +162,19 @@ class Reference:
         the window drifted: any judged feature crossed the threshold, or the predictions' PSI did."""
         judged = sample_count >= rule.min_samples and sample_count > 0
         by_p_value = rule.method in ("ks", "chi2")
+        # A feature no row of the window logged (the log lacks it) is left out, not judged as empty.
+        observed = [
+            feature
+            for feature in self.features
+            if sample_count <= 0 or counts[feature.offset : feature.offset + feature.reference.size].any()
+        ]
         p_threshold = rule.threshold
-        if by_p_value and rule.p_value_correction == "bonferroni" and self.features:
-            p_threshold = rule.threshold / len(self.features)
+        if by_p_value and rule.p_value_correction == "bonferroni" and observed:
+            p_threshold = rule.threshold / len(observed)
         statistics: list[monitoring_pb2.FeatureDrift] = []
         chosen: list[monitoring_pb2.FeatureDrift] = []
-        psi_alpha = rule.psi_significance / max(len(self.features), 1)
-        for feature in self.features:
+        psi_alpha = rule.psi_significance / max(len(observed), 1)
+        for feature in observed:
             live = counts[feature.offset : feature.offset + feature.reference.size]
             psi_score = stats.psi(feature.reference, live)
             psi_p = stats.psi_p_value(feature.reference, live)

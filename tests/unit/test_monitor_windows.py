@@ -257,13 +257,18 @@ def test_a_stored_batch_locates_each_request_id_at_its_first_row():
     assert value_at(None) is None and class_at(None, b"\0\0\0\0") is None
 
 
-def test_count_batch_refuses_a_batch_missing_a_profile_feature(reference):
-    batch = _batch(3, 1000.0)
+def test_count_batch_skips_a_profile_feature_the_batch_lacks_and_says_which(reference):
+    batch = _batch(300, 1000.0)
     batch.feature_names[2] = "other"
     rows = decode_batch(batch)
     prepared = Prepared(rows, 2, "classification", {1: VersionInfo(pb.ModelVersion(), reference)}, 0, None)
-    with pytest.raises(InvalidBatch, match=r"lacks features .*: b"):
-        count_batch(prepared, store_predictions=False)
+    counted = count_batch(prepared, store_predictions=False)
+    assert counted.unmatched == {1: (("b",), ("other",))}
+    b = reference.features[1]
+    counts = sum(w.counts for w in counted.windows)
+    assert not counts[b.offset : b.offset + b.reference.size].any()
+    result = reference.judge(counts, 300, Judgement(method="psi", threshold=0.2, min_samples=10))
+    assert [f.feature for f in result.features] == ["a", "colour"]
 
 
 def test_health_scales_counts_by_the_sampling_rate_and_finds_percentiles():
