@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from mlops import tabular
+from mlops.errors import InvalidArgument
 
 ONNX_OPSET = 17
 DATATYPES = {1: "FP32", 7: "INT64", 11: "FP64", 6: "INT32", 9: "BOOL"}
@@ -70,6 +71,33 @@ def signature_of(onnx_bytes: bytes) -> tuple[list, list]:
         return value.name, DATATYPES.get(tensor.elem_type, str(tensor.elem_type)), shape
 
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
+
+
+def platform_signature(
+    onnx_bytes: bytes,
+    *,
+    task: str,
+    feature_names: list[str],
+    label: str,
+    class_labels: list[str],
+    categories: dict[str, list[str]],
+):
+    """The version's signature as every reader takes it (`mlops.onnx_signature`): the `input` tensor's
+    columns (the features, in order), the outputs' roles, the class labels and the text vocabularies.
+
+    Read from the exported graph itself, so a graph that no longer matches the features or the classes
+    fails here rather than in the evaluator."""
+    from mlops.onnx_signature import read_signature
+    from mlops.registry.v1 import registry_pb2 as pb
+
+    signature = read_signature(
+        onnx_bytes, columns=[*feature_names, label], label=label, class_labels=class_labels
+    )
+    if signature.task != task:
+        raise InvalidArgument(f"the exported graph reads as {signature.task}, the spec says {task}")
+    for name, values in categories.items():
+        signature.categories[name].CopyFrom(pb.Vocabulary(values=values))
+    return signature
 
 
 def cpu_session(onnx_bytes: bytes):

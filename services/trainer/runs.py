@@ -17,6 +17,7 @@ from mlops.jaeger import TRACE_TAG
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
+from services.trainer.export import platform_signature
 from services.trainer.storage import Job
 from services.trainer.training import EpochRecord, TrainingParams, TrainOutcome
 
@@ -121,14 +122,13 @@ class RunBook:
                 raise JobFailed(
                     STAGE.TRAINING_STAGE_UPLOAD, error.message, type(error).__name__, retryable=True
                 ) from error
-        signature = pb.ModelSignature(
-            inputs=[pb.TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outcome.inputs],
-            outputs=[pb.TensorSpec(name=n, datatype=d, shape=s) for n, d, s in outcome.outputs],
-            feature_names=outcome.feature_names,
-            class_labels=outcome.class_labels,
+        signature = platform_signature(
+            outcome.onnx,
             task=spec.task,
-            onnx_opset=outcome.onnx_opset,
-            categories={name: pb.Vocabulary(values=values) for name, values in outcome.categories.items()},
+            feature_names=list(outcome.feature_names),
+            label=spec.label,
+            class_labels=list(outcome.class_labels),
+            categories=outcome.categories,
         )
         with tracer.start_as_current_span(
             "register model", attributes={"mlops.model.name": job.model}

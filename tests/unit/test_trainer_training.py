@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from mlops.profile import ReferenceProfile
+from services.trainer.export import platform_signature
 from services.trainer.training import (
     TrainingParams,
     TrainRequest,
@@ -65,6 +66,19 @@ def test_classification_run_trains_exports_and_profiles(tmp_path):
     assert profile.row_count == outcome.rows["train"]
     probabilities, label = cpu_session(outcome.onnx).run(None, {"input": np.zeros((3, 3), dtype=np.float32)})
     assert probabilities.shape == (3, 3) and label.shape == (3,)
+    signature = platform_signature(
+        outcome.onnx,
+        task="classification",
+        feature_names=outcome.feature_names,
+        label="quality",
+        class_labels=outcome.class_labels,
+        categories=outcome.categories,
+    )
+    assert list(signature.inputs[0].columns) == ["a", "b", "colour"]
+    # the label output is the class index: readers take the class from the probabilities instead
+    assert {o.name: o.role for o in signature.outputs} == {"probabilities": "probabilities", "label": ""}
+    assert list(signature.class_labels) == ["high", "low", "mid"]
+    assert list(signature.categories["colour"].values) == ["blue", "green", "red"]
 
 
 def test_same_data_and_spec_give_the_same_metrics_and_bytes(tmp_path):
@@ -83,6 +97,16 @@ def test_regression_run_undoes_target_scaling(tmp_path):
     assert outcome.ok, outcome.reason
     assert outcome.metrics["r2"] > 0.8 and outcome.metrics["rmse"] < 20
     assert outcome.outputs == [("prediction", "FP32", [-1])]
+    signature = platform_signature(
+        outcome.onnx,
+        task="regression",
+        feature_names=["p", "q", "r"],
+        label="y",
+        class_labels=[],
+        categories={},
+    )
+    assert [(o.name, o.role) for o in signature.outputs] == [("prediction", "value")]
+    assert list(signature.inputs[0].columns) == ["p", "q", "r"] and signature.task == "regression"
 
 
 def test_missing_label_fails_validation_naming_the_column(tmp_path):
