@@ -24,8 +24,9 @@ async def main() -> None:
     runtime = ServiceRuntime("registry", settings, schema=SCHEMA, migrations=MIGRATIONS)
     await runtime.start()
     # Data sets recorded over gRPC are checked as those committed on Kafka are.
-    datasets = DatasetChecker(open_store(ArtifactSettings())) if settings.verify_data_commits else None
-    core = RegistryCore(runtime.database, runtime.outbox, settings, datasets)
+    store = open_store(ArtifactSettings())
+    datasets = DatasetChecker(store) if settings.verify_data_commits else None
+    core = RegistryCore(runtime.database, runtime.outbox, settings, datasets, store=store)
     handlers = RegistryHandlers(core)
     runtime.subscribe(data_pb2.DataCommitted, handlers.on_data_committed)
     runtime.subscribe(monitoring_pb2.DriftDetected, handlers.on_monitor_event)

@@ -39,6 +39,7 @@ _METHODS = {
     "ListDeployments": ("deployments", "list_deployments"),
     "GetLineage": ("lineage", "get_lineage"),
     "RequestRetrain": ("retraining", "request_retrain"),
+    "UpdateRun": ("runs", "update_run"),
 }
 """Each RPC's aggregate of the core and its method there."""
 
@@ -68,10 +69,25 @@ def _delegate(rpc: str, aggregate: str, core_method: str):
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    """Every RPC of the Registry service; the mapping above is checked complete at import."""
+    """Every RPC of the Registry service; the mapping above and the streams below are checked complete
+    at import."""
 
     def __init__(self, core: RegistryCore) -> None:
         self.core = core
+
+    async def RegisterModel(self, request_iterator, context):
+        # The caller who registers is who applies the spec it creates or carries.
+        return await self.core.external.register_model(request_iterator, applied_by=recorded_actor(""))
+
+    async def UploadRunArtifact(self, request_iterator, context):
+        return await self.core.artifacts.upload_run_artifact(request_iterator)
+
+    async def DownloadArtifact(self, request, context):
+        async for chunk in await self.core.artifacts.download_artifact(request):
+            yield chunk
+
+
+_STREAMS = {"RegisterModel", "UploadRunArtifact", "DownloadArtifact"}
 
 
 for _rpc, (_aggregate, _core_method) in _METHODS.items():
@@ -80,6 +96,7 @@ for _rpc, (_aggregate, _core_method) in _METHODS.items():
 _missing = (
     set(registry_pb2_grpc.RegistryServicer.__dict__)
     - set(_METHODS)
+    - _STREAMS
     - {"__module__", "__doc__", "__dict__", "__weakref__", "__qualname__"}
 )
 assert not {name for name in _missing if not name.startswith("_")}, f"RPCs without a handler: {_missing}"

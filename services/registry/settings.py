@@ -20,3 +20,7 @@ class RegistrySettings(ServiceSettings):
     describe its columns before recording it."""
     max_page_size: int = 1000
     default_page_size: int = 50
+    max_artifact_bytes: int = 512 << 20
+    """The largest file RegisterModel and UploadRunArtifact accept (held in memory while it is read)."""
+    profile_max_rows: int = 100_000
+    """Rows of the data set a registered model is profiled on (a seeded sample of larger sets)."""

@@ -69,6 +69,13 @@ class ModelVersionRow(SQLModel, table=True):
             "model_versions_run", "model", "run_id", unique=True, postgresql_where=sa.text("run_id <> ''")
         ),
         sa.Index("model_versions_dataset", "dataset", "dataset_version"),
+        sa.Index(
+            "model_versions_external_sha256",
+            "model",
+            "artifact_sha256",
+            unique=True,
+            postgresql_where=sa.text("origin = 'external'"),
+        ),
         {"schema": SCHEMA},
     )
 
@@ -77,6 +84,9 @@ class ModelVersionRow(SQLModel, table=True):
     run_id: str
     dataset: str
     dataset_version: int
+    origin: str = Field(sa_column_kwargs={"server_default": "trainer"})
+    """"trainer" or "external" (RegisterModel)."""
+    artifact_sha256: str = Field(sa_column_kwargs={"server_default": ""})
     metrics: dict = json_column()
     tags: dict = json_column()
     created_at: datetime = time_column()

@@ -3,8 +3,9 @@ state is PostgreSQL (`services.registry.storage`), events leave through the outb
 transaction as the change.
 
 One module per aggregate: `datasets`, `specs`, `versions`, `runs`, `evaluations`, `aliases`,
-`deployments` (with the monitor's events), `lineage` (which reads through the others) and
-`retraining` (people's requests to retrain). Versions (data sets, specs, models) come from a counter
+`deployments` (with the monitor's events), `lineage` (which reads through the others),
+`retraining` (people's requests to retrain), `external` (models trained elsewhere, RegisterModel) and
+`artifacts` (files up and down, in chunks). Versions (data sets, specs, models) come from a counter
 row locked for the transaction, so they increase by one with no gap and no duplicate however many
 writers race; every record call is idempotent on its natural key, so an at-least-once caller can
 repeat it freely.
@@ -18,10 +19,13 @@ from mlops.db import Database
 from mlops.events.v1 import data_pb2
 from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
+from mlops.store import ArtifactStore
 from services.registry.core.aliases import Aliases
+from services.registry.core.artifacts import Artifacts
 from services.registry.core.datasets import Datasets, commit_request
 from services.registry.core.deployments import Deployments, MonitorEvent
 from services.registry.core.evaluations import Evaluations
+from services.registry.core.external import ExternalModels
 from services.registry.core.lineage import Lineage
 from services.registry.core.retraining import Retraining
 from services.registry.core.runs import Runs
@@ -41,6 +45,7 @@ class RegistryCore:
         outbox: Outbox,
         settings: RegistrySettings,
         datasets: DatasetChecker | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
         self.database = database
         self.outbox = outbox
@@ -64,6 +69,11 @@ class RegistryCore:
             aliases=self.aliases,
         )
         self.retraining = Retraining(database, outbox, specs=self.specs, datasets=self.datasets)
+        # Files go through the store: models registered from outside, runs' files, downloads.
+        self.external = ExternalModels(
+            database, outbox, settings, store, specs=self.specs, datasets=self.datasets, runs=self.runs
+        )
+        self.artifacts = Artifacts(store, settings, runs=self.runs, versions=self.versions)
 
     async def record_dataset_version(
         self, request: pb.RecordDatasetVersionRequest, session: AsyncSession | None = None

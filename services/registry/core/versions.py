@@ -63,6 +63,7 @@ def new_version(
         tags=request.tags,
         description=request.description,
         created_at=timestamp(created_at),
+        origin="trainer",
     )
 
 

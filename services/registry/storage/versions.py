@@ -48,8 +48,15 @@ _LATEST = (
 ).replace("{s}", SCHEMA)
 
 
+def _version(body: bytes) -> pb.ModelVersion:
+    version = parse(pb.ModelVersion, body)
+    # Versions recorded before origins existed were all the trainer's.
+    version.origin = version.origin or "trainer"
+    return version
+
+
 def _with_aliases(row) -> pb.ModelVersion:
-    version = parse(pb.ModelVersion, row[0])
+    version = _version(row[0])
     version.aliases.extend(row[1])
     return version
 
@@ -85,14 +92,29 @@ async def version_of_run(session: AsyncSession, *, model: str, run_id: str) -> p
             params={"m": model, "r": run_id},
         )
     ).scalar_one_or_none()
-    return None if body is None else parse(pb.ModelVersion, body)
+    return None if body is None else _version(body)
+
+
+async def version_of_artifact(session: AsyncSession, *, model: str, sha256: str) -> pb.ModelVersion | None:
+    """The model's version registered with these bytes (RegisterModel's idempotency key), if any."""
+    body = (
+        await session.exec(
+            q(
+                "SELECT body FROM {s}.model_versions WHERE model = :m AND artifact_sha256 = :h "
+                "AND origin = 'external'"
+            ),
+            params={"m": model, "h": sha256},
+        )
+    ).scalar_one_or_none()
+    return None if body is None else _version(body)
 
 
 async def insert_version(session: AsyncSession, *, record: pb.ModelVersion, created_at: datetime) -> None:
     await session.exec(
         q(
-            "INSERT INTO {s}.model_versions (model, version, run_id, dataset, dataset_version, metrics, tags, created_at, body) "
-            "VALUES (:m, :v, :r, :d, :dv, CAST(:metrics AS jsonb), CAST(:tags AS jsonb), :t, :b)"
+            "INSERT INTO {s}.model_versions (model, version, run_id, dataset, dataset_version, metrics, tags, "
+            "created_at, origin, artifact_sha256, body) "
+            "VALUES (:m, :v, :r, :d, :dv, CAST(:metrics AS jsonb), CAST(:tags AS jsonb), :t, :o, :h, :b)"
         ),
         params={
             "m": record.model,
@@ -103,6 +125,8 @@ async def insert_version(session: AsyncSession, *, record: pb.ModelVersion, crea
             "metrics": json_text(dict(record.metrics)),
             "tags": json_text(dict(record.tags)),
             "t": created_at,
+            "o": record.origin or "trainer",
+            "h": record.artifact_sha256,
             "b": record.SerializeToString(),
         },
     )
@@ -115,7 +139,7 @@ async def version_for_update(session: AsyncSession, *, model: str, version: int)
             params={"m": model, "v": version},
         )
     ).scalar_one_or_none()
-    return None if body is None else parse(pb.ModelVersion, body)
+    return None if body is None else _version(body)
 
 
 async def update_tags(session: AsyncSession, *, record: pb.ModelVersion) -> None:
