@@ -26,6 +26,7 @@ from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.tracecontext import parse_traceparent
 from services.monitor import prometheus, storage
+from services.monitor.external import say_new_model
 from services.monitor.lru import LRU
 from services.monitor.reference import Judgement, advance_run
 from services.monitor.settings import MonitorSettings
@@ -63,6 +64,8 @@ class Closing:
     retrain_span: trace.Span | None = None
     retrain_skipped: str = ""
     """Why no retrain follows the alarm (the version is a candidate, not what production serves)."""
+    new_model: bool = False
+    """The alarm asks for a new model instead of a retrain (the model is trained elsewhere)."""
 
     def end_spans(self) -> None:
         if self.retrain_span is not None:
@@ -216,6 +219,8 @@ class Alarms:
             profile_sha256=window.profile_sha256,
             detected_at=timestamp(now),
         )
+        if closing.new_model:
+            say_new_model(detected)
         cause = await self.outbox.add(session, detected)
         prometheus.SERIES.labels(prometheus.DRIFT_ALARMS, *labels).inc()
         trace.get_current_span().set_attribute("mlops.drift.event_id", cause)

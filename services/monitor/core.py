@@ -33,6 +33,7 @@ from services.monitor import prometheus, storage
 from services.monitor.alarms import Alarms, Closing, VersionState
 from services.monitor.batch import BatchRows, InvalidBatch
 from services.monitor.counting import CountedBatch, HealthDelta, Prepared, WindowDelta, count_batch
+from services.monitor.external import trained_elsewhere
 from services.monitor.health import VersionHealth
 from services.monitor.lru import LRU
 from services.monitor.predictions import StagedPredictions, copy_predictions
@@ -249,7 +250,10 @@ class MonitorCore:
     async def _write(self, plan: CommitPlan, staged: StagedPredictions | None) -> int:
         now = plan.now
         closings = [await self.alarms.judge(window, now) for window in plan.closing]
-        assembling = [c for c in closings if await self.retraining.wanted(c)]
+        asking = [c for c in closings if await self.retraining.wanted(c)]
+        for closing in asking:
+            closing.new_model = trained_elsewhere(closing.spec)
+        assembling = [c for c in asking if not c.new_model]
         if assembling and self.settings.retrain_dataset != "latest" and plan.predictions:
             # The drifted windows' predictions must be in the table the data set is assembled from;
             # open windows, predictions and offsets make a consistent state on their own.

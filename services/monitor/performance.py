@@ -25,8 +25,9 @@ from mlops.db import Database
 from mlops.errors import InvalidArgument, NotFound
 from mlops.events.v1 import common_pb2, monitoring_pb2, training_pb2
 from mlops.outbox import Outbox
-from services.monitor import prometheus
+from services.monitor import prometheus, storage
 from services.monitor.core import MonitorCore
+from services.monitor.external import asks_for_new_model, new_model_reason, say_new_model
 from services.monitor.predictions import class_at, value_at
 from services.monitor.reference import advance_run
 from services.monitor.retraining import REQUESTED_BY
@@ -372,20 +373,31 @@ class PerformanceTracker:
                 consecutive_windows=degraded,
                 detected_at=timestamp(now),
             )
+            side = ">=" if bound.comparison == common_pb2.COMPARISON_GREATER_OR_EQUAL else "<="
+            what = (
+                f"live {bound.metric} {metrics[bound.metric]:.4g} outside the gate's bound "
+                f"({side} {bound.bound:g}) for {degraded} windows"
+            )
+            new_model = asks_for_new_model(spec, spec.spec.spec.monitor.on_degradation)
+            if new_model:
+                say_new_model(degradation)
             cause = await self.outbox.add(session, degradation)
             prometheus.SERIES.labels(prometheus.DEGRADATION_ALARMS, model, str(version)).inc()
-            if spec.spec.spec.monitor.on_degradation == "retrain":
-                side = ">=" if bound.comparison == common_pb2.COMPARISON_GREATER_OR_EQUAL else "<="
+            if new_model:
+                reason = new_model_reason(model, what)
+                await storage.write_new_model_needed(
+                    session=session, model=model, version=version, at=now, reason=reason
+                )
+                trace.get_current_span().set_attribute("mlops.alarm.new_model_needed", True)
+                log.warning("%s v%d: a new model is needed: %s", model, version, reason)
+            elif spec.spec.spec.monitor.on_degradation == "retrain":
                 await self.outbox.add(
                     session,
                     training_pb2.RetrainRequested(
                         model=model,
                         version=version,
                         trigger=common_pb2.TRAINING_TRIGGER_DEGRADATION,
-                        reason=(
-                            f"live {bound.metric} {metrics[bound.metric]:.4g} outside the gate's bound "
-                            f"({side} {bound.bound:g}) for {degraded} windows"
-                        ),
+                        reason=what,
                         cause_event_id=cause,
                         window=window,
                         dataset_version=0,

@@ -19,6 +19,7 @@ from mlops.events.v1 import common_pb2
 from mlops.monitor.v1 import monitor_pb2
 from services.monitor import prometheus, storage
 from services.monitor.counting import HealthDelta
+from services.monitor.external import show_new_model
 from services.monitor.health import VersionHealth, prediction_psi_classes, prediction_psi_values
 from services.monitor.lru import LRU
 from services.monitor.settings import MonitorSettings
@@ -211,8 +212,10 @@ class Queries:
                 )
             return by_version[version]
 
-        for version, consecutive, last_alarm, degraded, last_degradation, live in versions:
+        for version, consecutive, last_alarm, degraded, last_degradation, live, new_at, why in versions:
             item = entry(version)
+            if new_at is not None:
+                show_new_model(item, timestamp(float(new_at)), why or "")
             item.consecutive_windows = consecutive
             item.degraded_windows = degraded
             if last_alarm is not None:

@@ -7,7 +7,9 @@ The monitor states one intent per retrain and records nothing itself. With `retr
 than "latest", the labelled predictions of the drifted windows are uploaded as a data set snapshot,
 and the intent is that data committed to retrain the model (`DataCommitted` carrying a
 `RetrainIntent`): the registry records it, and the trainer trains the model on that record. Otherwise
-the intent is `RetrainRequested` on the latest version of the model's data set.
+the intent is `RetrainRequested` on the latest version of the model's data set. A model trained
+outside the platform (`training.external`) is not retrained: its alarm asks for a new model and the
+version's state records it (`services.monitor.external`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mlops.store import ArtifactStore
 from mlops.tabular import read_table
 from services.monitor import storage
 from services.monitor.alarms import Closing, policy
+from services.monitor.external import new_model_reason
 from services.monitor.predictions import TIMES
 from services.monitor.settings import MonitorSettings
 from services.monitor.times import time_window, timestamp, utc
@@ -66,7 +69,8 @@ class Retraining:
 
     async def wanted(self, closing: Closing) -> bool:
         """True when the closing's alarm asks for a retrain by the model's policy, and the drifting
-        version is what production serves (see `candidate_only`)."""
+        version is what production serves (see `candidate_only`). For a model trained elsewhere the
+        retrain becomes a request for a new model (`services.monitor.external`), nothing assembled."""
         return (
             closing.alarm
             and policy(closing, "on_drift") == "retrain"
@@ -121,6 +125,14 @@ class Retraining:
         what = f"{monitor.method} drift on {len(drifted)} of {len(closing.body.features)} features"
         if closing.body.prediction_drift_score > self.settings.prediction_drift_threshold:
             what += f" and prediction drift {closing.body.prediction_drift_score:.3g}"
+        if closing.new_model:
+            reason = new_model_reason(window.model, f"{what} for {closing.consecutive} windows")
+            await storage.write_new_model_needed(
+                session=session, model=window.model, version=window.version, at=now, reason=reason
+            )
+            span.set_attribute("mlops.alarm.new_model_needed", True)
+            log.warning("%s v%d: a new model is needed: %s", window.model, window.version, reason)
+            return
         run_start = window.start - (closing.consecutive - 1) * window.width
         if closing.retrain_span is None:
             closing.retrain_span = self.retrain_span(closing)

@@ -209,6 +209,21 @@ async def write_alarm_run(
     )
 
 
+async def write_new_model_needed(
+    *, session: AsyncSession, model: str, version: int, at: float, reason: str
+) -> None:
+    """Record that an alarm of a version asked for a new model (its model is trained elsewhere)."""
+    await session.exec(
+        text(
+            f"INSERT INTO {SCHEMA}.version_state (model, version, consecutive, degraded_windows, live_metrics, "
+            "new_model_needed_at, new_model_reason) VALUES (:model, :version, 0, 0, '{}', :at, :reason) "
+            "ON CONFLICT (model, version) DO UPDATE SET new_model_needed_at = excluded.new_model_needed_at, "
+            "new_model_reason = excluded.new_model_reason"
+        ),
+        params={"model": model, "version": version, "at": utc(at), "reason": reason},
+    )
+
+
 # --- stored predictions and labels, for retraining data ----------------------------------------------
 
 
@@ -264,13 +279,14 @@ async def read_labels(
 
 async def read_version_states(
     *, session: AsyncSession, model: str, version: int
-) -> list[tuple[int, int, float | None, int, float | None, dict | None]]:
-    """(version, consecutive, last alarm, degraded windows, last degradation, live metrics) of the
-    model's versions (`version` 0: all), by version."""
+) -> list[tuple[int, int, float | None, int, float | None, dict | None, float | None, str | None]]:
+    """(version, consecutive, last alarm, degraded windows, last degradation, live metrics, when a new
+    model was asked for, why) of the model's versions (`version` 0: all), by version."""
     rows = await session.exec(
         text(
             f"SELECT version, consecutive, extract(epoch FROM last_alarm_at), degraded_windows, "
-            f"extract(epoch FROM last_degradation_at), live_metrics FROM {SCHEMA}.version_state "
+            f"extract(epoch FROM last_degradation_at), live_metrics, extract(epoch FROM new_model_needed_at), "
+            f"new_model_reason FROM {SCHEMA}.version_state "
             "WHERE model = :m AND (:v = 0 OR version = :v) ORDER BY version"
         ),
         params={"m": model, "v": version},

@@ -63,6 +63,9 @@ class VersionStateRow(SQLModel, table=True):
     last_degradation_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     live_metrics: dict = json_column()
     """Live metrics of the newest closed ground-truth window."""
+    new_model_needed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    """When an alarm asked for a new model: the spec says the model is trained outside the platform."""
+    new_model_reason: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class OffsetRow(SQLModel, table=True):
