@@ -68,7 +68,9 @@ ALSO_WRITES: dict[str, tuple[type[Message], ...]] = {
     # the data, committed as any pipeline would, carrying the retrain it is for
     "monitor": (data_pb2.DataCommitted,),
     # people ask for a retrain through Registry.RequestRetrain, which states it for them
-    "registry": (training_pb2.RetrainRequested,),
+    # and a model trained elsewhere, registered with Registry.RegisterModel, is announced as trained
+    # so that the evaluator gates it like the trainer's
+    "registry": (training_pb2.RetrainRequested, training_pb2.ModelTrained),
 }
 """The few services that also publish an event another identity owns, and why."""
 
