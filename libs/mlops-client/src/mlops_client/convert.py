@@ -17,6 +17,8 @@ from typing import Any
 from mlops_client.errors import InvalidArgument, MissingExtra
 
 INPUT_NAME = "input"
+SKL2ONNX_TYPES = "skl2onnx.common.data_types"
+ONNXMLTOOLS_TYPES = "onnxmltools.convert.common.data_types"
 
 
 def to_onnx(
@@ -48,20 +50,24 @@ def to_onnx(
         tools = _require("onnxmltools", "lightgbm")
         return _serialize(
             tools.convert_lightgbm(
-                model, initial_types=_float_input(model, sample, input_name), target_opset=opset
+                model,
+                initial_types=_float_input(model, sample, input_name, ONNXMLTOOLS_TYPES),
+                target_opset=opset,
             )
         )
     if kind == "xgboost":
         tools = _require("onnxmltools", "lightgbm")
         return _serialize(
             tools.convert_xgboost(
-                model, initial_types=_float_input(model, sample, input_name), target_opset=opset
+                model,
+                initial_types=_float_input(model, sample, input_name, ONNXMLTOOLS_TYPES),
+                target_opset=opset,
             )
         )
     if kind == "sklearn":
         skl2onnx = _require("skl2onnx", "sklearn")
         converted = skl2onnx.convert_sklearn(
-            model, initial_types=_float_input(model, sample, input_name), target_opset=opset
+            model, initial_types=_float_input(model, sample, input_name, SKL2ONNX_TYPES), target_opset=opset
         )
         return _serialize(converted)
     raise InvalidArgument(
@@ -114,18 +120,10 @@ def feature_count(model: Any, sample: Any) -> int:
     raise InvalidArgument("cannot tell the model's feature count: pass sample= (a few rows of features)")
 
 
-def _float_input(model: Any, sample: Any, input_name: str) -> list[tuple[str, Any]]:
-    # onnxmltools and skl2onnx accept each other's FloatTensorType; skl2onnx's when installed
-    try:
-        from skl2onnx.common.data_types import FloatTensorType
-    except ImportError:
-        try:
-            from onnxmltools.convert.common.data_types import FloatTensorType
-        except ImportError:
-            raise MissingExtra(
-                "converting this model needs skl2onnx or onnxmltools: pip install 'mlops-client[sklearn]'"
-            ) from None
-    return [(input_name, FloatTensorType([None, feature_count(model, sample)]))]
+def _float_input(model: Any, sample: Any, input_name: str, types_module: str) -> list[tuple[str, Any]]:
+    # each converter checks the input type's class: skl2onnx's and onnxmltools' are not interchangeable
+    tensor_type = importlib.import_module(types_module).FloatTensorType
+    return [(input_name, tensor_type([None, feature_count(model, sample)]))]
 
 
 def _from_torch(
