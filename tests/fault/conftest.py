@@ -25,6 +25,7 @@ from mlops.bus import acl
 from mlops.event_catalog import spec_for
 from mlops.grpc import open_sync_channel
 from mlops.settings import KafkaSettings
+from tests.fault import service_logs
 from tests.integration.conftest import eventually, stack, unique  # noqa: F401 - shared fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,3 +235,15 @@ def header(record, name: str) -> str | None:
         if key == name:
             return value.decode(errors="replace") if value is not None else None
     return None
+
+
+# --- what the services said, in a failed test's report ------------------------------------------
+
+pytest_runtest_call = service_logs.pytest_runtest_call
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    service_logs.report_on_failure(item, report, STACK / "logs")
+    return report
