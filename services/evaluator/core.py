@@ -27,6 +27,7 @@ import pandas as pd
 from opentelemetry import trace
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from mlops import onnx_signature
 from mlops.errors import InvalidArgument
 from mlops.events.v1 import evaluation_pb2, training_pb2
 from mlops.outbox import Outbox
@@ -36,7 +37,6 @@ from mlops.tabular import (
     TEST,
     Schema,
     assign_splits,
-    feature_matrix,
     label_vector,
     read_table,
     resolve_schema,
@@ -44,7 +44,7 @@ from mlops.tabular import (
 from services.evaluator import gates, prometheus, storage
 from services.evaluator.claims import registered_version
 from services.evaluator.metrics import Slice, classification_metrics, regression_metrics, slices_of
-from services.evaluator.scoring import OnnxModel
+from services.evaluator.scoring import OnnxModel, legacy_signature
 from services.evaluator.settings import EvaluatorSettings
 
 if TYPE_CHECKING:  # the registry's gRPC client, passed in by the composition root
@@ -75,6 +75,9 @@ class Contender:
     classes: list[str]
     categories: dict[str, list[str]] = field(default_factory=dict)
     """Its own vocabularies of text features (from its signature); empty means those of the data set."""
+    signature: pb.ModelSignature | None = None
+    """Its signature as recorded; None or one with no columns and roles reads as the trainer's old
+    contract over `features` and `classes`."""
 
 
 @dataclass
@@ -134,10 +137,36 @@ def _metrics(
     if task == "classification":
         probabilities, labels = model_out.probabilities, model_out.labels
         if rows is not None:
-            probabilities, labels = probabilities[rows], labels[rows]
+            labels = labels[rows]
+            probabilities = None if probabilities is None else probabilities[rows]
         return classification_metrics(y, probabilities, labels, n_classes)
     values = model_out.values if rows is None else model_out.values[rows]
     return regression_metrics(y, values)
+
+
+def contender_signature(contender: Contender, schema: Schema, name: str) -> pb.ModelSignature:
+    """The signature the contender reads rows through: its own, or for a version recorded before
+    signatures carried columns and roles, the trainer's old contract over its feature names (the
+    spec's features for one that recorded none) and class labels."""
+    signature = contender.signature
+    if signature is None or onnx_signature.is_legacy(signature):
+        return legacy_signature(
+            schema.task,
+            list(contender.features or schema.features),
+            list(contender.classes or schema.classes),
+        )
+    if signature.task and signature.task != schema.task:
+        roles = ", ".join(f"{n} ({r})" for n, r in onnx_signature.roles(signature).items())
+        raise InvalidArgument(
+            f"{name} is a {signature.task} model (outputs {roles}) but the spec's task is {schema.task}"
+        )
+    copy = pb.ModelSignature()
+    copy.CopyFrom(signature)
+    signature = copy
+    signature.task = schema.task
+    if schema.task == "classification" and not signature.class_labels:
+        signature.class_labels[:] = schema.classes  # a graph that carries none: the data set's, in its order
+    return signature
 
 
 def score_contender(
@@ -152,41 +181,34 @@ def score_contender(
     Synchronous and CPU-bound: run it in a worker thread."""
     schema = held_out.schema
     name = f"{contender.role} v{contender.version}"
-    features = contender.features or schema.features
+    signature = contender_signature(contender, schema, name)
+    features = onnx_signature.feature_columns(signature)
     missing = [f for f in features if f not in held_out.rows.columns]
     if missing:
         raise InvalidArgument(f"{name}: its features are missing from the data set: {', '.join(missing)}")
-    classes = contender.classes or schema.classes
+    classes = list(signature.class_labels)
     if schema.task == "classification":
         unknown = sorted(set(schema.classes) - set(classes))
         if unknown:
             raise InvalidArgument(
                 f"{name}: the data set has class labels the model does not know: {', '.join(unknown)}"
             )
-    model_schema = replace(
-        schema,
-        features=list(features),
-        classes=list(classes),
-        # A model encodes text with the vocabulary it was trained on, which a later data set may extend.
-        categorical={
-            f: contender.categories.get(f, v) for f, v in schema.categorical.items() if f in features
-        },
-    )
-    x = feature_matrix(held_out.rows, model_schema)
-    y = label_vector(held_out.rows, model_schema)
+    # A model encodes text with the vocabulary it was trained on, which a later data set may extend.
+    categories = {f: contender.categories.get(f, v) for f, v in schema.categorical.items() if f in features}
+    y = label_vector(held_out.rows, replace(schema, classes=classes))
     with tracer.start_as_current_span(f"score {contender.role}") as span:
         model = OnnxModel(
             model_bytes,
-            task=schema.task,
-            n_features=len(features),
-            n_classes=len(classes),
+            signature=signature,
+            categories=categories,
             provider=settings.execution_provider,
             threads=settings.onnx_threads,
             name=name,
         )
         span.set_attribute("mlops.evaluator.provider", model.provider)
-        span.set_attribute("mlops.evaluator.rows", len(x))
-        out = model.predict(x)
+        span.set_attribute("mlops.evaluator.rows", len(held_out.rows))
+        inputs = model.inputs({column: held_out.rows[column].to_numpy() for column in features})
+        out = predictions(model.predict(inputs), classes, schema.task, name)
         card = ScoreCard(
             metrics=_metrics(schema.task, y, out, len(classes)),
             size_bytes=model.size_bytes,
@@ -199,7 +221,7 @@ def score_contender(
     if measure_latency:
         with tracer.start_as_current_span("measure latency") as span:
             card.latency_p50_ms, card.latency_p99_ms = model.latency_ms(
-                x, samples=settings.latency_sample_size, warmup=settings.latency_warmup
+                inputs, samples=settings.latency_sample_size, warmup=settings.latency_warmup
             )
             span.set_attributes(
                 {
@@ -208,6 +230,28 @@ def score_contender(
                 }
             )
     return card
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A model's answer as the metrics take it: class indices into its class labels (-1 for a label
+    it does not list), probabilities (None when the model gives none) or values."""
+
+    probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+
+def predictions(out: onnx_signature.Outputs, classes: list[str], task: str, name: str) -> Predictions:
+    if task == "regression":
+        if out.values is None:
+            raise InvalidArgument(f"{name}: the model gave no value output to score as a regressor")
+        return Predictions(values=out.values)
+    if out.labels is None:
+        raise InvalidArgument(f"{name}: the model gave neither labels nor probabilities to score")
+    index = {label: i for i, label in enumerate(classes)}
+    labels = np.fromiter((index.get(str(v), -1) for v in out.labels), dtype=np.int64, count=len(out.labels))
+    return Predictions(probabilities=out.probabilities, labels=labels)
 
 
 def slice_metrics(
@@ -413,6 +457,7 @@ def contender(role: str, version: pb.ModelVersion) -> Contender:
         features=list(version.signature.feature_names),
         classes=list(version.signature.class_labels),
         categories={name: list(v.values) for name, v in version.signature.categories.items()},
+        signature=version.signature,
     )
 
 

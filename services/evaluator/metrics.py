@@ -28,24 +28,27 @@ PROBABILITY_FLOOR = 1e-15
 
 
 def classification_metrics(
-    y_true: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray, n_classes: int
+    y_true: np.ndarray, probabilities: np.ndarray | None, predicted: np.ndarray, n_classes: int
 ) -> dict[str, float]:
     """accuracy, macro F1, ROC AUC (one-vs-rest, macro over the classes present) and log loss.
 
     `y_true` and `predicted` are class indices into the model's class labels; `probabilities` has
-    one column per class.
+    one column per class, or is None for a model that gives labels alone (then only accuracy and
+    macro F1, which need no scores).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     if len(y_true) == 0:
         return {}
     labels = list(range(n_classes))
-    proba = np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, 1.0)
-    proba /= proba.sum(axis=1, keepdims=True)
     metrics = {
         "accuracy": float(accuracy_score(y_true, predicted)),
         "macro_f1": float(f1_score(y_true, predicted, labels=labels, average="macro", zero_division=0)),
-        "log_loss": float(log_loss(y_true, proba, labels=labels)),
     }
+    if probabilities is None:
+        return metrics
+    proba = np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, 1.0)
+    proba /= proba.sum(axis=1, keepdims=True)
+    metrics["log_loss"] = float(log_loss(y_true, proba, labels=labels))
     auc = one_vs_rest_auc(y_true, proba)
     if auc is not None:
         metrics["roc_auc"] = auc

@@ -16,7 +16,7 @@ from mlops.errors import InvalidArgument
 from mlops.registry.v1 import registry_pb2
 from mlops.tabular import TEST, assign_splits, resolve_schema
 from services.evaluator.core import Contender, evaluation_id_for, held_out_rows, score_contender
-from services.evaluator.scoring import OnnxModel
+from services.evaluator.scoring import OnnxModel, legacy_signature
 from services.evaluator.settings import EvaluatorSettings
 
 
@@ -173,27 +173,45 @@ def test_a_model_that_does_not_know_every_class_cannot_be_scored(table):
         )
 
 
+def legacy(task: str, n_features: int, n_classes: int = 0) -> registry_pb2.ModelSignature:
+    return legacy_signature(task, [f"f{i}" for i in range(n_features)], [f"c{i}" for i in range(n_classes)])
+
+
 def test_the_contract_is_checked_with_messages_that_name_the_problem():
     weights, bias = np.zeros((3, 2)), np.zeros(2)
     with pytest.raises(InvalidArgument, match=r"expected one input 'input'.*got inputs \['x'\]"):
-        OnnxModel(
-            linear_classifier(weights, bias, input_name="x"), task="classification", n_features=3, n_classes=2
-        )
+        OnnxModel(linear_classifier(weights, bias, input_name="x"), signature=legacy("classification", 3, 2))
     with pytest.raises(InvalidArgument, match="the signature's 4 features need \\[-1, 4\\]"):
-        OnnxModel(linear_classifier(weights, bias), task="classification", n_features=4, n_classes=2)
+        OnnxModel(linear_classifier(weights, bias), signature=legacy("classification", 4, 2))
     with pytest.raises(InvalidArgument, match="has 2 columns but the signature lists 3 class labels"):
-        OnnxModel(linear_classifier(weights, bias), task="classification", n_features=3, n_classes=3)
+        OnnxModel(linear_classifier(weights, bias), signature=legacy("classification", 3, 3))
     with pytest.raises(InvalidArgument, match="must have outputs \\['prediction'\\]"):
-        OnnxModel(linear_classifier(weights, bias), task="regression", n_features=3)
+        OnnxModel(linear_classifier(weights, bias), signature=legacy("regression", 3))
     with pytest.raises(InvalidArgument, match="cannot load the model"):
-        OnnxModel(b"not a model", task="regression", n_features=3)
+        OnnxModel(b"not a model", signature=legacy("regression", 3))
+
+
+def test_a_signature_that_does_not_match_the_graph_is_refused():
+    model = linear_classifier(np.zeros((3, 2)), np.zeros(2), input_name="x")
+    signature = registry_pb2.ModelSignature(
+        inputs=[registry_pb2.TensorSpec(name="y", datatype="FP32", shape=[-1, 3], columns=["a", "b", "c"])],
+        outputs=[registry_pb2.TensorSpec(name="probabilities", role="probabilities")],
+        class_labels=["no", "yes"],
+        task="classification",
+    )
+    with pytest.raises(InvalidArgument, match=r"inputs \['y'\] do not match the graph's \['x'\]"):
+        OnnxModel(model, signature=signature)
+    signature.inputs[0].name = "x"
+    signature.outputs[0].role = ""
+    with pytest.raises(InvalidArgument, match="needs an output with role label or probabilities"):
+        OnnxModel(model, signature=signature)
 
 
 def test_regression_predictions_come_back_flat():
     model = OnnxModel(
-        linear_regressor(np.array([1.0, 2.0]), 0.5), task="regression", n_features=2, provider="cpu"
+        linear_regressor(np.array([1.0, 2.0]), 0.5), signature=legacy("regression", 2), provider="cpu"
     )
-    out = model.predict(np.array([[1, 1], [0, 0], [2, 0]], dtype=np.float32))
+    out = model.predict({"input": np.array([[1, 1], [0, 0], [2, 0]], dtype=np.float32)})
     assert out.values.tolist() == pytest.approx([3.5, 0.5, 2.5])
 
 
