@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.unit.test_deploy_tools import CACHE, K8S_VERSION, SERVICES, cached, run, tool
+from tests.unit.test_deploy_tools import CACHE, HTTP_PORTS, K8S_VERSION, SERVICES, cached, run, tool
 
 OVERLAYS = ("local", "production")
 SCHEMAS = (
@@ -23,6 +23,11 @@ def token_ports(name: str) -> dict[str, int]:
     """The token port (TLS, bearer tokens) beside mutual TLS, as infra/local/services.sh gives every
     service but inference, whose one port takes tokens (OIP clients carry no certificate)."""
     return {} if name == "inference" else {"grpc-token": SERVICES[name][0] + 10}
+
+
+def http_ports(name: str) -> dict[str, int]:
+    """The HTTP port beside gRPC, named `http`, of a service that has one (inference: OIP over REST)."""
+    return {"http": HTTP_PORTS[name]} if name in HTTP_PORTS else {}
 
 
 def build(overlay: str) -> str:

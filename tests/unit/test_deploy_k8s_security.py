@@ -17,6 +17,7 @@ from tests.unit.deploy_k8s_helpers import (
     GRPC_TLS_MOUNT,
     GRPC_TOKENS_MOUNT,
     OVERLAYS,
+    http_ports,
     objects,
     token_ports,
 )
@@ -47,7 +48,8 @@ def test_network_policies_deny_by_default_and_open_only_the_edges_of_the_design(
         assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == name
         by_port = {rule["ports"][0]["port"]: rule for rule in spec["ingress"]}
         tokens = token_ports(name).values()
-        assert set(by_port) == {grpc_port, metrics_port, *tokens}, f"{name} opens {sorted(by_port)}"
+        http = http_ports(name).values()
+        assert set(by_port) == {grpc_port, metrics_port, *tokens, *http}, f"{name} opens {sorted(by_port)}"
         for port in tokens:
             # open to the main port's people and to no service: services call the main port, mutual TLS
             people = [
@@ -64,7 +66,8 @@ def test_network_policies_deny_by_default_and_open_only_the_edges_of_the_design(
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
         ]
         if name == "inference":
-            assert "from" not in by_port[grpc_port], "the data plane answers any caller"
+            for port in (grpc_port, *http):
+                assert "from" not in by_port[port], "the data plane answers any caller, over gRPC and REST"
             continue
         peers = {
             peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name")

@@ -18,6 +18,7 @@ from mlops.settings import DatabaseSettings
 from tests.unit.deploy_k8s_helpers import (
     OVERLAYS,
     build,
+    http_ports,
     kubeconform,
     objects,
     token_ports,
@@ -76,8 +77,10 @@ def test_every_service_has_deployment_service_and_account(overlay: str) -> None:
         resources = container["resources"]
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}, name
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"grpc": grpc_port, "metrics": metrics_port, **token_ports(name)}
+        assert ports == {"grpc": grpc_port, "metrics": metrics_port, **token_ports(name), **http_ports(name)}
         env = {e["name"]: e.get("value") for e in container["env"]}
+        for http_port in http_ports(name).values():
+            assert env[f"MLOPS_{name.upper()}_HTTP_PORT"] == str(http_port), name
         prefix = f"MLOPS_{name.upper()}_"
         assert env[prefix + "GRPC_HOST"] == "0.0.0.0"
         assert env[prefix + "METRICS_PORT"] == str(metrics_port)
@@ -90,6 +93,7 @@ def test_every_service_has_deployment_service_and_account(overlay: str) -> None:
             grpc_port,
             metrics_port,
             *token_ports(name).values(),
+            *http_ports(name).values(),
         }
         assert (
             service["spec"]["selector"].items()

@@ -27,6 +27,9 @@ SERVICES = {
     "inference": (8001, 8002),
 }
 
+# the services with an HTTP API beside gRPC, and its port: inference's Open Inference Protocol over REST
+HTTP_PORTS = {"inference": 8000}
+
 # which service exports a metric, by name prefix; None: the bus, exported by every service
 OWNERS = [
     ("mlops_bus_", None),
