@@ -1,4 +1,5 @@
-"""`mlops models`: list, search and tag model versions, show a version, draw a version's lineage."""
+"""`mlops models`: list, search and tag model versions, show a version, draw a version's lineage,
+register a model trained elsewhere and download a version's file."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mlops.cli.output import (
 )
 from mlops.cli.query import ALLOWED, QueryError, parse_search
 from mlops.cli.refs import ModelRef, RefError, parse_labels, parse_model_ref
+from mlops.cli.transfer import download, register
 from mlops.errors import NotFound
 from mlops.events.v1 import deployment_pb2
 from mlops.registry.v1 import registry_pb2
@@ -166,6 +168,7 @@ def show(
                 if mv.dataset
                 else MISSING,
             ),
+            ("origin", mv.origin or "trainer"),
             ("artifact", mv.artifact_uri or MISSING),
             ("artifact sha256", mv.artifact_sha256 or MISSING),
             ("artifact size", f"{mv.artifact_size_bytes} bytes" if mv.artifact_size_bytes else MISSING),
@@ -429,3 +432,7 @@ def lineage_tree(response: registry_pb2.GetLineageResponse) -> Tree:
                 f"(bound {number(event.bound)}, baseline {number(event.baseline)})",
             )
     return root
+
+
+app.command("register")(register)
+app.command("download")(download)

@@ -1,4 +1,5 @@
-"""`mlops runs`: training runs, their parameters and their per-epoch metrics."""
+"""`mlops runs`: runs of the trainer and of code outside the platform, their parameters, tags, files
+and per-epoch metrics."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from typing import Annotated
 import typer
 
 from mlops.cli.context import cli_context
-from mlops.cli.output import MISSING, enum_name, mapping, number, timestamp, version
+from mlops.cli.output import MISSING, enum_name, mapping, number, short_sha, timestamp, version
 from mlops.events.v1 import common_pb2, training_pb2
 from mlops.registry.v1 import registry_pb2
 
-app = typer.Typer(help="Inspect training runs.", no_args_is_help=True)
+app = typer.Typer(help="Inspect runs: the trainer's and those logged from outside.", no_args_is_help=True)
 
 STATUSES = {
     name.removeprefix("RUN_STATUS_").lower(): value
@@ -80,7 +81,8 @@ def show(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id.")],
 ) -> None:
-    """One run: what it trained, its parameters, its metrics per epoch, the machine, the outcome."""
+    """One run: what it trained, its parameters, tags and files, its metrics per epoch, the machine,
+    the outcome."""
     cli = cli_context(ctx)
 
     async def work():
@@ -107,6 +109,7 @@ def show(
     pairs = [
         ("run", run.run_id),
         ("model", run.model),
+        ("source", run.source or "trainer"),
         ("status", _status(run.status)),
         ("spec version", version(run.spec_version)),
         ("data set", f"{run.dataset} v{run.dataset_version}" if run.dataset else MISSING),
@@ -123,6 +126,15 @@ def show(
         pairs.append(("failed", f"at {stage}: {run.error or MISSING}"))
     output.fields(pairs)
     output.table(["param", "value"], sorted(run.params.items()), title="params")
+    output.table(["tag", "value"], sorted(run.tags.items()), title="tags")
+    output.table(
+        ["artifact", "size", "sha256", "stored"],
+        (
+            [a.path, f"{a.size_bytes} bytes", short_sha(a.sha256), timestamp(a.created_at)]
+            for a in sorted(run.artifacts, key=lambda a: a.path)
+        ),
+        title="artifacts",
+    )
     output.table(
         ["metric", "value"], ([k, number(v)] for k, v in sorted(run.metrics.items())), title="final metrics"
     )
