@@ -92,7 +92,7 @@ class Gate(BaseHTTPMiddleware):
         if not path.startswith(OPEN_PATHS):
             session = auth.session_of(request)
             if session is None:
-                if request.method == "GET" and "text/html" in request.headers.get("accept", "text/html"):
+                if request.method == "GET" and path != "/events":
                     return RedirectResponse("/login", status_code=303)
                 return JSONResponse({"error": "sign in first: /login"}, status_code=401)
             request.state.session = session
