@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlops.events.v1 import training_pb2
+from mlops.events.v1 import data_pb2, training_pb2
 from mlops.grpc import open_channel
 from mlops.service import ServiceRuntime, run
 from mlops.settings import ArtifactSettings
@@ -30,7 +30,9 @@ async def main() -> None:
         runtime.outbox,
         settings,
     )
-    runtime.subscribe(training_pb2.ModelTrained, EvaluatorHandlers(core).on_model_trained)
+    handlers = EvaluatorHandlers(core)
+    runtime.subscribe(training_pb2.ModelTrained, handlers.on_model_trained)
+    runtime.subscribe(data_pb2.DatasetVersionRecorded, handlers.on_dataset_recorded)
     runtime.on_stop("registry channel", channel.close)
     await runtime.serve()
 

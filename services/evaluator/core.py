@@ -28,8 +28,9 @@ from opentelemetry import trace
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from mlops import onnx_signature
-from mlops.errors import InvalidArgument
-from mlops.events.v1 import evaluation_pb2, training_pb2
+from mlops.errors import IntegrityError, InvalidArgument
+from mlops.events.v1 import data_pb2, evaluation_pb2, training_pb2
+from mlops.names import DATASET_NAME
 from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.store import ArtifactStore
@@ -412,6 +413,147 @@ class EvaluatorCore:
                     " | ".join(result.message for result in recorded.gates),
                 )
                 return model_evaluated(recorded, trained, registered)
+
+    async def reevaluate_external_champions(
+        self, recorded: data_pb2.DatasetVersionRecorded
+    ) -> list[pb.Evaluation]:
+        """A new version of a data set that models trained outside the platform are judged on
+        (`training.external`): nobody retrains them, so each one's champion is evaluated on the new
+        version's held-out rows against its spec's gates, and the evaluation is recorded in the registry
+        (`mlops models evaluations`). Nothing is published: the champion is already in production, and
+        a verdict about it must not start a rollout. A champion that cannot read the new rows is logged
+        and left; the other models are still evaluated."""
+        if not DATASET_NAME.match(recorded.dataset) or recorded.version < 1:
+            raise InvalidArgument(
+                f"DatasetVersionRecorded names data set {recorded.dataset[:200]!r} version {recorded.version}: "
+                "a record names a data set by a valid name and a version from 1"
+            )
+        specs = [
+            spec
+            for spec in await self.registry.specs_for_dataset(recorded.dataset)
+            if spec.spec.spec.training.external
+        ]
+        if not specs:
+            return []
+        dataset = await self.registry.dataset_version(recorded.dataset, recorded.version)
+        if recorded.sha256 and dataset.sha256 != recorded.sha256:
+            raise IntegrityError(
+                f"DatasetVersionRecorded says {recorded.dataset} v{recorded.version} has sha256 "
+                f"{recorded.sha256}, the registry holds {dataset.sha256}"
+            )
+        latest = await self.registry.dataset_version(recorded.dataset)
+        if latest.version > dataset.version:
+            # a record read again (a first start reads the topic from its beginning), or one a later
+            # commit has overtaken: the champion is judged on the latest data, which has its own record
+            log.info(
+                "%s v%d is not the latest version (v%d); its record re-evaluates nothing",
+                dataset.dataset,
+                dataset.version,
+                latest.version,
+            )
+            return []
+        recorded_evaluations = []
+        for spec in specs:
+            champion = await self.registry.aliased_version(spec.model, self.settings.champion_alias)
+            if champion is None:
+                log.info(
+                    "%s (trained outside the platform) has no %s version to re-evaluate on %s v%d",
+                    spec.model,
+                    self.settings.champion_alias,
+                    dataset.dataset,
+                    dataset.version,
+                )
+                continue
+            try:
+                evaluation = await self.reevaluate_champion(spec, champion, dataset)
+            except InvalidArgument as error:
+                log.warning(
+                    "%s v%d cannot be evaluated on %s v%d: %s",
+                    spec.model,
+                    champion.version,
+                    dataset.dataset,
+                    dataset.version,
+                    error.message,
+                )
+                trace.get_current_span().add_event(
+                    "champion not evaluated", {"mlops.model.name": spec.model, "reason": error.message}
+                )
+                continue
+            recorded_evaluations.append(evaluation)
+        return recorded_evaluations
+
+    async def reevaluate_champion(
+        self, spec: pb.ModelSpecVersion, champion: pb.ModelVersion, dataset: pb.DatasetVersion
+    ) -> pb.Evaluation:
+        """One champion on one data set version, recorded in the registry; no challenger, no event."""
+        body = spec.spec.spec
+        attributes = {
+            "mlops.model.name": spec.model,
+            "mlops.model.version": champion.version,
+            "mlops.dataset.name": dataset.dataset,
+            "mlops.dataset.version": dataset.version,
+        }
+        async with self._slots:
+            started = time.perf_counter()
+            with tracer.start_as_current_span("re-evaluate champion", attributes=attributes) as span:
+                held_out = await self._held_out(dataset, body)
+                card = await self._score(contender("champion", champion), held_out, measure_latency=True)
+                policy = gates.GatePolicy.from_proto(body.gate, task=body.task)
+                slices = slice_metrics(held_out, card, None)
+                results = gates.apply_gates(
+                    policy,
+                    metrics=card.metrics,
+                    champion=None,
+                    latency_p99_ms=card.latency_p99_ms,
+                    model_size_bytes=card.size_bytes,
+                    slices=slices,
+                    min_slice_rows=self.settings.min_slice_rows,
+                )
+                evaluation = pb.Evaluation(
+                    evaluation_id=evaluation_id_for(
+                        model=spec.model,
+                        version=champion.version,
+                        spec_version=spec.version,
+                        dataset_sha256=dataset.sha256,
+                    ),
+                    model=spec.model,
+                    version=champion.version,
+                    passed=gates.passed(results),
+                    metrics=card.metrics,
+                    gates=results,
+                    slices=slices,
+                    latency_p50_ms=card.latency_p50_ms,
+                    latency_p99_ms=card.latency_p99_ms,
+                    model_size_bytes=card.size_bytes,
+                    dataset=dataset.dataset,
+                    dataset_version=dataset.version,
+                    dataset_sha256=dataset.sha256,
+                    row_count=len(held_out.rows),
+                    spec_version=spec.version,
+                    primary_metric=policy.metric,
+                )
+                evaluation.evaluated_at.GetCurrentTime()
+                reply = await self.registry.record_evaluation(evaluation)
+                recorded = reply.evaluation
+                span.set_attribute("mlops.evaluator.passed", recorded.passed)
+                verdict = "passed" if recorded.passed else "failed"
+                prometheus.CHAMPION_REEVALUATIONS.labels(spec.model, verdict).inc()
+                log_at = log.info if recorded.passed else log.warning
+                log_at(
+                    "%s v%d (%s, trained outside the platform) re-evaluated on %s v%d in %.2fs, %d held-out "
+                    "rows: %s%s | %s",
+                    spec.model,
+                    champion.version,
+                    self.settings.champion_alias,
+                    dataset.dataset,
+                    dataset.version,
+                    time.perf_counter() - started,
+                    len(held_out.rows),
+                    gate_summary(recorded.gates),
+                    "" if recorded.passed else "; register a new version",
+                    " | ".join(result.message for result in recorded.gates),
+                )
+                return recorded
 
     async def _held_out(self, dataset: pb.DatasetVersion, body: pb.ModelSpecBody) -> HeldOut:
         with tracer.start_as_current_span(

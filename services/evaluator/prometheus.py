@@ -15,3 +15,8 @@ EVALUATION_SECONDS = Histogram(
     "Time to evaluate one version: data, challenger, champion, latency, gates, registry",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+CHAMPION_REEVALUATIONS = Counter(
+    "mlops_evaluator_champion_reevaluations_total",
+    "Champions of models trained outside the platform re-evaluated on a new data set version, by verdict",
+    ["model", "verdict"],
+)

@@ -73,7 +73,7 @@ def test_each_service_reads_what_it_subscribes_to_and_writes_its_dead_letters() 
     assert allowed("inference", "READ", "mlops.deployments.desired")
     assert allowed("inference", "WRITE", "mlops.deployments.desired.dlq")
     assert acl.topic_access()["mlops.data.committed"].readers == {"registry"}
-    assert acl.topic_access()["mlops.dataset.recorded"].readers == {"trainer"}
+    assert acl.topic_access()["mlops.dataset.recorded"].readers == {"trainer", "evaluator"}
 
 
 def test_consumer_groups_are_prefixed_per_service_and_inference_has_none() -> None:

@@ -78,7 +78,8 @@ READS: dict[str, tuple[type[Message], ...]] = {
     "registry": (data_pb2.DataCommitted, monitoring_pb2.DriftDetected, monitoring_pb2.PerformanceDegraded),
     # the registry's checked record, never the raw DataCommitted: the registry alone records data
     "trainer": (data_pb2.DatasetVersionRecorded, training_pb2.RetrainRequested),
-    "evaluator": (training_pb2.ModelTrained,),
+    # data set records too: a new version re-evaluates the champion of a model trained outside
+    "evaluator": (training_pb2.ModelTrained, data_pb2.DatasetVersionRecorded),
     "deployer": (evaluation_pb2.ModelEvaluated,),
     "inference": (deployment_pb2.DesiredState,),
     "monitor": (monitoring_pb2.InferenceLogged, monitoring_pb2.GroundTruthLogged),
