@@ -1,7 +1,7 @@
 """The inference server assembled from its parts, once: what `__main__` runs and the tests start in-process.
 
 app = InferenceApp(InferenceSettings(), kafka=KafkaSettings(), bus=BusSettings(), store=open_store(...))
-await app.start()        # desired state read to its end and loaded, then gRPC health SERVING
+await app.start()        # gRPC (8001) and REST (8000) listening, desired state read and loaded, then SERVING
 ...
 await app.stop()         # API first, then the reader, shadows, the logger (flushed), the pools
 """
@@ -15,6 +15,7 @@ from importlib import metadata
 
 from mlops.bus import EventPublisher
 from mlops.grpc import GrpcServer, open_channel
+from mlops.identity import TokenBook
 from mlops.lifecycle import stop_in_order
 from mlops.settings import BusSettings, KafkaSettings
 from mlops.store import ArtifactStore
@@ -22,6 +23,7 @@ from services.inference.codec import Limits
 from services.inference.core import InferenceCore
 from services.inference.desired import DesiredStateReader
 from services.inference.inference_log import InferenceLogger
+from services.inference.rest import RestApi, RestServer
 from services.inference.runtime import OnnxRuntime
 from services.inference.servicer import SERVICE_NAME, InferenceServicer
 from services.inference.settings import InferenceSettings
@@ -107,8 +109,30 @@ class InferenceApp:
             server_version=_version(),
         )
         # No generic interceptors: the servicer traces its calls and maps its errors itself (hot path).
-        self.server = GrpcServer(settings.grpc_server(), instrumented=False)
+        grpc_settings = settings.grpc_server()
+        self.server = GrpcServer(grpc_settings, instrumented=False)
         self.server.add(self.servicer.register, SERVICE_NAME)
+        self.rest: RestServer | None = None
+        if settings.http_port is not None:
+            # REST is secured as gRPC is: its certificate, and the bearer tokens it accepts
+            tokens = (
+                TokenBook.load(grpc_settings.token_file)
+                if grpc_settings.auth and grpc_settings.token_file
+                else None
+            )
+            api = RestApi(
+                self.servicer,
+                auth=grpc_settings.auth,
+                tokens=tokens,
+                max_body_bytes=settings.http_max_body_bytes,
+            )
+            self.rest = RestServer(
+                api,
+                host=settings.grpc_host,
+                port=settings.http_port,
+                certfile=grpc_settings.tls_cert,
+                keyfile=grpc_settings.tls_key,
+            )
         self.publisher = EventPublisher(kafka, bus, source=SOURCE)
         self.reader = DesiredStateReader(
             kafka,
@@ -119,12 +143,16 @@ class InferenceApp:
         )
         self.tasks: list[asyncio.Task] = []
         self.port: int | None = None
+        self.http_port: int | None = None
+        """The REST port once listening (None without REST)."""
 
     async def start(self, *, ready_timeout_s: float | None = None) -> int:
         """Listen, read the desired state to its end (loading what it names), then report SERVING."""
         await self.publisher.start()
         await self.reader.start()
         self.port = await self.server.start()
+        if self.rest is not None:
+            self.http_port = await self.rest.start()
         self.tasks.append(asyncio.create_task(self.reader.run(), name="desired state"))
         if self.logger is not None:
             self.tasks.append(asyncio.create_task(self.logger.run(), name="inference log"))
@@ -133,13 +161,19 @@ class InferenceApp:
         await self.server.set_serving(self.core.ready)
         self._readiness_task = asyncio.create_task(self._follow_readiness(), name="readiness")
         self.tasks.append(self._readiness_task)
+        rest = (
+            f", REST on {self.http_port}{' (TLS)' if self.rest and self.rest.tls else ''}"
+            if self.rest
+            else ""
+        )
         if self.core.ready:
-            log.info("inference ready: gRPC on %s:%d", self.settings.grpc_host, self.port)
+            log.info("inference ready: gRPC on %s:%d%s", self.settings.grpc_host, self.port, rest)
         else:
             log.warning(
-                "inference listening on %s:%d but not ready: %s",
+                "inference listening on %s:%d%s but not ready: %s",
                 self.settings.grpc_host,
                 self.port,
+                rest,
                 self.core.not_ready(),
             )
         return self.port
@@ -158,7 +192,10 @@ class InferenceApp:
     async def stop(self) -> None:
         if self._readiness_task is not None:
             self._readiness_task.cancel()  # health goes NOT_SERVING with the server's stop
-        steps = [
+        steps = []
+        if self.rest is not None:
+            steps.append(("REST server", self.rest.stop))
+        steps += [
             ("gRPC server", self.server.stop),
             ("desired state reader", self.reader.stop),
             ("shadow calls", self.core.drain),

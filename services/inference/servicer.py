@@ -11,6 +11,7 @@ INTERNAL with the trace id in the message and the traceback in the log).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 
@@ -29,6 +30,8 @@ from services.inference.core import InferenceCore
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 _TRACE_KEYS = ("traceparent", "tracestate")
+STREAM_WINDOW = 64
+"""Requests of one ModelStreamInfer call served at once; reading the stream waits beyond it."""
 
 
 def _server_span(method: str, context: grpc.aio.ServicerContext) -> trace.Span:
@@ -51,6 +54,25 @@ async def _abort(
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.set_status(Status(StatusCode.ERROR, message))
     await context.abort(code, bounded(message))
+
+
+class Refused(Exception):
+    """An inference that failed: the status and message its caller is told."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, in_request: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.in_request = in_request
+        """The request itself was refused (its inputs or size), before any model ran."""
+
+
+def _refused(
+    span: trace.Span, code: grpc.StatusCode, message: str, error: Exception, *, in_request: bool = False
+) -> Refused:
+    if span.is_recording():
+        span.set_status(Status(StatusCode.ERROR, message))
+    return Refused(code, message, in_request=in_request or isinstance(error, InvalidArgument))
 
 
 def _served(method):
@@ -114,41 +136,93 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: oip.ModelInferRequest, context):
         arrived_ns = time.perf_counter_ns()
         span = _server_span("ModelInfer", context)
-        model = request.model_name
         try:
-            try:
-                target = self.core.route(model, request.model_version)
-            except MlopsError as error:
-                code, message = _status(span, "ModelInfer", error)
-                prometheus.REQUESTS.labels(self.core.metric_model(model), "", code.name).inc()
-                await _abort(context, span, code, message)
-            serving = target.serving
+            return await self.infer(request, span, arrived_ns)
+        except Refused as refused:
             if span.is_recording():
-                span.set_attributes({"mlops.model.name": model, "mlops.model.version": serving.version_text})
-            counted, seconds = serving.metrics or self._children(serving)
-            try:
-                rows = codec.decode_inputs(request, serving, self.limits)
-                names = codec.requested_outputs(request, serving)
-                outputs = await self.core.predict(target, rows, request_id=request.id, arrived_ns=arrived_ns)
-                response = codec.encode_response(request, serving, outputs, names)
-            except Exception as error:
-                if not isinstance(error, MlopsError) and isinstance(error, ValueError | TypeError):
-                    error = InvalidArgument(f"{type(error).__name__}: {error}")
-                code, message = _status(span, "ModelInfer", error)
-                # The inference log keeps what happened; the caller is told only the status's message.
-                detail = (
-                    error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
-                )
-                prometheus.REQUESTS.labels(model, serving.version_text, code.name).inc()
-                self.core.failed(
-                    target, request_id=request.id, arrived_ns=arrived_ns, error=f"{code.name}: {detail}"
-                )
-                await _abort(context, span, code, message)
-            counted.inc()
-            seconds.observe((time.perf_counter_ns() - arrived_ns) / 1e9)
-            return response
+                span.set_attribute("rpc.grpc.status_code", refused.code.value[0])
+            await context.abort(refused.code, bounded(refused.message))
         finally:
             span.end()
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Each request answered in the order it came, on the same path as ModelInfer; a failed one is
+        answered with `error_message` and the stream goes on. Requests read ahead are served
+        concurrently (so pipelined requests share batches), at most `STREAM_WINDOW` at once."""
+        pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    arrived_ns = time.perf_counter_ns()
+                    await pending.put(asyncio.ensure_future(self._streamed(request, context, arrived_ns)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read(), name="ModelStreamInfer reader")
+        try:
+            while (answer := await pending.get()) is not None:
+                yield await answer
+            await reader  # a failed read (the client went away) ends the call with its error
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                left = pending.get_nowait()
+                if left is not None:
+                    left.cancel()
+
+    async def _streamed(self, request: oip.ModelInferRequest, context, arrived_ns: int):
+        span = _server_span("ModelStreamInfer", context)
+        try:
+            return oip.ModelStreamInferResponse(infer_response=await self.infer(request, span, arrived_ns))
+        except Refused as refused:
+            if span.is_recording():
+                span.set_attribute("rpc.grpc.status_code", refused.code.value[0])
+            return oip.ModelStreamInferResponse(
+                error_message=bounded(refused.message),
+                infer_response=oip.ModelInferResponse(model_name=request.model_name, id=request.id),
+            )
+        finally:
+            span.end()
+
+    async def infer(
+        self, request: oip.ModelInferRequest, span: trace.Span, arrived_ns: int, method: str = "ModelInfer"
+    ) -> oip.ModelInferResponse:
+        """One inference, whatever carried it (gRPC, its stream, REST): route, decode, predict, encode;
+        counted, timed, logged and traced the same way. A failure is raised as `Refused`, its status
+        and message chosen by the platform's one mapping and already marked on `span`."""
+        model = request.model_name
+        try:
+            target = self.core.route(model, request.model_version)
+        except MlopsError as error:
+            code, message = _status(span, method, error)
+            prometheus.REQUESTS.labels(self.core.metric_model(model), "", code.name).inc()
+            raise _refused(span, code, message, error) from None
+        serving = target.serving
+        if span.is_recording():
+            span.set_attributes({"mlops.model.name": model, "mlops.model.version": serving.version_text})
+        counted, seconds = serving.metrics or self._children(serving)
+        decoded = False
+        try:
+            rows = codec.decode_inputs(request, serving, self.limits)
+            names = codec.requested_outputs(request, serving)
+            decoded = True
+            outputs = await self.core.predict(target, rows, request_id=request.id, arrived_ns=arrived_ns)
+            response = codec.encode_response(request, serving, outputs, names)
+        except Exception as error:
+            if not isinstance(error, MlopsError) and isinstance(error, ValueError | TypeError):
+                error = InvalidArgument(f"{type(error).__name__}: {error}")
+            code, message = _status(span, method, error)
+            # The inference log keeps what happened; the caller is told only the status's message.
+            detail = error.message if isinstance(error, MlopsError) else f"{type(error).__name__}: {error}"
+            prometheus.REQUESTS.labels(model, serving.version_text, code.name).inc()
+            self.core.failed(
+                target, request_id=request.id, arrived_ns=arrived_ns, error=f"{code.name}: {detail}"
+            )
+            raise _refused(span, code, message, error, in_request=not decoded) from None
+        counted.inc()
+        seconds.observe((time.perf_counter_ns() - arrived_ns) / 1e9)
+        return response
 
     @staticmethod
     def _children(serving) -> tuple:

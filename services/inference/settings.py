@@ -21,6 +21,12 @@ class InferenceSettings(RegistryPeerSettings):
 
     grpc_port: int = 8001
     """Open Inference Protocol and gRPC health, on one port (Triton's)."""
+    http_port: int | None = 8000
+    """Open Inference Protocol over HTTP/REST (KServe V2), beside gRPC in the same process; unset to serve
+    gRPC only. Secured as gRPC is: TLS with `MLOPS_GRPC_TLS_CERT` / `MLOPS_GRPC_TLS_KEY`, and with
+    `MLOPS_GRPC_AUTH` the bearer tokens of `MLOPS_GRPC_TOKEN_FILE` (no client certificates)."""
+    http_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    """Largest REST request body (JSON or binary tensors); more is 413 before the model is asked."""
     metrics_port: int | None = 8002
     consumer_group: str = "mlops-inference"
     """Only a client id: every replica reads the whole desired-state topic, with no group offsets."""

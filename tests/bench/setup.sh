@@ -80,7 +80,7 @@ else
   touch "$stamp"
 fi
 
-# tritonclient[grpc] (the inference tests' client too, so `make setup` installs it as well)
+# tritonclient[grpc,http] (the inference tests' client too, so `make setup` installs it as well)
 bash "$(dirname "${BASH_SOURCE[0]}")/../install-tritonclient.sh"
 TRITON_VENV="$CACHE/tritonclient-venv"
 
