@@ -13,6 +13,9 @@ configured, such a call runs at once, in its request's turn: requests only queue
 runs on a thread, so nothing would join it, and the batcher's hand-offs would cost more than the
 model. Every call is timed, so a model that turns out slow moves to the threads within a few calls,
 and one slow from its warm-up never blocks the loop.
+
+Only requests of one layout merge: the same inputs, each of the same dtype and the same dimensions
+after the first (a model fed several inputs gets them by name; a batch concatenates each).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from mlops.errors import ResourceExhausted
+from services.inference.runtime import Rows, row_count
 
 Outputs = dict[str, np.ndarray]
 INLINE_ROWS = 64
@@ -37,7 +41,7 @@ CALL_WEIGHT = 0.1
 class Batcher:
     def __init__(
         self,
-        run: Callable[[np.ndarray], Outputs],
+        run: Callable[[Rows], Outputs],
         executor: Executor,
         *,
         max_batch_size: int,
@@ -61,7 +65,7 @@ class Batcher:
         self.inline_rows = max(max_batch_size, INLINE_ROWS)
         self.call_s = estimated_call_s
         """Mean duration of a call, recent ones weighing most."""
-        self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._queue: deque[tuple[Rows, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._closed = False
@@ -73,10 +77,10 @@ class Batcher:
     def enabled(self) -> bool:
         return self.max_batch_size > 1
 
-    def submit(self, rows: np.ndarray) -> asyncio.Future[Outputs]:
+    def submit(self, rows: Rows) -> asyncio.Future[Outputs]:
         """Queue `rows` (synchronously: no await between routing and queueing) and return the answer's future."""
         loop = asyncio.get_running_loop()
-        count = rows.shape[0]
+        count = row_count(rows)
         inline = self.runs_inline(count)
         at_once = inline and not self._queue and not self.max_wait_s  # no one to join, no wait for others
         direct = self._closed or not self.enabled or count >= self.max_batch_size or at_once
@@ -118,8 +122,8 @@ class Batcher:
         mean = self.call_s
         return mean is not None and mean < self.inline_below_s and rows <= self.inline_rows
 
-    def _run_observed(self, rows: np.ndarray) -> Outputs:
-        self._observe(rows.shape[0])
+    def _run_observed(self, rows: Rows) -> Outputs:
+        self._observe(row_count(rows))
         started = time.perf_counter()
         try:
             return self._run(rows)
@@ -139,15 +143,20 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             batch = [queue.popleft()]
-            count = batch[0][0].shape[0]
+            count = row_count(batch[0][0])
+            layout = _layout(batch[0][0])
             deadline = time.monotonic() + self.max_wait_s
             while count < self.max_batch_size:
-                while queue and count + queue[0][0].shape[0] <= self.max_batch_size:
+                while (
+                    queue
+                    and count + row_count(queue[0][0]) <= self.max_batch_size
+                    and _layout(queue[0][0]) == layout
+                ):
                     item = queue.popleft()
                     batch.append(item)
-                    count += item[0].shape[0]
+                    count += row_count(item[0])
                 if count >= self.max_batch_size or queue or self._closed:
-                    break  # full, or the next one does not fit: it leads the next batch
+                    break  # full, or the next one does not fit or does not match: it leads the next batch
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -158,8 +167,8 @@ class Batcher:
                     pass
             await self._run_batch(loop, batch, count)
 
-    async def _run_batch(self, loop, batch: list[tuple[np.ndarray, asyncio.Future]], count: int) -> None:
-        rows = batch[0][0] if len(batch) == 1 else np.concatenate([item[0] for item in batch])
+    async def _run_batch(self, loop, batch: list[tuple[Rows, asyncio.Future]], count: int) -> None:
+        rows = batch[0][0] if len(batch) == 1 else _concatenate([item[0] for item in batch])
         try:
             if self.runs_inline(count):
                 outputs = self._run_observed(rows)
@@ -177,7 +186,21 @@ class Batcher:
             return
         start = 0
         for part, future in batch:
-            end = start + part.shape[0]
+            end = start + row_count(part)
             if not future.done():
                 future.set_result({name: value[start:end] for name, value in outputs.items()})
             start = end
+
+
+def _layout(rows: Rows) -> tuple:
+    """What must agree for two requests to share a call: each input's name, dtype and inner dimensions."""
+    if isinstance(rows, dict):
+        return tuple((name, value.dtype, value.shape[1:]) for name, value in rows.items())
+    return (rows.dtype, rows.shape[1:])
+
+
+def _concatenate(parts: list[Rows]) -> Rows:
+    first = parts[0]
+    if isinstance(first, dict):
+        return {name: np.concatenate([part[name] for part in parts]) for name in first}  # type: ignore[index]
+    return np.concatenate(parts)  # type: ignore[arg-type]

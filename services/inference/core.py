@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
-import numpy as np
 from opentelemetry import trace
 
 from mlops.envelope import new_event_id
@@ -32,6 +31,7 @@ from mlops.errors import (
     Unavailable,
 )
 from mlops.outages import is_outage
+from services.inference import interface as interfaces
 from services.inference import prometheus
 from services.inference.batching import Batcher, Outputs
 from services.inference.routes import (  # noqa: F401 - the core's public types, where callers import them
@@ -45,7 +45,7 @@ from services.inference.routes import (  # noqa: F401 - the core's public types,
     Target,
     VersionSpec,
 )
-from services.inference.runtime import LoadedModel, ServingRuntime
+from services.inference.runtime import LoadedModel, Rows, ServingRuntime
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("services.inference")
@@ -63,7 +63,7 @@ class PredictionLog:
         role: str,
         request_id: str,
         arrived_ns: int,
-        rows: np.ndarray | None,
+        rows: Rows | None,
         outputs: Outputs | None,
         latency_us: int,
         error: str = "",
@@ -76,7 +76,9 @@ ArtifactReader = Callable[[str, str], Awaitable[bytes]]
 VersionConfirmer = Callable[[str, int, str], Awaitable[dict[str, tuple[str, ...]]]]
 """(model, version, sha256) → vocabularies of its text features, once the registry holds that sha256 for
 the version; raises NotFound or IntegrityError when it does not (the state is refused), Unavailable while
-the registry cannot be reached (waited out)."""
+the registry cannot be reached (waited out). The mapping may carry the registry's `signature` as an
+attribute (`signatures.Categories`): its inputs' columns and outputs' roles then say how the graph is fed
+and read."""
 
 
 async def _no_categories(model: str, version: int, sha256: str) -> dict[str, tuple[str, ...]]:
@@ -246,15 +248,20 @@ class InferenceCore:
             if same_batching and existing.spec == spec:
                 return existing
             loaded, categories = existing.loaded, existing.categories
+            interface = existing.interface if existing.spec == spec else None
+            if interface is None:
+                interface = interfaces.build(loaded, spec, getattr(categories, "signature", None))
         else:
-            loaded, categories = await self._load(state.model, spec)
+            loaded, categories, interface = await self._load(state.model, spec)
+        assert interface is not None
         return Serving(
             model=state.model,
             spec=spec,
             loaded=loaded,
             categories=categories,
+            interface=interface,
             batcher=Batcher(
-                loaded.run,
+                interface.run(loaded),
                 self.executor,
                 max_batch_size=state.max_batch_size,
                 max_wait_us=state.max_wait_us,
@@ -266,7 +273,9 @@ class InferenceCore:
             ),
         )
 
-    async def _load(self, model: str, spec: VersionSpec) -> tuple[LoadedModel, dict[str, tuple[str, ...]]]:
+    async def _load(
+        self, model: str, spec: VersionSpec
+    ) -> tuple[LoadedModel, dict[str, tuple[str, ...]], interfaces.Interface]:
         """Verified bytes → a warmed-up model, under a span of its own (a child of the desired state's)."""
         with tracer.start_as_current_span(
             f"load {model} v{spec.version}",
@@ -290,13 +299,8 @@ class InferenceCore:
                         "%s v%d: registry or store unavailable (%s); retrying", model, spec.version, error
                     )
                     await asyncio.sleep(self.retry_s)
-            loaded = await asyncio.to_thread(
-                self.runtime.load,
-                data,
-                name=f"{model} v{spec.version}",
-                task=spec.task,
-                feature_count=len(spec.feature_names),
-                class_count=len(spec.class_labels),
+            loaded, interface = await asyncio.to_thread(
+                self._loaded, data, model, spec, getattr(categories, "signature", None)
             )
             span.set_attribute("mlops.inference.provider", loaded.provider)
             log.info(
@@ -307,7 +311,19 @@ class InferenceCore:
                 (time.perf_counter() - started) * 1000,
                 len(data),
             )
-            return loaded, categories
+            return loaded, categories, interface
+
+    def _loaded(
+        self, data: bytes, model: str, spec: VersionSpec, signature
+    ) -> tuple[LoadedModel, interfaces.Interface]:
+        loaded = self.runtime.load(
+            data,
+            name=f"{model} v{spec.version}",
+            task=spec.task,
+            feature_count=len(spec.feature_names),
+            class_count=len(spec.class_labels),
+        )
+        return loaded, interfaces.build(loaded, spec, signature)
 
     def _swap(self, model: str, routes: ModelRoutes | None) -> None:
         old = self._table.get(model)
@@ -403,9 +419,10 @@ class InferenceCore:
     def _no_traffic(self, model: str) -> Unavailable:
         return Unavailable(self._not_ready.get(model) or f"model {model!r} answers no traffic")
 
-    async def predict(self, target: Target, rows: np.ndarray, *, request_id: str, arrived_ns: int) -> Outputs:
+    async def predict(self, target: Target, rows: Rows, *, request_id: str, arrived_ns: int) -> Outputs:
         """Answer with the target's version; shadows get a copy off the critical path. A logged request
-        without an id gets one."""
+        without an id gets one. `rows`: the graph's inputs as the transport decoded them for the target
+        (`tensors.feed`); a shadow with other inputs gets them re-fed from the same columns."""
         serving = target.serving
         future = serving.batcher.submit(rows)
         sampled = self.log.sampled()
@@ -415,7 +432,9 @@ class InferenceCore:
             if len(self._background) >= self.max_shadow_calls:
                 prometheus.SHADOW_SHED.labels(shadow.model).inc()
                 continue
-            self._in_background(self._shadow(shadow, rows, request_id, arrived_ns, sampled))
+            self._in_background(
+                self._shadow(shadow, rows, request_id, arrived_ns, sampled, serving.interface)  # type: ignore[arg-type]
+            )
         outputs = await future
         if sampled:
             latency_us = (time.perf_counter_ns() - arrived_ns) // 1000
@@ -431,9 +450,16 @@ class InferenceCore:
             self.log.record(serving, serving.spec.role, request_id, arrived_ns, None, None, latency_us, error)
 
     async def _shadow(
-        self, shadow: Serving, rows: np.ndarray, request_id: str, arrived_ns: int, sampled: bool
+        self,
+        shadow: Serving,
+        rows: Rows,
+        request_id: str,
+        arrived_ns: int,
+        sampled: bool,
+        source: interfaces.Interface,
     ) -> None:
         try:
+            rows = shadow.interface.refeed(rows, source)  # type: ignore[union-attr]
             outputs = await shadow.batcher.submit(rows)
             error = ""
         except Exception as failure:

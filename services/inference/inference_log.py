@@ -19,7 +19,6 @@ import time
 from collections import Counter, deque
 from typing import NamedTuple
 
-import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlops.bus import EventPublisher
@@ -28,6 +27,7 @@ from mlops.settings import BusSettings, KafkaSettings
 from services.inference import prometheus
 from services.inference.batching import Outputs
 from services.inference.core import CANARY, PRODUCTION, SHADOW, PredictionLog, Serving
+from services.inference.runtime import Rows, row_count
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class _Entry(NamedTuple):
     request_id: str
     answered_wall_ns: int
     queued_at: float
-    rows: np.ndarray | None
+    rows: Rows | None
     outputs: Outputs | None
     latency_us: int
     error: str
@@ -94,7 +94,7 @@ class InferenceLogger(PredictionLog):
         role: str,
         request_id: str,
         arrived_ns: int,
-        rows: np.ndarray | None,
+        rows: Rows | None,
         outputs: Outputs | None,
         latency_us: int,
         error: str = "",
@@ -239,7 +239,8 @@ any message this logger makes). With it a record's size is bounded without seria
 def _record_bound(fields: dict) -> int:
     numbers = len(fields.get("features", ())) + len(fields.get("outputs", ()))
     strings = sum(len(fields.get(name, "").encode()) for name in ("request_id", "label", "error"))
-    return RECORD_OVERHEAD + 8 * numbers + strings
+    texts = sum(4 + len(text.encode()) for text in fields.get("text_features", ()))
+    return RECORD_OVERHEAD + 8 * numbers + strings + texts
 
 
 async def _messages(
@@ -255,8 +256,9 @@ async def _messages(
         if position % BUILD_SLICE == 0:
             await asyncio.sleep(0)
         model = entry.serving.model
-        spec = entry.serving.spec
-        key = (model, spec.feature_names, spec.class_labels)
+        interface = entry.serving.interface
+        assert interface is not None
+        key = (model, interface.numeric_features, interface.text_features, interface.class_labels)
         for fields in _record_fields(entry):
             size = _record_bound(fields)
             current = open_messages.get(key)
@@ -266,8 +268,9 @@ async def _messages(
             if current is None:
                 message = monitoring_pb2.InferenceLogged(
                     model=model,
-                    feature_names=spec.feature_names,
-                    class_labels=spec.class_labels,
+                    feature_names=interface.numeric_features,
+                    text_feature_names=interface.text_features,
+                    class_labels=interface.class_labels,
                     sampling_rate=sampling_rate,
                     server_id=server_id,
                 )
@@ -297,20 +300,13 @@ def _record_fields(entry: _Entry):
             "role": role,
         }
         return
-    features = entry.rows.tolist()
-    outputs = entry.outputs
-    count = len(features)
-    if "probabilities" in outputs:
-        scores = outputs["probabilities"].tolist()
-        labels = outputs.get("label")
-        names = entry.serving.label_values
-        indices = labels.tolist() if labels is not None else [int(np.argmax(s)) for s in scores]
-        texts = [names[i] if 0 <= i < len(names) else str(i) for i in indices]
-    else:
-        scores = [[value] for value in outputs["prediction"].reshape(-1).tolist()]
-        texts = [""] * count
+    interface = entry.serving.interface
+    assert interface is not None
+    count = row_count(entry.rows)
+    features, text_features = interface.logged_inputs(entry.rows)
+    scores, texts = interface.logged_outputs(entry.outputs, count)
     for row in range(count):
-        yield {
+        fields = {
             "request_id": entry.request_id if count == 1 else f"{entry.request_id}/{row}",
             "version": spec.version,
             "timestamp": arrived,
@@ -321,3 +317,6 @@ def _record_fields(entry: _Entry):
             "error": entry.error,
             "role": role,
         }
+        if text_features is not None:
+            fields["text_features"] = text_features[row]
+        yield fields

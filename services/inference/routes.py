@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 
 from services.inference.batching import Batcher
+from services.inference.interface import Interface, build
 from services.inference.runtime import LoadedModel
 
 PRODUCTION, CANARY, SHADOW = "production", "canary", "shadow"
@@ -51,6 +52,8 @@ class Serving:
     loaded: LoadedModel
     categories: dict[str, tuple[str, ...]]
     batcher: Batcher
+    interface: Interface | None = None
+    """What it takes and answers (`interface.build`); built from the model and the spec when not given."""
     metrics: tuple | None = field(default=None, init=False, repr=False)
     """This version's request counter and latency histogram children, made on its first request."""
     version_text: str = field(init=False)
@@ -61,6 +64,8 @@ class Serving:
         self.version_text = str(self.spec.version)
         self.feature_index = {name: i for i, name in enumerate(self.spec.feature_names)}
         self.label_values = self.spec.class_labels
+        if self.interface is None:
+            self.interface = build(self.loaded, self.spec)
 
     @property
     def key(self) -> tuple[int, str]:

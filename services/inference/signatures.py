@@ -4,7 +4,8 @@ The desired state says which artifact to load; the registry, the system of recor
 that version is. With `confirm` on, a version is loaded only when the registry holds the desired
 state's sha256 for it (anyone who can write the desired-state topic could otherwise have any bytes
 served). The record also carries how a text feature's values map to the codes the graph takes
-(`ModelSignature.categories`). Versions are immutable, so a record is cached per (model, version),
+(`ModelSignature.categories`), and how its graph is fed and read (`ModelSignature.inputs[].columns`,
+`outputs[].role`), which it hands over as the vocabularies' `signature`. Versions are immutable, so a record is cached per (model, version),
 with a bound.
 """
 
@@ -21,7 +22,18 @@ from mlops.registry.v1 import registry_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Categories = dict[str, tuple[str, ...]]
+
+class Categories(dict[str, tuple[str, ...]]):
+    """The vocabularies of a version's text features (name → values in code order), and the registry's
+    signature of the version when it was read (None otherwise)."""
+
+    signature: pb.ModelSignature | None = None
+
+    @classmethod
+    def of(cls, record: pb.ModelVersion, *, vocabularies: bool = True) -> Categories:
+        found = cls(_categories(record)) if vocabularies else cls()
+        found.signature = record.signature if vocabularies and record.HasField("signature") else None
+        return found
 
 
 class RegistryVersions:
@@ -63,7 +75,7 @@ class RegistryVersions:
         `confirm`, an unknown version or an unreachable registry only leaves the vocabularies out."""
         if not self.confirm:
             if not self.categories:
-                return {}
+                return Categories()
             try:
                 record = await self.record(model, version)
             except MlopsError as error:
@@ -73,8 +85,8 @@ class RegistryVersions:
                     version,
                     error.message,
                 )
-                return {}
-            return _categories(record)
+                return Categories()
+            return Categories.of(record)
         try:
             record = await self.record(model, version)
         except NotFound:
@@ -86,8 +98,8 @@ class RegistryVersions:
                 f"{model} v{version}: the desired state names artifact sha256 {sha256 or '(none)'}, but the "
                 f"registry holds {record.artifact_sha256} for that version; not loaded"
             )
-        return _categories(record) if self.categories else {}
+        return Categories.of(record, vocabularies=self.categories)
 
 
-def _categories(record: pb.ModelVersion) -> Categories:
+def _categories(record: pb.ModelVersion) -> dict[str, tuple[str, ...]]:
     return {name: tuple(vocabulary.values) for name, vocabulary in record.signature.categories.items()}
