@@ -35,6 +35,7 @@ SERVICES=(
   "deployer ${MLOPS_DEPLOYER_GRPC_PORT:-50052}"
   "monitor ${MLOPS_MONITOR_GRPC_PORT:-50053}"
   "inference ${MLOPS_INFERENCE_GRPC_PORT:-8001}"
+  "console ${MLOPS_CONSOLE_PORT:-8080}"
 )
 
 mkdir -p "$STACK/logs" "$STACK/run"
@@ -72,6 +73,34 @@ sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
 PY
 }
 
+# The web console (services/console) serves HTTP and runs no gRPC server: it is ready when /readyz
+# answers. It holds no gRPC credentials of its own; it calls the services' token ports with the token
+# of the person signed in. `up` writes a viewer's token to clients/console-token for the sign-in link.
+console_ready() {
+  "$PYTHON" - "$1" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1) as reply:
+    sys.exit(0 if reply.status == 200 else 1)
+PY
+}
+ready() { if [ "$1" = console ]; then console_ready "$2"; else healthy "$2"; fi; }
+console_security() {
+  unset MLOPS_GRPC_CLIENT_TOKEN MLOPS_GRPC_CLIENT_CERT_FILE MLOPS_GRPC_CLIENT_KEY_FILE MLOPS_GRPC_TLS_CLIENT_CA
+  export MLOPS_GRPC_CLIENT_CA_FILE="$PKI/ca.pem" MLOPS_CONSOLE_PORT="$1" \
+    MLOPS_REGISTRY_ADDR="127.0.0.1:$((${MLOPS_REGISTRY_GRPC_PORT:-50051} + 10))" \
+    MLOPS_DEPLOYER_ADDR="127.0.0.1:$((${MLOPS_DEPLOYER_GRPC_PORT:-50052} + 10))" \
+    MLOPS_MONITOR_ADDR="127.0.0.1:$((${MLOPS_MONITOR_GRPC_PORT:-50053} + 10))"
+  # it reads no tables or buckets, and never the operator's Kafka identity from <stack>/env
+  unset MLOPS_DATABASE_URL AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+  if [ -z "${MLOPS_CONSOLE_KAFKA:-}" ]; then
+    unset MLOPS_KAFKA_SASL_USERNAME MLOPS_KAFKA_SASL_PASSWORD
+    export MLOPS_CONSOLE_EVENTS=false
+  fi
+  if [ -f "$STACK/clients/viewer.token" ]; then
+    (umask 077; cp "$STACK/clients/viewer.token" "$STACK/clients/console-token")
+  fi
+}
+
 # gRPC as itself: its server speaks TLS with its certificate and checks every call (mutual TLS on its
 # port for services and people with certificates; bearer tokens on port+10 for people with tokens);
 # the inference server takes tokens on its one port (OIP clients such as tritonclient carry no
@@ -101,7 +130,9 @@ up() {
     wc -l <"$STACK/logs/$name.log" >"$STACK/run/$name.logstart"
     cd "$REPO"
     local kafka_password=""
-    if [ "${MLOPS_KAFKA_SECURITY_PROTOCOL:-PLAINTEXT}" != PLAINTEXT ]; then
+    if [ "$name" = console ]; then   # a Kafka identity of its own where the stack made one
+      kafka_password="$("$PYTHON" "$HERE/kafka_secure.py" password "$STACK/pki/kafka-users.json" console 2>/dev/null)" || true
+    elif [ "${MLOPS_KAFKA_SECURITY_PROTOCOL:-PLAINTEXT}" != PLAINTEXT ]; then
       kafka_password="$("$PYTHON" "$HERE/kafka_secure.py" password "$STACK/pki/kafka-users.json" "$name")" \
         || { echo "services: $name has no Kafka identity in $STACK/pki/kafka-users.json: run infra/local/stack.sh up" >&2; exit 1; }
     fi
@@ -111,6 +142,7 @@ up() {
       # exported, not on a command line (which any user can read)
       if [ -n "$kafka_password" ]; then
         export MLOPS_KAFKA_SASL_USERNAME="$name" MLOPS_KAFKA_SASL_PASSWORD="$kafka_password"
+        [ "$name" = console ] && export MLOPS_CONSOLE_KAFKA=1
       fi
       # PostgreSQL as its own role, where the stack made one (<stack>/pki/pg/<name>.url, mode 0600)
       if [ -f "$STACK/pki/pg/$name.url" ]; then
@@ -121,7 +153,7 @@ up() {
       if [ -f "$STACK/pki/s3/$name.env" ]; then
         set -a; . "$STACK/pki/s3/$name.env"; set +a
       fi
-      grpc_security "$name" "$port"
+      if [ "$name" = console ]; then console_security "$port"; else grpc_security "$name" "$port"; fi
       # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI
       # job) that ran `up` does not take the services with it.
       setsid nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \
@@ -133,7 +165,7 @@ up() {
   local deadline=$((SECONDS + READY_TIMEOUT))
   for entry in "${started[@]}"; do
     read -r name port <<<"$entry"
-    until healthy "$port"; do
+    until ready "$name" "$port"; do
       local restarts; restarts="$(state_of "$name" | cut -d' ' -f2)"
       if ! alive "$name" || [ "$restarts" -ge 2 ] || [ $SECONDS -ge $deadline ]; then
         printf 'services: %s did not become ready on port %s; its log since start:\n' "$name" "$port" >&2
@@ -174,7 +206,7 @@ status() {
     available "$name" || continue
     local child restarts last
     read -r child restarts last <<<"$(state_of "$name")"
-    if alive "$name" && healthy "$port"; then
+    if alive "$name" && ready "$name" "$port"; then
       printf '%-9s %-19s pid %-8s 127.0.0.1:%-6s restarts %-3s last exit: %s\n' \
         "$name" ready "$child" "$port" "$restarts" "$last"
     elif alive "$name"; then
