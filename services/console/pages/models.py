@@ -17,8 +17,10 @@ from services.console.app import caller, render
 from services.console.filters import rollout_state
 from services.console.svg import Graph, Node, lineage_graph
 
-MAX_MODELS = 200
+MAX_SPECS = 1000
+SHOWN_MODELS = 50
 MAX_VERSIONS = 100
+CONCURRENT_SUMMARIES = 8
 
 
 async def _or_none(call):
@@ -49,16 +51,28 @@ async def model_summary(person, name: str) -> dict:
 
 
 async def index(request: Request):
+    """Up to SHOWN_MODELS models (those whose name holds `?q=`), each summarised by three calls, a
+    few models at a time so that a platform with hundreds of models does not flood the services."""
     person = caller(request)
     specs = await person.call(
-        "registry", "ListModelSpecs", registry_pb2.ListModelSpecsRequest(page_size=MAX_MODELS)
+        "registry", "ListModelSpecs", registry_pb2.ListModelSpecsRequest(page_size=MAX_SPECS)
     )
-    summaries = await asyncio.gather(*(model_summary(person, s.model) for s in specs.specs))
+    query = request.query_params.get("q", "").strip()
+    matching = sorted((s for s in specs.specs if query in s.model), key=lambda s: -s.applied_at.seconds)
+    gate = asyncio.Semaphore(CONCURRENT_SUMMARIES)
+
+    async def summary(name: str) -> dict:
+        async with gate:
+            return await model_summary(person, name)
+
+    summaries = await asyncio.gather(*(summary(s.model) for s in matching[:SHOWN_MODELS]))
     feed = request.app.state.feed
     return render(
         request,
         "models.html",
         models=summaries,
+        query=query,
+        hidden=max(0, len(matching) - SHOWN_MODELS),
         specs={s.model: s for s in specs.specs},
         recent=feed.recent(20) if feed else [],
     )
