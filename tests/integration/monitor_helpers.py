@@ -408,3 +408,97 @@ def header(record, name: str) -> str:
 
 async def drift_status(monitor: Monitor, model: str) -> monitor_pb2.GetDriftStatusResponse:
     return await monitor.stub.GetDriftStatus(monitor_pb2.GetDriftStatusRequest(model=model, window_limit=50))
+
+
+# --- models trained by the platform, and outside models with text inputs -------------------------
+
+
+async def declare_trained_model(registry, store, kafka, database, unique: str, **options) -> Model:
+    """`declare_model`, then its spec applied again as one the platform trains (`training.external`
+    false), so that an alarm asks for a retrain. The stack's trainer must not train the synthetic
+    model: the spec changes only once the trainer has handled the data set's DatasetVersionRecorded
+    (its inbox holds the event), when it found the spec saying the model is trained elsewhere."""
+    from sqlalchemy import text
+
+    from tests.integration.bus_helpers import raw_reader, read_until
+    from tests.integration.conftest import eventually
+
+    async with raw_reader(kafka, "mlops.dataset.recorded") as recorded:
+        model = await declare_model(registry, store, unique, **options)
+        record = await read_until(recorded, records_for(model.dataset), timeout_s=30)
+    event_id = header(record, "ce_id")
+
+    async def handled() -> bool:
+        async with database.session() as session:
+            found = await session.exec(
+                text("SELECT 1 FROM trainer.inbox WHERE event_id = :id"), params={"id": event_id}
+            )
+            return found.first() is not None
+
+    await eventually(handled, timeout_s=60, what="the trainer's handling of the data set's record")
+    spec = (await registry.GetModelSpec(pb.GetModelSpecRequest(model=model.name))).spec
+    spec.spec.training.external = False
+    await registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
+    return model
+
+
+COLOURS = ["red", "green", "blue"]
+TEXT_FEATURES = ["colour"]
+
+
+def coloured_frame(rng: np.random.Generator, n: int, *, shares=(0.6, 0.3, 0.1)) -> pd.DataFrame:
+    frame = training_frame(rng, n)
+    frame["colour"] = rng.choice(COLOURS, size=n, p=list(shares))
+    return frame
+
+
+def recoloured_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Numeric inputs as in training, the text input drifted."""
+    return coloured_frame(rng, n, shares=(0.05, 0.15, 0.8))
+
+
+async def declare_outside_model(registry, store, unique: str, **options) -> Model:
+    """A model trained elsewhere (`training.external`) whose inputs are four numbers and one text
+    (`colour`); its profile names the data set's columns, as the registry profiles an outside model."""
+    model = await declare_model(registry, store, unique, **options)
+    frame = coloured_frame(model.rng, 3000)
+    codes = frame["colour"].map({c: i for i, c in enumerate(COLOURS)}).to_numpy(dtype=float)
+    profile = ReferenceProfile.compute(
+        task="classification",
+        features=np.column_stack([frame[FEATURES].to_numpy(), codes]),
+        feature_names=[*FEATURES, "colour"],
+        categorical={"colour": COLOURS},
+        predictions=probabilities_of(frame),
+        class_labels=CLASSES,
+    )
+    profile_ref = await store.put_bytes(f"models/{model.name}", "profile.json", profile.to_json().encode())
+    version = model.version
+    reply = await registry.RegisterModelVersion(
+        pb.RegisterModelVersionRequest(
+            model=model.name,
+            run_id=uuid.uuid4().hex,
+            spec_version=version.spec_version,
+            dataset=model.dataset,
+            dataset_version=model.dataset_version.version,
+            dataset_sha256=model.dataset_version.sha256,
+            artifact_uri=version.artifact_uri,
+            artifact_sha256=version.artifact_sha256,
+            artifact_size_bytes=version.artifact_size_bytes,
+            profile_uri=profile_ref.uri,
+            profile_sha256=profile_ref.sha256,
+            signature=version.signature,
+            metrics={"accuracy": 0.95},
+        )
+    )
+    model.version = reply.model_version
+    return model
+
+
+def text_batch_of(model: Model, frame: pd.DataFrame, *, prefix: str = "") -> monitoring_pb2.InferenceLogged:
+    """`batch_of` for an outside model: the numbers in `features`, the text input (and one the
+    profile does not know, `city`) in `text_features`, every row answered by the model's version."""
+    batch = batch_of(model, frame, version=model.version.version, prefix=prefix)
+    batch.text_feature_names.extend(["city", "colour"])
+    for record, colour in zip(batch.records, frame["colour"], strict=True):
+        record.text_features.extend(["paris", colour])
+    return batch
