@@ -32,8 +32,10 @@ Binning rules (`histogram` implements them; a monitor must bin live values the s
   quantiles are merged, so a column with few distinct values has fewer bins). `counts[i]` counts
   values `v` with `edges[i] <= v < edges[i + 1]`; the first bin is open below and the last bin is
   open above, so a live value outside the training range lands in an end bin, never nowhere.
-  Missing values (NaN) are counted in `missing`, not in any bin. `index` is the feature's column in
-  the model's `input` tensor.
+  Missing values (NaN) are counted in `missing`, not in any bin. `index` is the feature's position
+  in `feature_names`: the model's `input` tensor for the platform's models, the data set's columns
+  for a model trained elsewhere (`ReferenceProfile.of_columns`). The monitor matches a logged input
+  to a feature by name, numeric and text alike; the label column is never a feature.
 - Text features enter the model as category codes (their position in `categories`); `counts`
   follows that order, `unseen` counts values outside the vocabulary, `missing` counts NaN.
 - The prediction distribution: for classification, `class_counts` of the predicted class (argmax)
@@ -47,6 +49,7 @@ the normalised form.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -215,6 +218,46 @@ class ReferenceProfile:
             prediction=prediction,
         )
 
+    @classmethod
+    def of_columns(
+        cls,
+        columns: Mapping[str, np.ndarray],
+        *,
+        task: str,
+        label: str | None,
+        predictions: np.ndarray,
+        class_labels: list[str] | None = None,
+        bins: int = DEFAULT_BINS,
+    ) -> ReferenceProfile:
+        """Profile of a data set's columns, in their order, the label left out: numeric columns
+        binned, any other column a text feature whose categories are its distinct values (sorted;
+        None and NaN missing). What the monitor compares a model trained elsewhere against."""
+        names, matrix, categorical = [], [], {}
+        for name, values in columns.items():
+            if name == label:
+                continue
+            array = np.asarray(values)
+            names.append(name)
+            if array.dtype.kind in "biuf":
+                matrix.append(array.astype(np.float64))
+                continue
+            items = array.tolist()
+            categories = sorted({str(v) for v in items if not _missing(v)})
+            code = {category: float(i) for i, category in enumerate(categories)}
+            matrix.append(np.asarray([np.nan if _missing(v) else code[str(v)] for v in items]))
+            categorical[name] = categories
+        rows = len(predictions)
+        features = np.column_stack(matrix) if matrix else np.zeros((rows, 0))
+        return cls.compute(
+            task=task,
+            features=features,
+            feature_names=names,
+            categorical=categorical,
+            predictions=predictions,
+            class_labels=class_labels,
+            bins=bins,
+        )
+
     def to_json(self) -> str:
         """Deterministic JSON (sorted keys, no spaces): the same profile always hashes the same."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -239,6 +282,10 @@ class ReferenceProfile:
             if item.name == name:
                 return item
         raise KeyError(f"feature {name!r} is not in the profile")
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def frequencies(counts: list[int]) -> list[float]:

@@ -138,3 +138,26 @@ def test_probabilities_in_another_class_order_and_labels_without_probabilities_a
     label_only.records.add(request_id="a", version=1, timestamp=_stamp(1000.0), label="yes")
     label_only.records.add(request_id="b", version=1, timestamp=_stamp(1000.0), label="no")
     assert predicted_classes(decode_batch(label_only), CLASSES).tolist() == [1, 0]
+
+
+def test_a_profile_of_data_set_columns_leaves_the_label_out_and_judges_text_logged_as_text():
+    n = 600
+    rng = np.random.default_rng(3)
+    colour = rng.choice(["red", "green", "blue"], size=n).astype(object)
+    colour[:6] = None
+    p = rng.uniform(0, 1, n)
+    profile = ReferenceProfile.of_columns(
+        {"age": rng.normal(40, 10, n), "colour": colour, "target": rng.choice(CLASSES, size=n)},
+        task="classification",
+        label="target",
+        predictions=np.column_stack([p, 1 - p]),
+        class_labels=CLASSES,
+    )
+    assert profile.feature_names == ["age", "colour"]
+    (categorical,) = profile.categorical
+    assert categorical.categories == ["blue", "green", "red"] and categorical.missing == 6
+    assert sum(categorical.counts) == n - 6
+    reference = Reference.of(ReferenceProfile.from_json(profile.to_json()), "0" * 64)
+    rows = decode_batch(_batch([40.0] * 3, [["red", "x"], ["blue", "x"], ["", "x"]]))
+    matched = match_inputs(rows, reference, label="target")
+    assert matched.matrix[:2, 1].tolist() == [2.0, 0.0] and np.isnan(matched.matrix[2, 1])

@@ -73,9 +73,12 @@ def drift_status(
         output.line(f"{name}: no windows closed yet")
         return
     for item in response.versions:
+        # Set when an alarm of a model trained outside the platform asked for a new model.
+        new_model = getattr(item, "new_model_reason", "")
         output.fields(
             [
                 ("model", f"{response.model} v{item.version}"),
+                *([("new model needed", new_model)] if new_model else []),
                 (
                     "judged by",
                     f"{item.method} (threshold {number(item.threshold)})" if item.method else MISSING,
