@@ -40,7 +40,9 @@ ROLES = {
 
 
 def model_state(event: deployment_pb2.DesiredState) -> ModelState:
-    """The core's view of a DesiredState; an unset role is production when it has traffic."""
+    """The core's view of a DesiredState; an unset role is production when it has traffic. A version
+    with no feature names (a model registered without a data set) takes its graph's inputs by their
+    names."""
     versions = []
     for v in event.versions:
         role = ROLES.get(v.role) or (PRODUCTION if v.traffic_percent > 0 else SHADOW)
@@ -48,8 +50,6 @@ def model_state(event: deployment_pb2.DesiredState) -> ModelState:
             raise MalformedEvent(
                 f"version {v.version}: traffic_percent {v.traffic_percent} is not within 0-100"
             )
-        if not v.feature_names:
-            raise MalformedEvent(f"version {v.version}: feature_names is empty")
         versions.append(
             VersionSpec(
                 version=v.version,
