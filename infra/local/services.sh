@@ -3,6 +3,7 @@
 #
 # Usage: infra/local/services.sh up|down|restart|status [service ...] | logs service
 #   up       start every (named) service that is not running; return when each answers gRPC health SERVING
+#            (and inference its REST health on port 8000)
 #   down     SIGTERM (graceful: finish in-flight work, commit offsets), SIGKILL after a deadline
 #   restart  down, then up
 #   status   one line per service (its pid, restarts, why it last exited); exit 0 only when all are ready
@@ -38,6 +39,14 @@ SERVICES=(
   "console ${MLOPS_CONSOLE_PORT:-8080}"
 )
 
+# name  HTTP port, for a service that has one beside gRPC: inference's Open Inference Protocol over
+# REST (TLS, the same certificate and tokens as its gRPC port; health open)
+http_port_of() {
+  case "$1" in
+    inference) echo "${MLOPS_INFERENCE_HTTP_PORT:-8000}" ;;
+  esac
+}
+
 mkdir -p "$STACK/logs" "$STACK/run"
 [ -f "$STACK/env" ] && { set -a; . "$STACK/env"; set +a; }
 
@@ -72,6 +81,22 @@ with grpc.secure_channel(f"127.0.0.1:{sys.argv[1]}", credentials) as channel:
 sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
 PY
 }
+http_ready() {   # the service's HTTP API answers /v2/health/ready over TLS (true when it has none)
+  local port; port="$(http_port_of "$1")"
+  [ -n "$port" ] || return 0
+  "$PYTHON" - "$port" "$PKI/ca.pem" <<'PY' >/dev/null 2>&1
+import http.client, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[2])
+connection = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=context, timeout=1)
+connection.request("GET", "/v2/health/ready")
+sys.exit(0 if connection.getresponse().status == 200 else 1)
+PY
+}
+addresses() {   # where a service listens: its port, and its HTTP port beside gRPC if it has one
+  local http; http="$(http_port_of "$1")"
+  printf '127.0.0.1:%s' "$2"
+  [ -z "$http" ] || printf ' (REST https://127.0.0.1:%s)' "$http"
+}
 
 # The web console (services/console) serves HTTP and runs no gRPC server: it is ready when /readyz
 # answers. It holds no gRPC credentials of its own; it calls the services' token ports with the token
@@ -83,7 +108,7 @@ with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1)
     sys.exit(0 if reply.status == 200 else 1)
 PY
 }
-ready() { if [ "$1" = console ]; then console_ready "$2"; else healthy "$2"; fi; }
+ready() { if [ "$1" = console ]; then console_ready "$2"; else healthy "$2" && http_ready "$1"; fi; }
 console_security() {
   unset MLOPS_GRPC_CLIENT_TOKEN MLOPS_GRPC_CLIENT_CERT_FILE MLOPS_GRPC_CLIENT_KEY_FILE MLOPS_GRPC_TLS_CLIENT_CA
   export MLOPS_GRPC_CLIENT_CA_FILE="$PKI/ca.pem" MLOPS_CONSOLE_PORT="$1" \
@@ -176,7 +201,7 @@ up() {
       fi
       sleep 0.2
     done
-    printf '%-9s %s\n' "$name" "ready on 127.0.0.1:$port (pid $(state_of "$name" | cut -d' ' -f1))"
+    printf '%-9s %s\n' "$name" "ready on $(addresses "$name" "$port") (pid $(state_of "$name" | cut -d' ' -f1))"
   done
 }
 
@@ -207,11 +232,11 @@ status() {
     local child restarts last
     read -r child restarts last <<<"$(state_of "$name")"
     if alive "$name" && ready "$name" "$port"; then
-      printf '%-9s %-19s pid %-8s 127.0.0.1:%-6s restarts %-3s last exit: %s\n' \
-        "$name" ready "$child" "$port" "$restarts" "$last"
+      printf '%-9s %-19s pid %-8s %-16s restarts %-3s last exit: %s\n' \
+        "$name" ready "$child" "$(addresses "$name" "$port")" "$restarts" "$last"
     elif alive "$name"; then
-      printf '%-9s %-19s pid %-8s 127.0.0.1:%-6s restarts %-3s last exit: %s\n' \
-        "$name" "running, not ready" "$child" "$port" "$restarts" "$last"; rc=1
+      printf '%-9s %-19s pid %-8s %-16s restarts %-3s last exit: %s\n' \
+        "$name" "running, not ready" "$child" "$(addresses "$name" "$port")" "$restarts" "$last"; rc=1
     else
       printf '%-9s %s\n' "$name" stopped; rc=1
     fi

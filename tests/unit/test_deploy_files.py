@@ -13,6 +13,7 @@ import yaml
 
 from tests.unit.test_deploy_tools import (
     DASHBOARD,
+    HTTP_PORTS,
     REPO,
     SERVICES,
     cached,
@@ -34,8 +35,23 @@ def services_sh() -> dict[str, int]:
     return {m[0]: int(m[1]) for m in re.findall(r'"(\w+) \$\{MLOPS_\w+_GRPC_PORT:-(\d+)\}"', text)}
 
 
+def services_sh_http() -> dict[str, int]:
+    """name -> HTTP port, from `http_port_of` in infra/local/services.sh."""
+    text = (REPO / "infra/local/services.sh").read_text()
+    return {m[0]: int(m[1]) for m in re.findall(r'(\w+)\) echo "\$\{MLOPS_\w+_HTTP_PORT:-(\d+)\}"', text)}
+
+
 def test_services_sh_table_matches_the_port_table() -> None:
     assert services_sh() == {name: ports[0] for name, ports in SERVICES.items()}
+    assert services_sh_http() == HTTP_PORTS
+
+
+def test_http_ports_are_the_services_own_defaults() -> None:
+    from services.inference.settings import InferenceSettings
+
+    # a service started with no variable set listens where services.sh, compose and k8s look
+    assert InferenceSettings.model_fields["http_port"].default == HTTP_PORTS["inference"]
+    assert set(HTTP_PORTS) <= set(SERVICES)
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -113,6 +129,10 @@ def test_compose_runs_every_service_with_the_command_services_sh_runs() -> None:
         probe = spec["healthcheck"]["test"]
         assert probe[:3] == ["CMD", "python", "-c"] and "grpc_health" in probe[3], probe
         assert probe[4] == str(grpc_port)
+        if name in HTTP_PORTS:
+            http = HTTP_PORTS[name]
+            assert f"127.0.0.1:{http}:{http}" in spec["ports"], f"{name} publishes no port {http}"
+            assert f"MLOPS_{name.upper()}_HTTP_PORT" not in spec["environment"], "the default is the port"
         for dependency, condition in spec["depends_on"].items():
             assert condition["condition"] in (
                 "service_healthy",
