@@ -1,0 +1,110 @@
+"""What the console's integration and browser tests share: where the console is, the people's
+tokens the local stack made, and the demo's data read through the services as a viewer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+
+from mlops.deployer.v1 import deployer_pb2, deployer_pb2_grpc
+from mlops.jaeger import TRACE_TAG
+from mlops.registry.v1 import registry_pb2, registry_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = Path(os.environ.get("MLOPS_STACK_DIR", REPO / ".stack"))
+CLIENTS = STACK / "clients"
+CONSOLE = os.environ.get("MLOPS_CONSOLE_URL", "http://127.0.0.1:8080")
+DEMO_MODEL = os.environ.get("MLOPS_CONSOLE_TEST_MODEL", "wine-quality")
+
+
+def token(person: str) -> str:
+    return (CLIENTS / f"{person}.token").read_text().strip()
+
+
+def signed_in(person: str) -> httpx.Client:
+    """An HTTP client holding the console's session cookie for that person's token."""
+    client = httpx.Client(base_url=CONSOLE, timeout=60.0)
+    response = client.get("/login", params={"token": token(person)}, follow_redirects=False)
+    assert response.status_code == 303, (
+        f"{person} could not sign in: {response.status_code} {response.text[:300]}"
+    )
+    assert "httponly" in response.headers["set-cookie"].lower()
+    assert "samesite=strict" in response.headers["set-cookie"].lower()
+    return client
+
+
+@dataclass
+class Demo:
+    """The demo model's data as the services hold it: a traced version, its runs and rollouts."""
+
+    model: str
+    version: int
+    trace_id: str
+    run_ids: list[str]
+    rollout_id: str
+    rollout_state: int
+
+
+def demo() -> Demo:
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials((CLIENTS / "ca.pem").read_bytes()),
+        grpc.access_token_call_credentials(token("viewer")),
+    )
+    port = int(os.environ.get("MLOPS_REGISTRY_GRPC_PORT", "50051"))
+    deployer_port = int(os.environ.get("MLOPS_DEPLOYER_GRPC_PORT", "50052"))
+    with grpc.secure_channel(f"127.0.0.1:{port + 10}", credentials) as channel:
+        registry = registry_pb2_grpc.RegistryStub(channel)
+        versions = registry.ListModelVersions(
+            registry_pb2.ListModelVersionsRequest(model=DEMO_MODEL, page_size=100), timeout=10
+        ).model_versions
+        runs = registry.ListRuns(
+            registry_pb2.ListRunsRequest(model=DEMO_MODEL, page_size=10), timeout=10
+        ).runs
+    traced = [v for v in versions if v.tags.get(TRACE_TAG)]
+    assert traced and runs, f"no traced version or run of {DEMO_MODEL}: run `make demo` on the stack first"
+    with grpc.secure_channel(f"127.0.0.1:{deployer_port + 10}", credentials) as channel:
+        rollouts = (
+            deployer_pb2_grpc.DeployerStub(channel)
+            .ListRollouts(deployer_pb2.ListRolloutsRequest(model=DEMO_MODEL, page_size=5), timeout=10)
+            .rollouts
+        )
+    assert rollouts, f"no rollout of {DEMO_MODEL}: run `make demo` on the stack first"
+    newest = max(traced, key=lambda v: v.version)
+    rollout = max(rollouts, key=lambda r: r.started_at.seconds)
+    return Demo(
+        model=DEMO_MODEL,
+        version=newest.version,
+        trace_id=newest.tags[TRACE_TAG],
+        run_ids=[r.run_id for r in runs[:2]],
+        rollout_id=rollout.rollout_id,
+        rollout_state=rollout.state,
+    )
+
+
+def pages(d: Demo) -> dict[str, list[str]]:
+    """Every page of the console with what it must show for the demo model."""
+    compare = "&".join(f"compare={run}" for run in d.run_ids)
+    return {
+        f"/?q={d.model}": [d.model, "production"],
+        f"/models/{d.model}": [f"v{d.version}", "Versions", "Rollouts"],
+        f"/models/{d.model}/versions/{d.version}": [
+            "Gate results",
+            "Signature",
+            '<svg class="lineage"',
+            "Alias ledger",
+            f"/traces/{d.trace_id}",
+        ],
+        f"/runs?model={d.model}&{compare}": ["Compared", "<polyline", d.run_ids[0][:8]],
+        f"/runs/{d.run_ids[0]}": ["Params", "Per-epoch curves", "<polyline"],
+        f"/rollouts?model={d.model}": [d.rollout_id[:8]],
+        f"/rollouts/{d.model}/{d.rollout_id}": ["Timeline", "Promote", "Rollback", "Pause", "Resume"],
+        f"/drift/{d.model}": ["Per feature per window", '<svg class="heatmap"', "Live accuracy"],
+        "/traces": [d.trace_id],
+        f"/traces/{d.trace_id}": ["mlops-trainer", "Timeline", '<svg class="timeline"'],
+        "/live": ["Live events"],
+        "/dead-letters": ["Dead letters"],
+    }
