@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from mlops_client import protocol
 from mlops_client.convert import to_onnx
-from mlops_client.errors import InvalidArgument
+from mlops_client.errors import InvalidArgument, MlopsError
 from mlops_client.types import Artifact, ModelVersion, Run
 
 if TYPE_CHECKING:
@@ -54,10 +54,12 @@ class ActiveRun:
             return
         if error is None:
             self.end("SUCCEEDED")
-        elif isinstance(error, KeyboardInterrupt):
-            self.end("CANCELLED", error="interrupted")
-        else:
-            self.end("FAILED", error=f"{kind.__name__}: {error}" if kind else str(error))
+            return
+        status = "CANCELLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        try:
+            self.end(status, error="interrupted" if status == "CANCELLED" else f"{kind.__name__}: {error}")
+        except MlopsError as failure:  # the block's own exception is the one to see
+            error.add_note(f"and run {self.run_id} could not be marked {status}: {failure.message}")
 
     # Params and tags.
 
