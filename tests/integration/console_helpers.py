@@ -3,6 +3,7 @@ tokens the local stack made, and the demo's data read through the services as a 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,14 @@ import grpc
 import httpx
 
 from mlops.deployer.v1 import deployer_pb2, deployer_pb2_grpc
-from mlops.jaeger import TRACE_TAG
+from mlops.jaeger import SQL_VERBS, TRACE_TAG
 from mlops.registry.v1 import registry_pb2, registry_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = Path(os.environ.get("MLOPS_STACK_DIR", REPO / ".stack"))
 CLIENTS = STACK / "clients"
 CONSOLE = os.environ.get("MLOPS_CONSOLE_URL", "http://127.0.0.1:8080")
+JAEGER = os.environ.get("MLOPS_JAEGER_QUERY_URL", "http://127.0.0.1:16686")
 DEMO_MODEL = os.environ.get("MLOPS_CONSOLE_TEST_MODEL", "wine-quality")
 
 
@@ -44,6 +46,10 @@ class Demo:
     model: str
     version: int
     trace_id: str
+    """The trace the newest version was made in (its page links to it)."""
+    shown_trace_id: str
+    """A trace Jaeger still holds (its memory storage forgets on restart): the newest version's
+    where it can, else the newest of any platform service in the last hours."""
     run_ids: list[str]
     rollout_id: str
     rollout_state: int
@@ -61,6 +67,9 @@ def demo() -> Demo:
         versions = registry.ListModelVersions(
             registry_pb2.ListModelVersionsRequest(model=DEMO_MODEL, page_size=100), timeout=10
         ).model_versions
+        recent = registry.SearchModelVersions(
+            registry_pb2.SearchModelVersionsRequest(page_size=60), timeout=10
+        ).model_versions
         runs = registry.ListRuns(
             registry_pb2.ListRunsRequest(model=DEMO_MODEL, page_size=10), timeout=10
         ).runs
@@ -74,15 +83,60 @@ def demo() -> Demo:
         )
     assert rollouts, f"no rollout of {DEMO_MODEL}: run `make demo` on the stack first"
     newest = max(traced, key=lambda v: v.version)
+    shown = _trace_in_jaeger(
+        [v.tags[TRACE_TAG] for v in sorted(traced, key=lambda v: -v.version)]
+        + [v.tags[TRACE_TAG] for v in recent if v.tags.get(TRACE_TAG)]
+    )
     rollout = max(rollouts, key=lambda r: r.started_at.seconds)
     return Demo(
         model=DEMO_MODEL,
         version=newest.version,
         trace_id=newest.tags[TRACE_TAG],
+        shown_trace_id=shown,
         run_ids=[r.run_id for r in runs[:2]],
         rollout_id=rollout.rollout_id,
         rollout_state=rollout.state,
     )
+
+
+def _non_sql_spans(otlp: dict) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for resource in otlp["result"]["resourceSpans"]:
+        for scope in resource["scopeSpans"]:
+            for span in scope["spans"]:
+                sql = span["name"].split(" ")[0].rstrip(";") in SQL_VERBS
+                counts[span["traceId"]] = counts.get(span["traceId"], 0) + (0 if sql else 1)
+    return counts
+
+
+def _trace_in_jaeger(wanted: list[str]) -> str:
+    """The first of `wanted` that Jaeger holds with more than SQL statements in it; else (Jaeger keeps
+    traces in memory and forgets them when restarted) the recent trace of the platform with most."""
+    with httpx.Client(base_url=JAEGER, timeout=10.0) as jaeger:
+        for trace_id in wanted[:60]:
+            reply = jaeger.get(f"/api/v3/traces/{trace_id}")
+            if reply.status_code == 200 and _non_sql_spans(reply.json()).get(trace_id, 0) > 3:
+                return trace_id
+        now = datetime.datetime.now(datetime.UTC)
+        best: dict[str, int] = {}
+        for service in ("mlops-deployer", "mlops-evaluator", "mlops-trainer", "mlops-registry"):
+            reply = jaeger.get(
+                "/api/v3/traces",
+                params={
+                    "query.service_name": service,
+                    "query.start_time_min": (now - datetime.timedelta(hours=6))
+                    .isoformat()
+                    .replace("+00:00", "Z"),
+                    "query.start_time_max": now.isoformat().replace("+00:00", "Z"),
+                    "query.num_traces": 200,
+                },
+            )
+            if reply.status_code == 200:
+                best |= _non_sql_spans(reply.json())
+    assert best and max(best.values()) >= 2, (
+        f"Jaeger at {JAEGER} holds no trace: run `make demo` on the stack"
+    )
+    return max(best, key=lambda trace_id: best[trace_id])
 
 
 def pages(d: Demo) -> dict[str, list[str]]:
@@ -103,8 +157,8 @@ def pages(d: Demo) -> dict[str, list[str]]:
         f"/rollouts?model={d.model}": [d.rollout_id[:8]],
         f"/rollouts/{d.model}/{d.rollout_id}": ["Timeline", "Promote", "Rollback", "Pause", "Resume"],
         f"/drift/{d.model}": ["Per feature per window", '<svg class="heatmap"', "Live accuracy"],
-        "/traces": [d.trace_id],
-        f"/traces/{d.trace_id}": ["mlops-trainer", "Timeline", '<svg class="timeline"'],
+        f"/traces?model={d.model}": [d.trace_id],
+        f"/traces/{d.shown_trace_id}": ["Tree", "Timeline", '<svg class="timeline"'],
         "/live": ["Live events"],
         "/dead-letters": ["Dead letters"],
     }

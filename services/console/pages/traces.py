@@ -43,13 +43,15 @@ def bars(rows: list[tuple[int, SpanView]]) -> list[Bar]:
 
 
 async def traces_page(request: Request):
-    """The traces the platform's model versions were made in, newest first."""
+    """The traces the platform's model versions were made in, newest first (`?model=` for one model)."""
+    model = request.query_params.get("model", "").strip()
     found = await caller(request).call(
-        "registry", "SearchModelVersions", registry_pb2.SearchModelVersionsRequest(page_size=100)
+        "registry",
+        "SearchModelVersions",
+        registry_pb2.SearchModelVersionsRequest(models=[model] if model else [], page_size=100),
     )
     versions = [v for v in found.model_versions if v.tags.get(TRACE_TAG)]
-    versions.sort(key=lambda v: -v.created_at.seconds)
-    return render(request, "traces.html", versions=versions, trace_tag=TRACE_TAG)
+    return render(request, "traces.html", versions=versions, trace_tag=TRACE_TAG, model=model)
 
 
 async def trace_page(request: Request):
