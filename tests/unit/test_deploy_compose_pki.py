@@ -140,6 +140,7 @@ def test_each_container_mounts_only_its_part_read_only(out) -> None:
         "postgres": ("postgres", POSTGRES_MOUNT),
         "postgres-roles": ("pki", "/pki"),
         "s3-bucket": ("pki", "/pki"),
+        "console": ("services/console", MOUNT),  # the CA alone
     }
     assert set(mounts) == set(expected)
     for name, (subpath, target) in expected.items():
