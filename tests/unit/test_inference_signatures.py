@@ -237,3 +237,14 @@ async def test_a_model_without_a_prediction_for_its_task_is_refused():
     regression = VersionSpec(1, "s3://m/1", "1" * 64, 100, "production", "regression", model.feature_names)
     outcome = await core.apply(ModelState("m", 1, (regression,)))
     assert outcome.kind == "refused" and "needs a numeric output" in outcome.reason, outcome.reason
+
+
+async def test_the_registry_record_hands_its_signature_over_with_the_vocabularies():
+    from tests.unit.test_inference_registry_versions import versions
+
+    registry, _ = versions()
+    confirmed = await registry.confirmed("m", 3, f"{3:064d}")
+    assert confirmed == {"colour": ("red", "white")}
+    assert confirmed.signature is not None and dict(confirmed.signature.categories)
+    without, _ = versions(categories=False)
+    assert (await without.confirmed("m", 3, f"{3:064d}")).signature is None
