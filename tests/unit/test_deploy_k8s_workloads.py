@@ -40,7 +40,9 @@ def test_overlay_validates_against_the_kubernetes_schemas(overlay: str, tmp_path
 
 def test_kubeconform_rejects_a_broken_manifest(tmp_path) -> None:
     docs = objects("local")
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlops-registry"
+    )
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["exec"]["command"] = "python"
     deployment["spec"]["replica"] = 2
     path = tmp_path / "broken.yaml"
