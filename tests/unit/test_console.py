@@ -344,3 +344,15 @@ def test_the_read_cache_is_bounded_and_expires() -> None:
         cache.put(("who", index), registry_pb2.Run(run_id=str(index)))
     assert len(cache) == 2 and cache.get(("who", 0)) is None
     asyncio.run(asyncio.sleep(0))
+
+
+def test_the_consoles_kafka_identity_reads_every_topic_and_writes_none() -> None:
+    from mlops.bus import acl
+    from services.console.feed import watched_topics
+
+    granted = {(b.resource_name, b.operation) for b in acl.bindings_of(acl.CONSOLE)}
+    events, dead = watched_topics()
+    for topic in events + dead:
+        assert (topic, "READ") in granted and (topic, "DESCRIBE") in granted, topic
+    assert {operation for _, operation in granted} == {"READ", "DESCRIBE"}
+    assert not [b for b in acl.bindings_of(acl.CONSOLE) if b.resource_type == "GROUP"]

@@ -37,7 +37,11 @@ UPSTREAM = "upstream"
 """Producers outside the platform (data pipelines, labelling): they write intents, nothing else."""
 ADMIN = "admin"
 """Operators' identity, a super user of the broker: reads every topic, creates users and ACLs."""
-IDENTITIES = (*SERVICES, UPSTREAM, ADMIN)
+CONSOLE = "console"
+"""The web console (services/console): reads every topic and dead-letter topic for its live feed,
+with no consumer group (each console process reads them whole); writes nothing (a dead letter is
+replayed as the operators' identity, whoever runs the console configures it)."""
+IDENTITIES = (*SERVICES, UPSTREAM, CONSOLE, ADMIN)
 
 GROUPLESS_READERS = frozenset({"inference"})
 """Services that assign partitions themselves instead of joining a consumer group."""
@@ -93,6 +97,7 @@ Operation = Literal["READ", "WRITE", "CREATE", "DESCRIBE"]
 WRITE_OPERATIONS: tuple[Operation, ...] = ("WRITE", "DESCRIBE", "CREATE")
 READ_OPERATIONS: tuple[Operation, ...] = ("READ", "DESCRIBE", "CREATE")
 GROUP_OPERATIONS: tuple[Operation, ...] = ("READ", "DESCRIBE")
+CONSOLE_OPERATIONS: tuple[Operation, ...] = ("READ", "DESCRIBE")
 
 
 @dataclass(frozen=True, order=True)
@@ -163,6 +168,8 @@ def bindings(prefix: str = "") -> list[AclBinding]:
             result |= {AclBinding(identity, "TOPIC", access.topic, "LITERAL", op) for op in WRITE_OPERATIONS}
         for identity in access.readers:
             result |= {AclBinding(identity, "TOPIC", access.topic, "LITERAL", op) for op in READ_OPERATIONS}
+    for access in topic_access(prefix).values():
+        result |= {AclBinding(CONSOLE, "TOPIC", access.topic, "LITERAL", op) for op in CONSOLE_OPERATIONS}
     for service in READS:
         if service not in GROUPLESS_READERS:
             group = consumer_group_prefix(service)
