@@ -138,9 +138,11 @@ class ExternalModels:
         if existing is not None:
             return pb.RegisterModelVersionResponse(model_version=existing, created=False)
 
-        spec = checked_spec(header.spec) if header.HasField("spec") else await self._latest_spec(header.model)
-        if spec is not None and not spec.metadata.name:
-            spec.metadata.name = header.model
+        if header.HasField("spec"):
+            header.spec.metadata.name = header.model  # checked above: empty or the same
+            spec: pb.ModelSpec | None = checked_spec(header.spec)
+        else:
+            spec = await self._latest_spec(header.model)
         dataset_name = header.dataset or (spec.spec.dataset if spec else "")
         label = header.label or (spec.spec.label if spec else "")
         need(
