@@ -167,7 +167,13 @@ up() {
       # exported, not on a command line (which any user can read)
       if [ -n "$kafka_password" ]; then
         export MLOPS_KAFKA_SASL_USERNAME="$name" MLOPS_KAFKA_SASL_PASSWORD="$kafka_password"
-        [ "$name" = console ] && export MLOPS_CONSOLE_KAFKA=1
+        if [ "$name" = console ]; then
+          # its own identity reads the topics; replays of dead letters go out as the operators'
+          # (admin: the only identity that may write another's topic), for operators alone
+          export MLOPS_CONSOLE_KAFKA=1 MLOPS_CONSOLE_REPLAY_SASL_USERNAME=admin
+          MLOPS_CONSOLE_REPLAY_SASL_PASSWORD="$("$PYTHON" "$HERE/kafka_secure.py" password "$STACK/pki/kafka-users.json" admin)"
+          export MLOPS_CONSOLE_REPLAY_SASL_PASSWORD
+        fi
       fi
       # PostgreSQL as its own role, where the stack made one (<stack>/pki/pg/<name>.url, mode 0600)
       if [ -f "$STACK/pki/pg/$name.url" ]; then

@@ -15,6 +15,18 @@ from services.console.feed import Feed
 from services.console.settings import ConsoleSettings
 
 
+def replay_identity(settings: ConsoleSettings) -> KafkaSettings | None:
+    """The cluster as the identity that replays dead letters; None where none is configured."""
+    if not settings.replay_sasl_username or settings.replay_sasl_password is None:
+        return None
+    return KafkaSettings().model_copy(
+        update={
+            "sasl_username": settings.replay_sasl_username,
+            "sasl_password": settings.replay_sasl_password,
+        }
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = ConsoleSettings()
@@ -27,6 +39,7 @@ def main() -> None:
             recent=settings.recent_events,
             dead_letters=settings.dead_letters_kept,
             clients=settings.max_sse_clients,
+            replay_as=replay_identity(settings),
         )
         if settings.events
         else None

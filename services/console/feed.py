@@ -250,12 +250,19 @@ class Feed:
         """Publish the original record again to its topic: same key, value and original headers."""
         from aiokafka import AIOKafkaProducer
 
-        assert self.kafka is not None
-        if self._producer is None:
-            self._producer = AIOKafkaProducer(
-                **self.kafka.client_options(), client_id="mlops-console", enable_idempotence=True, acks="all"
+        if self.replay_as is None:
+            raise RuntimeError(
+                "replay is off: MLOPS_CONSOLE_REPLAY_SASL_USERNAME and _PASSWORD name who publishes"
             )
-            await self._producer.start()
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                **self.replay_as.client_options(),
+                client_id="mlops-console-replay",
+                enable_idempotence=True,
+                acks="all",
+            )
+            await producer.start()
+            self._producer = producer
         await self._producer.send_and_wait(
             letter.original_topic, letter.value, key=letter.key, headers=letter.original_headers()
         )

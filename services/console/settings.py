@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mlops.settings import Settings, current_environment
@@ -61,6 +61,11 @@ class ConsoleSettings(Settings):
     """Events kept for the live feed and the front page."""
     dead_letters_kept: int = Field(500, ge=1)
     """Dead letters kept in memory per topic (the newest)."""
+    replay_sasl_username: str | None = None
+    """The Kafka identity a replayed dead letter is published as: the operators' (only they may write
+    another identity's topic). Unset: replay is off. The console's own identity only reads."""
+    replay_sasl_password: SecretStr | None = None
+    """Its password; kept out of repr() and logs."""
 
     @model_validator(mode="after")
     def _coherent(self) -> ConsoleSettings:
