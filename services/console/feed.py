@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ SUMMARY_FIELDS = (
     "passed",
 )
 QUEUE_SIZE = 64
+TAIL_PER_PARTITION = 5
+"""Events read back per partition when the console starts, so that the feed is not empty."""
 
 
 @dataclass
@@ -119,8 +122,11 @@ class Feed:
         recent: int,
         dead_letters: int,
         clients: int,
+        replay_as: KafkaSettings | None = None,
     ) -> None:
         self.kafka, self.bus = kafka, bus
+        self.replay_as = replay_as
+        """Kafka as the identity that replays dead letters (the operators'); None: replay is off."""
         self._recent: deque[Event] = deque(maxlen=recent)
         self._dead: dict[str, deque[DeadLetter]] = {}
         self._dead_limit = dead_letters
@@ -158,7 +164,11 @@ class Feed:
         return len(self._clients)
 
     # --- records in --------------------------------------------------------------------------
-    def take(self, topic: str, partition: int, offset: int, key, value, headers) -> None:
+    def take(
+        self, topic: str, partition: int, offset: int, key, value, headers, *, news: bool = True
+    ) -> None:
+        """One record in; `news` False for a dead letter read back from before the console started
+        (kept on the dead-letter page, not announced as new)."""
         headers = [(k, v or b"") for k, v in headers or ()]
         if topic.endswith(DLQ_SUFFIX):
             letter = DeadLetter(
@@ -184,6 +194,8 @@ class Feed:
                 _header(headers, "ce_id"),
                 letter.reason[:300],
             )
+            if not news:
+                return
         else:
             event = Event(
                 topic=topic,
@@ -225,8 +237,8 @@ class Feed:
             )
             try:
                 await consumer.start()
-                existing = await consumer.topics()
-                consumer.subscribe([t for t in events + dead if t in existing])
+                await self._position(consumer, events, dead)
+                started_ms = int(time.time() * 1000) - 60_000
                 self.ready, self.error = True, ""
                 async for record in consumer:
                     self.take(
@@ -236,6 +248,7 @@ class Feed:
                         record.key,
                         record.value,
                         record.headers,
+                        news=record.timestamp >= started_ms,
                     )
             except asyncio.CancelledError:
                 raise
@@ -245,6 +258,24 @@ class Feed:
                 await asyncio.sleep(5)
             finally:
                 await consumer.stop()
+
+    async def _position(self, consumer, events: list[str], dead: list[str]) -> None:
+        """Every partition of the watched topics: the dead letters from their beginning (the page
+        keeps the newest), the events from their last few records (the feed is about what is new)."""
+        existing = await consumer.topics()
+        consumer.subscribe([t for t in events + dead if t in existing])
+        for _ in range(200):  # without a group the consumer takes every partition once it has metadata
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        assigned = consumer.assignment()
+        letters = [p for p in assigned if p.topic.endswith(DLQ_SUFFIX) or p.topic in dead]
+        recent = [p for p in assigned if p not in letters]
+        if letters:
+            await consumer.seek_to_beginning(*letters)
+        ends = await consumer.end_offsets(recent) if recent else {}
+        for partition, end in ends.items():
+            consumer.seek(partition, max(0, end - TAIL_PER_PARTITION))
 
     async def replay(self, letter: DeadLetter) -> None:
         """Publish the original record again to its topic: same key, value and original headers."""

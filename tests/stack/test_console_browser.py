@@ -24,6 +24,7 @@ SHOT_NAMES = {
     "drift": lambda d: f"/drift/{d.model}",
     "trace": lambda d: f"/traces/{d.shown_trace_id}",
     "dead-letters": lambda d: "/dead-letters",
+    "live": lambda d: "/live",
 }
 
 
