@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +29,17 @@ def token(person: str) -> str:
     return (CLIENTS / f"{person}.token").read_text().strip()
 
 
-def signed_in(person: str) -> httpx.Client:
+@contextmanager
+def signed_in(person: str) -> Iterator[httpx.Client]:
     """An HTTP client holding the console's session cookie for that person's token."""
-    client = httpx.Client(base_url=CONSOLE, timeout=60.0)
-    response = client.get("/login", params={"token": token(person)}, follow_redirects=False)
-    assert response.status_code == 303, (
-        f"{person} could not sign in: {response.status_code} {response.text[:300]}"
-    )
-    assert "httponly" in response.headers["set-cookie"].lower()
-    assert "samesite=strict" in response.headers["set-cookie"].lower()
-    return client
+    with httpx.Client(base_url=CONSOLE, timeout=60.0, follow_redirects=True) as client:
+        response = client.get("/login", params={"token": token(person)}, follow_redirects=False)
+        assert response.status_code == 303, (
+            f"{person} could not sign in: {response.status_code} {response.text[:300]}"
+        )
+        cookie = response.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie, cookie
+        yield client
 
 
 @dataclass
