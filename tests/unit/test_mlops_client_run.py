@@ -25,6 +25,8 @@ class _Recorder:
             self.requests.setdefault(name, []).append(request)
             if name == "LogRunMetrics":
                 return response_class()
+            if name == "GetDatasetVersion":
+                return response_class(dataset=request.dataset, version=request.version or 5, sha256="ab" * 32)
             status = {"CreateRun": 1, "UpdateRun": 1}.get(name, getattr(request, "status", 1))
             return response_class(run_id=request.run_id, model="wine", status=status, source="client")
 
@@ -51,7 +53,8 @@ def recorded(tmp_path, monkeypatch):
     recorder = _Recorder()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     methods = {
-        name: recorder.handler(name) for name in ("CreateRun", "LogRunMetrics", "FinishRun", "UpdateRun")
+        name: recorder.handler(name)
+        for name in ("CreateRun", "LogRunMetrics", "FinishRun", "UpdateRun", "GetDatasetVersion")
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(protocol.SERVICE, methods),))
     port = server.add_insecure_port("127.0.0.1:0")

@@ -54,7 +54,9 @@ params = {"alpha": 1e-3, "loss": "log_loss", "epochs": args.epochs, "seed": 7}
 
 # %% Train, one epoch at a time, logging as we go
 client = mlops_client.Client()
-with client.start_run(experiment=args.experiment, params=params, tags={"notebook": "wine"}) as run:
+with client.start_run(
+    experiment=args.experiment, params=params, tags={"notebook": "wine"}, dataset=args.dataset
+) as run:
     scaler = StandardScaler().fit(X_train)
     classifier = SGDClassifier(loss="log_loss", alpha=params["alpha"], random_state=params["seed"])
     classes = np.unique(target)

@@ -76,13 +76,14 @@ class Client:
 
         `dataset` ("wine" or "wine@3") records what the run trained on.
         """
-        name, version = split_dataset(dataset)
+        name, version, sha256 = self._dataset_version(dataset)
         request = protocol.new(
             "CreateRunRequest",
             run_id=run_id or uuid.uuid4().hex,
             model=experiment,
             dataset=name,
             dataset_version=version,
+            dataset_sha256=sha256,
             params=_strings(params),
             tags=_strings(tags),
             source="client",
@@ -226,6 +227,20 @@ class Client:
         ref = protocol.new("DownloadArtifactRequest.RunArtifactRef", run_id=run_id, path=artifact_path)
         data = self._download(protocol.new("DownloadArtifactRequest", run_artifact=ref))
         return data if path is None else _write(data, Path(path), Path(artifact_path).name)
+
+    def _dataset_version(self, dataset: str | None) -> tuple[str, int, str]:
+        """(name, version, sha256) of a data set the registry holds; a name it does not know is kept as is."""
+        name, version = split_dataset(dataset)
+        if not name:
+            return "", 0, ""
+        request = protocol.new("GetDatasetVersionRequest", dataset=name)
+        if version:
+            request.version = version
+        try:
+            found = self._transport.unary("GetDatasetVersion", request)
+        except NotFound:
+            return name, version, ""
+        return found.dataset, found.version, found.sha256
 
     # What runs call.
 
