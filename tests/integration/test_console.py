@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from mlops.events.v1 import deployment_pb2
+from tests.integration.conftest import eventually
 from tests.integration.console_helpers import STACK, Demo, demo, pages, signed_in, token
 
 
@@ -79,3 +80,56 @@ def test_tokens_never_reach_the_consoles_log() -> None:
     assert "GET /login" in log, "the console logs requests (paths only)"
     for person in ("viewer", "operator", "admin"):
         assert token(person) not in log, person
+
+
+async def test_the_feed_reads_a_dead_letter_and_replays_its_original_record(kafka, bus, unique) -> None:
+    """On the tests' own topics (prefix `tests.`): a dead letter published with the bus's headers is
+    read with its reason, and its replay puts the original key, value and headers back on its topic."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from mlops.bus import ensure_topics
+    from services.console.feed import Feed
+
+    topic = bus.topic_prefix + "mlops.model.trained"
+    await ensure_topics(kafka, bus, [topic, topic + ".dlq"])
+    key = f"replay-{unique}".encode()
+    original = [("ce_type", b"mlops.model.trained.v1"), ("ce_id", key)]
+    headers = [
+        *original,
+        ("mlops_dlq_reason", b"artifact sha256 mismatch"),
+        ("mlops_dlq_topic", topic.encode()),
+    ]
+    producer = AIOKafkaProducer(**kafka.client_options())
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic + ".dlq", b"\x0a\x04wine", key=key, headers=headers)
+    finally:
+        await producer.stop()
+    feed = Feed(kafka, bus, recent=50, dead_letters=1000, clients=2, replay_as=kafka)
+    feed.start()
+    try:
+        letter = await eventually(
+            lambda: next((d for d in feed.dead_letters().get(topic + ".dlq", []) if d.key == key), None),
+            what="the dead letter read by the console",
+        )
+        assert letter.reason == "artifact sha256 mismatch" and letter.original_topic == topic
+        reader = AIOKafkaConsumer(**kafka.client_options(), group_id=None, auto_offset_reset="latest")
+        await reader.start()
+        try:
+            reader.subscribe([topic])
+            await eventually(lambda: reader.assignment(), what="the reader's partitions")
+            for partition in reader.assignment():
+                await reader.position(partition)
+            await feed.replay(letter)
+
+            async def replayed():
+                batch = await reader.getmany(timeout_ms=500)
+                return next((r for records in batch.values() for r in records if r.key == key), None)
+
+            record = await eventually(replayed, what="the replayed record on its topic")
+        finally:
+            await reader.stop()
+        assert record.value == b"\x0a\x04wine"
+        assert [(k, v) for k, v in record.headers] == original
+    finally:
+        await feed.stop()
