@@ -9,6 +9,7 @@ import uvicorn
 
 from mlops.jaeger import JaegerClient
 from mlops.settings import BusSettings, GrpcClientSettings, KafkaSettings
+from mlops.telemetry import setup_telemetry
 from services.console.app import build_app
 from services.console.clients import Platform
 from services.console.feed import Feed
@@ -30,6 +31,8 @@ def replay_identity(settings: ConsoleSettings) -> KafkaSettings | None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = ConsoleSettings()
+    # its calls to the services and to Jaeger as client spans of mlops-console (never their metadata)
+    telemetry = setup_telemetry("console")
     security = GrpcClientSettings()
     platforms: list[Platform] = []  # made on the server's event loop: gRPC aio channels belong to one
     feed = (
@@ -58,6 +61,7 @@ def main() -> None:
             await platform.close()
         if jaeger is not None:
             jaeger.close()
+        telemetry.provider.force_flush(timeout_millis=3_000)
 
     app = build_app(
         settings,
