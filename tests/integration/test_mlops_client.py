@@ -239,3 +239,42 @@ async def test_errors_are_typed_with_the_registrys_message(served, wine_dataset)
     assert isinstance(caught["alias"], mlops_client.NotFound) and "champion" in caught["alias"].message
     assert isinstance(caught["not onnx"], mlops_client.InvalidArgument) and caught["not onnx"].message
     assert isinstance(caught["viewer"], mlops_client.PermissionDenied), caught["viewer"]
+
+
+async def test_lightgbm_and_torch_models_register_from_the_client(served, wine_dataset):
+    import lightgbm
+    import torch
+
+    address, _, _ = served
+    dataset, dataset_version, features, target = wine_dataset
+    booster = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(features, target)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(13, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3), torch.nn.Softmax(1)
+    )
+    names = {kind: f"wine-client-{kind}-{uuid.uuid4().hex[:6]}" for kind in ("lgbm", "torch")}
+
+    def scenario():
+        with mlops_client.Client(address) as client, client.start_run(experiment=names["lgbm"]) as run:
+            return (
+                run.log_model(
+                    booster, name=names["lgbm"], dataset=dataset, label="target", sample=features[:5]
+                ),
+                client.register_model(
+                    names["torch"],
+                    module,
+                    dataset=f"{dataset}@{dataset_version}",
+                    label="target",
+                    sample=features[:5],
+                    output_names=["probabilities"],
+                ),
+            )
+
+    from_lightgbm, from_torch = await asyncio.to_thread(scenario)
+    for version in (from_lightgbm, from_torch):
+        assert version.created and version.origin == "external"
+        assert version.signature.task == "classification"
+        assert [t.name for t in version.signature.inputs] == ["input"]
+        assert version.signature.feature_names == [
+            c for c in load_wine(as_frame=True).frame.columns if c != "target"
+        ]

@@ -136,6 +136,7 @@ class Client:
         description: str = "",
         spec: Mapping[str, Any] | str | Path | None = None,
         sample: Any = None,
+        output_names: list[str] | None = None,
         file_name: str | None = None,
     ) -> ModelVersion:
         """Register a model as the next version of `name`: ONNX bytes, a .onnx file, an onnx.ModelProto, or a
@@ -145,7 +146,7 @@ class Client:
         spec's when None) with `label` as the target, gates it against the champion and rolls it out like
         any other. The same bytes again return the existing version with `created=False`.
         """
-        data = to_onnx(model, sample=sample)
+        data = to_onnx(model, sample=sample, output_names=output_names)
         dataset_name, dataset_version = split_dataset(dataset)
         digest = hashlib.sha256(data).hexdigest()
         header = protocol.new(

@@ -160,4 +160,4 @@ def _from_torch(
 
 def _float32(sample: Any) -> Any:
     numpy = _require("numpy", "torch")
-    return numpy.asarray(sample, dtype=numpy.float32)
+    return numpy.array(sample, dtype=numpy.float32)  # a copy: torch wants a writable array
