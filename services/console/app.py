@@ -159,9 +159,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready once serving: pages need the services, which each page reports on; the event feed's
+    state is told here but does not hold the console back (its pages say when the topics are away)."""
     feed = request.app.state.feed
-    ready = feed is None or feed.ready
-    return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+    events = "off" if feed is None else ("reading" if feed.ready else f"starting {feed.error}".strip())
+    return JSONResponse({"status": "ready", "events": events})
 
 
 async def _refused(request: Request, error: Exception) -> Response:
