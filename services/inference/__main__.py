@@ -1,8 +1,8 @@
 """Composition root of the inference server: `python -m services.inference`.
 
 Stateless (no database): it reads the desired serving state from Kafka, loads models from the
-artifact store, answers the Open Inference Protocol with gRPC health on the same port, and logs
-predictions to Kafka.
+artifact store, answers the Open Inference Protocol over gRPC (with gRPC health on the same port) and
+over HTTP/REST, in one event loop (uvloop's where installed), and logs predictions to Kafka.
 """
 
 from __future__ import annotations
@@ -36,5 +36,24 @@ async def main() -> None:
         await asyncio.to_thread(telemetry.shutdown)
 
 
+def _loop_factory(choice: str):
+    """uvloop's event loop where it is installed and chosen (`MLOPS_INFERENCE_EVENT_LOOP`), else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
+
+
 if __name__ == "__main__":
-    run(main)
+    factory = _loop_factory(InferenceSettings().event_loop)
+    if factory is None:
+        run(main)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())

@@ -27,6 +27,8 @@ class InferenceSettings(RegistryPeerSettings):
     `MLOPS_GRPC_AUTH` the bearer tokens of `MLOPS_GRPC_TOKEN_FILE` (no client certificates)."""
     http_max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
     """Largest REST request body (JSON or binary tensors); more is 413 before the model is asked."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The process's event loop (gRPC and REST share it): `auto` takes uvloop where it is installed."""
     metrics_port: int | None = 8002
     consumer_group: str = "mlops-inference"
     """Only a client id: every replica reads the whole desired-state topic, with no group offsets."""

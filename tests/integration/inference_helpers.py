@@ -451,7 +451,10 @@ import json, os, queue, sys
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-client = grpcclient.InferenceServerClient(sys.argv[1], ssl=True, root_certificates=os.environ["TRITON_CA"])
+client = grpcclient.InferenceServerClient(
+    sys.argv[1], ssl=True, root_certificates=os.environ["TRITON_CA"],
+    private_key=os.environ.get("TRITON_KEY"), certificate_chain=os.environ.get("TRITON_CERT"),
+)
 AUTH = {"authorization": "Bearer " + os.environ["TRITON_TOKEN"]} if os.environ.get("TRITON_TOKEN") else {}
 
 # One call per line: {"requests": [{"model", "rows", "id", "version"?}, ...]} sent pipelined over one stream;
