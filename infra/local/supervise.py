@@ -113,6 +113,9 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
+    # A supervisor outlives whoever started it: it keeps none of the descriptors it inherited beyond
+    # stdin, stdout and stderr (a lock its starter held, a pipe someone waits to see closed).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
     return Supervisor(Path(argv[0]), argv[2:]).run()
 
 
