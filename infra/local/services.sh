@@ -185,6 +185,12 @@ up() {
         set -a; . "$STACK/pki/s3/$name.env"; set +a
       fi
       if [ "$name" = console ]; then console_security "$port"; else grpc_security "$name" "$port"; fi
+      # None of the caller's descriptors but the standard three: a lock held around this script
+      # (`flock LOCK services.sh restart NAME`) would otherwise stay held for as long as the service runs.
+      for fd in /proc/$BASHPID/fd/*; do
+        fd="${fd##*/}"
+        if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+      done
       # setsid: the supervisor is nobody's child process group, so that the end of the shell (or CI
       # job) that ran `up` does not take the services with it.
       setsid nohup env -u OTEL_SERVICE_NAME "$PYTHON" "$HERE/supervise.py" "$STACK/run/$name.state" -- \

@@ -1,11 +1,13 @@
 """infra/local/services.sh's readiness of an HTTP API (inference's REST on 8000): its check, run as the
 script runs it, against a real HTTPS server with the local stack's certificates; ready only on 200 from
-/v2/health/ready over TLS verified against the stack's CA."""
+/v2/health/ready over TLS verified against the stack's CA. And what it starts keeps no descriptor of its
+caller's: a lock held around `services.sh restart` is released when the script ends."""
 
 from __future__ import annotations
 
 import http.server
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -99,3 +101,30 @@ def test_only_services_with_an_http_port_wait_for_it() -> None:
     # the check runs on the port `http_port_of` gives, and passes for a service that has none
     assert '[ -n "$port" ] || return 0' in text
     assert set(HTTP_PORTS) == {"inference"}
+
+
+def closing_loop() -> str:
+    """The loop with which `up` closes the caller's descriptors before it starts a supervisor."""
+    found = re.search(
+        r"^( +for fd in /proc/\$BASHPID/fd/\*; do\n.*?\n +done\n)", SERVICES_SH.read_text(), re.M | re.S
+    )
+    assert found, "services.sh no longer closes the caller's descriptors before starting a service"
+    return found[1]
+
+
+@pytest.mark.parametrize("closes", [True, False], ids=["services.sh", "without-the-loop"])
+def test_a_lock_held_around_the_script_is_not_held_by_what_it_starts(closes: bool, tmp_path: Path) -> None:
+    lock = tmp_path / "stack.lock"
+    script = tmp_path / "start.sh"
+    started = tmp_path / "started.pid"
+    loop = closing_loop() if closes else ""
+    script.write_text(
+        f"set -Eeuo pipefail\n(\n{loop}  setsid nohup sleep 30 >/dev/null 2>&1 </dev/null &\n"
+        f"  echo $! >{started}\n)\n"
+    )
+    flock = shutil.which("flock")
+    assert flock, "flock (util-linux) is needed, as the stack's procedure uses it"
+    subprocess.run([flock, str(lock), "bash", str(script)], check=True, timeout=30)
+    free = subprocess.run([flock, "-n", str(lock), "true"], timeout=30).returncode == 0
+    subprocess.run(["kill", started.read_text().strip()], check=False)
+    assert free == closes, "the lock outlives the script only when the descriptors are not closed"
