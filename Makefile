@@ -18,10 +18,11 @@ export PYTHON := $(abspath $(PY))
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml libs/mlops-client/pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,ml]'
+	$(PY) -m pip install -q -e libs/mlops-client
 	@touch $@
 
 setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger, deployment checkers (cached)
@@ -77,6 +78,7 @@ demo: up ## The closed loop on the local stack: train, deploy, serve, drift, ret
 
 protos: $(VENV)/.installed ## Generate Python code from protos/ into libs/
 	bash protos/generate.sh libs
+	bash libs/mlops-client/generate.sh
 
 protos-check: $(VENV)/.installed ## Fail when the generated code is stale or was edited by hand
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && bash protos/generate.sh $$tmp >/dev/null && \
