@@ -15,7 +15,10 @@ One ONNX model, trained by the trainer's own code on scikit-learn's wine data (1
 - two floors, `tests/bench/grpc_floor.py`: grpcio servers that parse the request and return fixed
   answer bytes with no other work, one on `grpc.aio` (the platform server's framework), one on the
   synchronous server with handler threads: what no grpcio server can beat on this machine;
-- and, as a ceiling, onnxruntime called in a Python loop in this process (no server, no network).
+- and, as a ceiling, onnxruntime called in a Python loop in this process (no server, no network);
+- over HTTP/REST (KServe V2), the platform's server (`platform-rest`, log off, plaintext: its REST
+  port beside gRPC) against MLServer's REST (`mlserver-rest`), driven by wrk with the same row as a
+  JSON body and one connection per caller (tests/bench/inference_rest.py).
 
 ghz drives `inference.GRPCInferenceService/ModelInfer` (both servers speak the same KServe V2
 gRPC, so the proto and the payload are the same: one row, FP32 typed contents) closed-loop at
@@ -26,7 +29,8 @@ in production; MLServer exports no traces.
 
     python -m tests.bench.bench_inference [--concurrency 1 16 64] [--duration 10] [--warmup 3] [--rounds 3]
                                           [--only platform-log platform-nolog platform-tls platform-tls-noauth
-                                                  mlserver floor-aio floor-threads onnxruntime]
+                                                  mlserver platform-rest mlserver-rest floor-aio floor-threads
+                                                  onnxruntime]
 
 Figures go to bench-results/inference.json.
 """
@@ -58,6 +62,7 @@ from tests.bench.inference_contenders import (
     train_model,
 )
 from tests.bench.inference_load import make_pki
+from tests.bench.inference_rest import rest_ratios
 
 RESULTS = REPO / "bench-results" / "inference.json"
 CONTENDERS = (
@@ -66,6 +71,8 @@ CONTENDERS = (
     "platform-tls",
     "platform-tls-noauth",
     "mlserver",
+    "platform-rest",
+    "mlserver-rest",
     "floor-aio",
     "floor-threads",
     "onnxruntime",
@@ -179,6 +186,9 @@ def summarise(
             str(c): round(medians["platform-log"][c].p99_ms / medians["platform-nolog"][c].p99_ms - 1, 3)
             for c in medians["platform-log"]
         }
+    rest = rest_ratios(medians)
+    if rest:
+        ratios["rest"] = rest
     security = security_ratios(results, medians, cpu)
     if security:
         ratios["security_vs_plaintext"] = security
@@ -195,6 +205,9 @@ def summarise(
             "request": "ModelInfer, 1 row, FP32 typed contents, same JSON payload for every server",
             "load_generator": "ghz, 1 connection, closed loop; over TLS with --cacert and the token "
             "from a 0600 --metadata-file (one handshake per run, on the connection)",
+            "rest": "platform-rest and mlserver-rest: wrk, 1 thread, one keep-alive connection per caller, "
+            "closed loop, POST /v2/models/{model}/infer with the same row as JSON data (KServe V2 REST), "
+            "answered as JSON",
             "concurrency": args.concurrency,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -211,7 +224,7 @@ def print_table(summary: dict) -> None:
     results = summary["results"]
     print(
         "\n| contender | concurrency | req/s | p50 ms | p99 ms | × MLServer req/s | p99 ÷ MLServer "
-        "| × plaintext req/s | p99 ÷ plaintext | server CPU µs/req | ghz CPU µs/req |"
+        "| × plaintext req/s | p99 ÷ plaintext | server CPU µs/req | ghz/wrk CPU µs/req |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = results.get("mlserver", {})
@@ -220,7 +233,8 @@ def print_table(summary: dict) -> None:
         for c, f in per.items():
             cpu = summary["cpu_us_per_request"].get(name, {}).get(c)
             sc = f"{cpu['server_us_per_request']:.0f}" if cpu else ""
-            gc = f"{cpu['ghz_us_per_request']:.0f}" if cpu else ""
+            client = (cpu or {}).get("ghz_us_per_request", (cpu or {}).get("wrk_us_per_request"))
+            gc = f"{client:.0f}" if client is not None else ""
             ref = base.get(c)
             x = f"{f['rps'] / ref['rps']:.2f}" if ref else ""
             p = f"{f['p99_ms'] / ref['p99_ms']:.2f}" if ref else ""
@@ -277,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 if name == "onnxruntime":
                     figures, cpu, detail = bench_onnxruntime(model, args)
-                elif name == "mlserver":
-                    figures, cpu, detail = bench_mlserver(model, data, args, log_dir)
+                elif name in ("mlserver", "mlserver-rest"):
+                    rest = name == "mlserver-rest"
+                    figures, cpu, detail = bench_mlserver(model, data, args, log_dir, rest=rest)
                 elif name.startswith("floor"):
                     threads = FLOOR_THREADS if name == "floor-threads" else 0
                     figures, cpu, detail = bench_floor(model, data, args, log_dir, threads=threads)

@@ -30,6 +30,7 @@ from tests.bench.inference_load import (
     secured,
     server_env,
 )
+from tests.bench.inference_rest import check_rest_answer, infer_url, measure_rest, rest_body, rest_ready
 
 MLSERVER_VENV = CACHE / "mlserver-venv"
 TOPIC_PREFIX = "bench.inference."
@@ -40,7 +41,10 @@ PLATFORM = {
     "platform-nolog": (False, False, False),
     "platform-tls": (False, True, True),
     "platform-tls-noauth": (False, True, False),
+    "platform-rest": (False, False, False),
 }
+REST = ("platform-rest", "mlserver-rest")
+"""Measured over HTTP/REST (wrk) instead of gRPC (ghz)."""
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -157,13 +161,14 @@ def bench_platform(
     if tls and pki is None:
         raise BenchError(f"{name} needs the benchmark's certificates (make_pki)")
     transport = secured(pki, auth=auth) if tls else PLAINTEXT
-    port, metrics = free_port(), free_port()
+    port, metrics, http = free_port(), free_port(), free_port()
     env = (
         server_env(transport)
         | SAMPLED_1PCT
         | {
             "MLOPS_INFERENCE_GRPC_PORT": str(port),
             "MLOPS_INFERENCE_METRICS_PORT": str(metrics),
+            "MLOPS_INFERENCE_HTTP_PORT": str(http),
             "MLOPS_INFERENCE_LOG_ENABLED": "true" if logging_on else "false",
             "MLOPS_INFERENCE_SIGNATURES_FROM_REGISTRY": "false",
             # the benchmark's model is in the artifact store but not in the registry; confirmation is a
@@ -185,13 +190,22 @@ def bench_platform(
         check_answer(addr, data, model["classes"], transport)
         if auth:
             check_refused(addr, data, transport)
-        figures, cpu = measure(name, addr, data, args, transport, pid=proc.pid)
+        if name in REST:
+            check_rest_answer(infer_url(http), rest_body(data))
+            figures, cpu = measure_rest(name, infer_url(http), rest_body(data), args, pid=proc.pid)
+        else:
+            figures, cpu = measure(name, addr, data, args, transport, pid=proc.pid)
         logged = _metric_sum(metrics, "mlops_inference_log_records_total")
         dropped = _metric_sum(metrics, "mlops_inference_log_dropped_total")
         batches = _metric_sum(metrics, "mlops_inference_batch_size_count")
         rows = _metric_sum(metrics, "mlops_inference_batch_size_sum")
+    server = (
+        "python -m services.inference, its REST (uvicorn + httptools, raw ASGI) beside grpc.aio"
+        if name in REST
+        else "python -m services.inference (grpc.aio"
+    )
     detail = {
-        "server": "python -m services.inference (grpc.aio, onnxruntime CPU, 1 intra-op thread)",
+        "server": f"{server}, onnxruntime CPU, 1 intra-op thread)",
         "inference_log": "on: every request sampled, batched to Kafka" if logging_on else "off",
         "batching": f"max_batch_size {args.max_batch_size}, max_wait_us {args.max_wait_us}",
         "tracing": "1% of requests (parentbased_traceidratio 0.01)",
@@ -230,7 +244,11 @@ def mlserver_version() -> str:
     ).stdout.strip()
 
 
-def bench_mlserver(model: dict, data: dict, args, log_dir: Path) -> tuple[dict, dict, dict]:
+def bench_mlserver(
+    model: dict, data: dict, args, log_dir: Path, *, rest: bool = False
+) -> tuple[dict, dict, dict]:
+    """MLServer measured over gRPC (ghz), or with `rest` over its HTTP/REST (wrk)."""
+    name = "mlserver-rest" if rest else "mlserver"
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
     folder = Path(tempfile.mkdtemp(prefix="mlserver-bench-"))
     try:
@@ -263,17 +281,25 @@ def bench_mlserver(model: dict, data: dict, args, log_dir: Path) -> tuple[dict, 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MLOPS_"))}
         argv = [str(MLSERVER_VENV / "bin/mlserver"), "start", str(folder)]
         addr = f"127.0.0.1:{grpc_port}"
-        with running("mlserver", argv, env=env, log_dir=log_dir) as proc:
+        with running(name, argv, env=env, log_dir=log_dir) as proc:
             wait_until(
-                "mlserver", lambda: model_ready(addr), deadline_s=120, proc=proc, log=log_dir / "mlserver.log"
+                name, lambda: model_ready(addr), deadline_s=120, proc=proc, log=log_dir / f"{name}.log"
             )
             check_answer(addr, data, model["classes"])
-            figures, cpu = measure("mlserver", addr, data, args, pid=proc.pid)
+            if rest:
+                wait_until(
+                    name, lambda: rest_ready(http_port), deadline_s=60, proc=proc, log=log_dir / f"{name}.log"
+                )
+                check_rest_answer(infer_url(http_port), rest_body(data))
+                figures, cpu = measure_rest(name, infer_url(http_port), rest_body(data), args, pid=proc.pid)
+            else:
+                figures, cpu = measure(name, addr, data, args, pid=proc.pid)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     detail = {
         "server": f"MLServer {mlserver_version()} (PyPI), minimal onnxruntime runtime tests/bench/mlserver_onnx/runtime.py, "
-        f"parallel_workers {args.mlserver_workers}, adaptive batching off (its default)",
+        f"parallel_workers {args.mlserver_workers}, adaptive batching off (its default)"
+        + (", over its REST (FastAPI + uvicorn)" if rest else ""),
     }
     return figures, cpu, detail
 
