@@ -81,7 +81,7 @@ class FeatureDrift(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., method: _Optional[str] = ..., score: _Optional[float] = ..., p_value: _Optional[float] = ..., drifted: _Optional[bool] = ...) -> None: ...
 
 class DriftDetected(_message.Message):
-    __slots__ = ("model", "version", "window", "method", "threshold", "features", "prediction_drift_score", "consecutive_windows", "sample_count", "profile_sha256", "detected_at")
+    __slots__ = ("model", "version", "window", "method", "threshold", "features", "prediction_drift_score", "consecutive_windows", "sample_count", "profile_sha256", "detected_at", "new_model_needed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class DriftDetected(_message.Message):
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     PROFILE_SHA256_FIELD_NUMBER: _ClassVar[int]
     DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEW_MODEL_NEEDED_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     window: _common_pb2.TimeWindow
@@ -104,10 +105,11 @@ class DriftDetected(_message.Message):
     sample_count: int
     profile_sha256: str
     detected_at: _timestamp_pb2.Timestamp
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., method: _Optional[str] = ..., threshold: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., prediction_drift_score: _Optional[float] = ..., consecutive_windows: _Optional[int] = ..., sample_count: _Optional[int] = ..., profile_sha256: _Optional[str] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    new_model_needed: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., method: _Optional[str] = ..., threshold: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., prediction_drift_score: _Optional[float] = ..., consecutive_windows: _Optional[int] = ..., sample_count: _Optional[int] = ..., profile_sha256: _Optional[str] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., new_model_needed: _Optional[bool] = ...) -> None: ...
 
 class PerformanceDegraded(_message.Message):
-    __slots__ = ("model", "version", "window", "metric", "observed", "bound", "comparison", "baseline", "sample_count", "consecutive_windows", "detected_at")
+    __slots__ = ("model", "version", "window", "metric", "observed", "bound", "comparison", "baseline", "sample_count", "consecutive_windows", "detected_at", "new_model_needed")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +121,7 @@ class PerformanceDegraded(_message.Message):
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEW_MODEL_NEEDED_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     window: _common_pb2.TimeWindow
@@ -130,4 +133,5 @@ class PerformanceDegraded(_message.Message):
     sample_count: int
     consecutive_windows: int
     detected_at: _timestamp_pb2.Timestamp
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., metric: _Optional[str] = ..., observed: _Optional[float] = ..., bound: _Optional[float] = ..., comparison: _Optional[_Union[_common_pb2.Comparison, str]] = ..., baseline: _Optional[float] = ..., sample_count: _Optional[int] = ..., consecutive_windows: _Optional[int] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    new_model_needed: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., metric: _Optional[str] = ..., observed: _Optional[float] = ..., bound: _Optional[float] = ..., comparison: _Optional[_Union[_common_pb2.Comparison, str]] = ..., baseline: _Optional[float] = ..., sample_count: _Optional[int] = ..., consecutive_windows: _Optional[int] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., new_model_needed: _Optional[bool] = ...) -> None: ...

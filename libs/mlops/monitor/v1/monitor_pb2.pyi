@@ -82,7 +82,7 @@ class DriftWindow(_message.Message):
     def __init__(self, window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., sample_count: _Optional[int] = ..., features: _Optional[_Iterable[_Union[_monitoring_pb2.FeatureDrift, _Mapping]]] = ..., prediction_drift_score: _Optional[float] = ..., drifted: _Optional[bool] = ..., judged: _Optional[bool] = ..., statistics: _Optional[_Iterable[_Union[_monitoring_pb2.FeatureDrift, _Mapping]]] = ..., late_count: _Optional[int] = ...) -> None: ...
 
 class VersionDrift(_message.Message):
-    __slots__ = ("version", "method", "threshold", "consecutive_windows", "windows", "last_alarm_at", "live_metrics", "degraded_windows", "last_degradation_at", "profile_sha256")
+    __slots__ = ("version", "method", "threshold", "consecutive_windows", "windows", "last_alarm_at", "live_metrics", "degraded_windows", "last_degradation_at", "profile_sha256", "new_model_needed_at", "new_model_reason")
     class LiveMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class VersionDrift(_message.Message):
     DEGRADED_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     LAST_DEGRADATION_AT_FIELD_NUMBER: _ClassVar[int]
     PROFILE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NEW_MODEL_NEEDED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEW_MODEL_REASON_FIELD_NUMBER: _ClassVar[int]
     version: int
     method: str
     threshold: float
@@ -110,7 +112,9 @@ class VersionDrift(_message.Message):
     degraded_windows: int
     last_degradation_at: _timestamp_pb2.Timestamp
     profile_sha256: str
-    def __init__(self, version: _Optional[int] = ..., method: _Optional[str] = ..., threshold: _Optional[float] = ..., consecutive_windows: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[DriftWindow, _Mapping]]] = ..., last_alarm_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., degraded_windows: _Optional[int] = ..., last_degradation_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_sha256: _Optional[str] = ...) -> None: ...
+    new_model_needed_at: _timestamp_pb2.Timestamp
+    new_model_reason: str
+    def __init__(self, version: _Optional[int] = ..., method: _Optional[str] = ..., threshold: _Optional[float] = ..., consecutive_windows: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[DriftWindow, _Mapping]]] = ..., last_alarm_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., degraded_windows: _Optional[int] = ..., last_degradation_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_sha256: _Optional[str] = ..., new_model_needed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., new_model_reason: _Optional[str] = ...) -> None: ...
 
 class GetDriftStatusResponse(_message.Message):
     __slots__ = ("model", "versions")
