@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from opentelemetry import trace
 
 from mlops.event_catalog import spec_for
 from mlops.events.v1 import monitoring_pb2
@@ -25,7 +27,7 @@ from mlops.settings import GrpcClientSettings
 from mlops.store import open_store
 from services.inference.app import InferenceApp
 from tests.integration.bus_helpers import raw_reader
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, jaeger_trace
 from tests.integration.inference_helpers import (  # noqa: F401 - shared fixtures and helpers
     TRITON_HTTP_CLIENT,
     TritonClient,
@@ -329,3 +331,27 @@ async def test_request_size_is_bounded(kafka, topics_bus, artifact_settings, har
         assert status == 200, body
     finally:
         await app.stop()
+
+
+async def test_a_rest_request_continues_the_callers_trace(harness, models, tmp_path, jaeger_url):
+    model = name()
+    trained = models.wine_a
+    await harness.serve(state(model, 1, version(trained, 1)))
+    curl = Curl(harness.app.http_port, tmp_path)
+    client_trace = uuid.uuid4().hex
+    body = json.dumps({"inputs": [_tensor(trained.rows[:1])]}).encode()
+    status, _, answer = await curl(
+        "POST",
+        f"/v2/models/{model}/infer",
+        body,
+        headers=[f"traceparent: 00-{client_trace}-{uuid.uuid4().hex[:16]}-01"],
+    )
+    assert status == 200, answer
+    trace.get_tracer_provider().force_flush()
+    spans = await eventually(
+        lambda: [s for s in jaeger_trace(jaeger_url, client_trace) or [] if s.name.endswith("/ModelInfer")],
+        timeout_s=30,
+        what="the REST request's span in Jaeger",
+    )
+    assert spans[0].attributes.get("mlops.model.name") == model
+    assert str(spans[0].attributes.get("mlops.model.version")) == "1"
