@@ -278,6 +278,8 @@ class RolloutMoves:
         for name in STATE_NAMES:
             prometheus.STATE.labels(r.model, name).set(1 if name == current else 0)
         prometheus.STEP.labels(r.model).set(r.step_index)
+        deadline = storage.health_deadline(stored)
+        prometheus.STEP_DEADLINE.labels(r.model).set(deadline.timestamp() if deadline else 0)
         prometheus.TRAFFIC_PERCENT.labels(r.model, str(r.candidate_version)).set(
             0 if r.state in (S.ROLLOUT_STATE_ROLLED_BACK, S.ROLLOUT_STATE_ABORTED) else r.traffic_percent
         )

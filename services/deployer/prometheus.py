@@ -14,6 +14,12 @@ STATE = Gauge(
     "1 for the state the model's latest rollout is in, 0 for the others",
     ["model", "state"],
 )
+STEP_DEADLINE = Gauge(
+    "mlops_rollout_step_deadline_timestamp_seconds",
+    "Unix time by which the running rollout's held step must get a health verdict before its health "
+    "timeout acts; 0 when none runs (paused, finished, or no timeout)",
+    ["model"],
+)
 FINISHED = Counter(
     "mlops_rollouts_finished_total",
     "Rollouts that ended, by outcome (promoted, rolled_back, aborted)",

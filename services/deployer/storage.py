@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -28,6 +28,19 @@ RUNNING_STATES = (
 
 def moment(stamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
+
+
+def health_deadline(stored: StoredRollout) -> datetime | None:
+    """When a held step's health timeout passes: the step's time plus the timeout, counted from the
+    latest verdict or resume when that came later. None when no timeout runs (a paused rollout, a
+    finished one, a spec whose timeout is 0)."""
+    r = stored.rollout
+    if stored.health_timeout_s <= 0 or not stored.running or r.state == deployment_pb2.ROLLOUT_STATE_PAUSED:
+        return None
+    silent_since = moment(r.step_started_at) + timedelta(seconds=r.step_seconds)
+    if stored.verdict_at is not None and stored.verdict_at > silent_since:
+        silent_since = stored.verdict_at
+    return silent_since + timedelta(seconds=stored.health_timeout_s)
 
 
 @dataclass

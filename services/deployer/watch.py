@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -27,14 +27,8 @@ S = deployment_pb2
 def _health_timeout_passed(stored: StoredRollout) -> bool:
     """True once a held step has waited its health timeout: the hold's back-off must not delay the
     action by up to `hold_check_interval_s`."""
-    r = stored.rollout
-    if stored.health_timeout_s <= 0 or r.state == S.ROLLOUT_STATE_PAUSED:
-        return False
-    started = storage.moment(r.step_started_at)
-    silent_since = started + timedelta(seconds=r.step_seconds)
-    if stored.verdict_at is not None and stored.verdict_at > silent_since:
-        silent_since = stored.verdict_at
-    return datetime.now(UTC) - silent_since >= timedelta(seconds=stored.health_timeout_s)
+    deadline = storage.health_deadline(stored)
+    return deadline is not None and datetime.now(UTC) >= deadline
 
 
 class RolloutWatch(RolloutTransitions):

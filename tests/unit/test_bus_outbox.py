@@ -110,3 +110,15 @@ async def test_an_outage_keeps_every_row_for_the_next_round():
     with pytest.raises(KafkaConnectionError):
         await relay(FakePublisher(down=True)).relay_once(connection)
     assert connection.deleted == []
+
+
+async def test_the_age_of_the_oldest_waiting_row_is_measured_and_zero_once_none_waits():
+    from datetime import UTC, datetime, timedelta
+
+    from mlops.bus import metrics
+
+    waiting = {**row(1, "t", b"v"), "created_at": datetime.now(UTC) - timedelta(seconds=90)}
+    await relay(FakePublisher(down=False)).relay_once(FakeConnection([waiting, row(2, "t", b"v")]))
+    assert 89 <= metrics.OUTBOX_OLDEST_AGE.labels("unit")._value.get() < 100
+    await relay(FakePublisher()).relay_once(FakeConnection([]))
+    assert metrics.OUTBOX_OLDEST_AGE.labels("unit")._value.get() == 0

@@ -88,3 +88,26 @@ def test_a_zero_timeout_holds_forever_and_an_unknown_action_is_refused():
     assert _decide(UNREACHABLE, elapsed=10**6, timeout=0).action is Action.HOLD
     with pytest.raises(ValueError, match="on_health_timeout 'retry' is not one of rollback, pause"):
         _decide(UNREACHABLE, elapsed=10**6, on="retry")
+
+
+def test_the_health_deadline_is_the_steps_time_plus_the_timeout_from_the_latest_verdict():
+    from datetime import UTC, datetime, timedelta
+
+    from mlops.deployer.v1 import deployer_pb2
+    from mlops.events.v1 import deployment_pb2
+    from services.deployer.storage import StoredRollout, health_deadline
+
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    rollout = deployer_pb2.Rollout(state=deployment_pb2.ROLLOUT_STATE_PROGRESSING, step_seconds=20)
+    rollout.step_started_at.FromDatetime(started)
+    stored = StoredRollout(
+        rollout=rollout, candidate=None, baseline=None, batching=None, health_timeout_s=120
+    )
+    assert health_deadline(stored) == started + timedelta(seconds=140)
+    stored.verdict_at = started + timedelta(seconds=60)  # a resume after the step's time
+    assert health_deadline(stored) == started + timedelta(seconds=180)
+    stored.health_timeout_s = 0
+    assert health_deadline(stored) is None, "no timeout: no deadline"
+    stored.health_timeout_s = 120
+    rollout.state = deployment_pb2.ROLLOUT_STATE_PAUSED
+    assert health_deadline(stored) is None, "a paused rollout waits for a person"

@@ -23,6 +23,11 @@ LAG = Gauge(
     ["topic", "partition", "group"],
 )
 OUTBOX_PENDING = Gauge("mlops_outbox_pending", "Outbox rows published by the last relay round", ["schema"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "mlops_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row at the last relay round (0: none waiting)",
+    ["schema"],
+)
 OUTBOX_RELAYED = Counter("mlops_outbox_relayed_total", "Outbox rows published and removed", ["schema"])
 OUTBOX_DEAD_LETTERED = Counter(
     "mlops_outbox_dead_lettered_total", "Outbox rows Kafka refused, sent to the dead-letter topic", ["schema"]

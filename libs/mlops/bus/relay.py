@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import re
+from datetime import UTC, datetime
 
 from aiokafka.errors import (
     CorruptRecordException,
@@ -108,10 +109,14 @@ class OutboxRelay:
         it; an outage raises and the whole batch is tried again later.
         """
         rows = await connection.fetch(
-            f'SELECT id, topic, key, value, headers FROM "{self.schema}".outbox ORDER BY id LIMIT $1',
+            f'SELECT id, topic, key, value, headers, created_at FROM "{self.schema}".outbox ORDER BY id LIMIT $1',
             self.bus.outbox_batch_size,
         )
         metrics.OUTBOX_PENDING.labels(self.schema).set(len(rows))
+        oldest = rows[0].get("created_at") if rows else None
+        metrics.OUTBOX_OLDEST_AGE.labels(self.schema).set(
+            max((datetime.now(UTC) - oldest).total_seconds(), 0) if oldest is not None else 0
+        )
         if not rows:
             return 0
         refused: list[tuple[Record, BaseException]] = []
