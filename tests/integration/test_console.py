@@ -67,10 +67,11 @@ def test_an_operator_acts_through_the_deployer(data: Demo) -> None:
         assert "Resume done" in answer.text or "Resume refused" in answer.text, answer.text[-800:]
 
 
-def test_dead_letter_replay_is_refused_to_viewers() -> None:
+def test_dead_letter_replay_is_refused_to_viewers(data: Demo) -> None:
     with signed_in("viewer") as console:
-        page = console.get("/dead-letters").text
-        answer = console.post("/dead-letters/mlops.model.trained.dlq/0-0/replay", data={"csrf": _csrf(page)})
+        # the session's CSRF token, from a page that always has a form
+        csrf = _csrf(console.get(f"/rollouts/{data.model}/{data.rollout_id}").text)
+        answer = console.post("/dead-letters/mlops.model.trained.dlq/0-0/replay", data={"csrf": csrf})
         assert answer.status_code == 200
         assert "needs an operator" in answer.text or "reads no event topics" in answer.text
 
