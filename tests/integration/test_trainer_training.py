@@ -89,6 +89,12 @@ async def test_wine_commit_trains_two_models_identically_and_registers_checked_o
         ("label", "INT64", [-1]),
     ]
     assert signature.onnx_opset == 17 and version.spec_version == 1 and version.dataset_version >= 1
+    # every reader feeds the input from these columns and reads the class from the probabilities
+    assert (
+        list(signature.inputs[0].columns) == list(signature.feature_names)
+        and len(signature.feature_names) == 13
+    )
+    assert [t.role for t in signature.outputs] == ["probabilities", ""]
     assert "test_accuracy" in version.metrics and version.profile_uri.endswith("/profile.json")
     assert f"models/{models[0]}/{version.artifact_sha256}/model.onnx" in version.artifact_uri
 
@@ -173,6 +179,7 @@ async def test_diabetes_regression_registers_prediction_output(
     assert [(t.name, t.datatype, list(t.shape)) for t in version.signature.outputs] == [
         ("prediction", "FP32", [-1])
     ]
+    assert [t.role for t in version.signature.outputs] == ["value"] and version.signature.inputs[0].columns
     await check_onnx_matches_torch(registry, artifact_settings, version, tmp_path / f"{dataset}.csv", spec)
 
 
