@@ -209,6 +209,18 @@ async def test_curl_json_tensors_errors_and_tokens(harness, models, tmp_path):
         )
         assert outputs["label"]["data"] == [trained.class_labels[i] for i in expected["label"]]
 
+    # one tensor per feature, named after it, as gRPC takes them
+    columns = [
+        {"name": feature, "datatype": "FP64", "shape": [2], "data": rows[:, i].astype(float).tolist()}
+        for i, feature in enumerate(trained.feature_names)
+    ]
+    status, _, body = await curl("POST", infer, json.dumps({"inputs": columns}).encode())
+    assert status == 200, body
+    outputs = {o["name"]: o for o in json.loads(body)["outputs"]}
+    np.testing.assert_allclose(
+        outputs["probabilities"]["data"], expected["probabilities"].reshape(-1), rtol=1e-5
+    )
+
     # the binary tensor extension, written by hand: a JSON header, then the tensor's bytes
     header = json.dumps(
         {
