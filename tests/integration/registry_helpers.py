@@ -90,3 +90,69 @@ async def register(stub, model: str, run_id: str | None = None, **fields) -> pb.
         )
     )
     return reply.model_version
+
+
+# --- Models registered from outside, and files (RegisterModel, DownloadArtifact, UploadRunArtifact) ---
+
+
+@pytest.fixture(scope="module")
+async def file_registry(database, kafka, bus, artifact_settings):
+    """The registry with the artifact store, as `python -m services.registry` builds it; its events go
+    to the tests' topics (`tests.` prefix), so that the stack's evaluator never gates these models."""
+    from mlops.db import migrate
+    from mlops.store import open_store
+    from services.registry.datasets import DatasetChecker
+
+    await migrate(database, MIGRATIONS, SCHEMA)
+    store = open_store(artifact_settings)
+    publisher = EventPublisher(kafka, bus, source="mlops-registry-tests")
+    await publisher.start()
+    outbox = Outbox(SCHEMA, source="mlops-registry-tests", topic_prefix=bus.topic_prefix)
+    core = RegistryCore(database, outbox, RegistrySettings(), DatasetChecker(store), store=store)
+    relay = OutboxRelay(database, SCHEMA, publisher, bus)
+    relay_task = asyncio.create_task(relay.run())
+    server = GrpcServer(GrpcServerSettings(port=0))
+    server.add(
+        lambda s: registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(core), s),
+        "mlops.registry.v1.Registry",
+    )
+    port = await server.start()
+    await server.set_serving()
+    channel = open_channel(f"127.0.0.1:{port}")
+    yield registry_pb2_grpc.RegistryStub(channel), store, f"127.0.0.1:{port}"
+    await channel.close()
+    await server.stop()
+    await relay.stop()
+    await relay_task
+    await publisher.stop()
+
+
+async def record_frame(stub, store, dataset: str, frame) -> pb.DatasetVersion:
+    """A data frame committed as CSV and recorded by the registry (which reads its columns back)."""
+    data = frame.to_csv(index=False).encode()
+    ref = await store.put_bytes(f"datasets/{dataset}", "data.csv", data)
+    reply = await stub.RecordDatasetVersion(
+        pb.RecordDatasetVersionRequest(
+            dataset=dataset, uri=ref.uri, sha256=ref.sha256, format="csv", committed_by="tests"
+        )
+    )
+    return reply.dataset_version
+
+
+async def register_bytes(
+    stub, data: bytes, *, chunk: int = 1 << 20, **header: object
+) -> pb.RegisterModelVersionResponse:
+    """RegisterModel with `data` in chunks of `chunk` bytes after the header."""
+
+    async def parts():
+        yield pb.RegisterModelRequest(header=pb.RegisterModelRequest.Header(**header))
+        for offset in range(0, len(data), chunk):
+            yield pb.RegisterModelRequest(chunk=data[offset : offset + chunk])
+
+    return await stub.RegisterModel(parts())
+
+
+async def download_bytes(stub, request: pb.DownloadArtifactRequest) -> tuple[bytes, pb.ArtifactChunk]:
+    """The artifact's bytes joined, and its first chunk (which says the size, sha256 and uri)."""
+    chunks = [chunk async for chunk in stub.DownloadArtifact(request)]
+    return b"".join(c.data for c in chunks), chunks[0]
