@@ -29,21 +29,19 @@ from services.inference.app import InferenceApp
 from tests.integration.bus_helpers import raw_reader
 from tests.integration.conftest import eventually, jaeger_trace
 from tests.integration.inference_helpers import (  # noqa: F401 - shared fixtures and helpers
-    TRITON_HTTP_CLIENT,
     TritonClient,
     _records,
     harness,
     models,
     name,
-    operator_token,
     sample,
     server_settings,
     state,
     topics_bus,
-    triton_extra_script,
     triton_script,
     version,
 )
+from tests.integration.triton_scripts import TRITON_HTTP_CLIENT, operator_token, triton_extra_script
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 
 from inference import grpc_service_pb2 as oip
 from tests.integration.inference_helpers import (  # noqa: F401 - shared fixtures and helpers
-    TRITON_STREAM_CLIENT,
     TritonClient,
     harness,
     models,
@@ -23,10 +22,10 @@ from tests.integration.inference_helpers import (  # noqa: F401 - shared fixture
     sample,
     state,
     topics_bus,
-    triton_extra_script,
     triton_script,
     version,
 )
+from tests.integration.triton_scripts import TRITON_STREAM_CLIENT, triton_extra_script
 
 
 @pytest.fixture(scope="module")
