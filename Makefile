@@ -75,6 +75,7 @@ bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ (
 
 demo: up ## The closed loop on the local stack: train, deploy, serve, drift, retrain, canary, production (~2 min)
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo
+	@echo "console: http://127.0.0.1:8080/login?token=$$(cat .stack/clients/console-token)"
 
 protos: $(VENV)/.installed ## Generate Python code from protos/ into libs/
 	bash protos/generate.sh libs
