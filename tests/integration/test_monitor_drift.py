@@ -27,6 +27,7 @@ from tests.integration.monitor_helpers import (
     FEATURES,
     batch_of,
     declare_model,
+    declare_trained_model,
     drift_status,
     header,
     monitor,  # noqa: F401 - a shared fixture
@@ -72,9 +73,11 @@ async def test_traffic_from_the_training_distribution_raises_no_alarm(
 
 
 async def test_shifted_traffic_alarms_after_consecutive_windows_and_asks_for_a_retrain(
-    monitor, registry, store, publisher, kafka, jaeger_url
+    monitor, registry, store, publisher, kafka, database, jaeger_url
 ):
-    model = await declare_model(registry, store, uuid.uuid4().hex[:10], consecutive=2)
+    model = await declare_trained_model(
+        registry, store, kafka, database, uuid.uuid4().hex[:10], consecutive=2
+    )
     drift_topic = TEST_TOPIC_PREFIX + "mlops.drift.detected"
     retrain_topic = TEST_TOPIC_PREFIX + "mlops.retrain.requested"
     async with raw_reader(kafka, drift_topic) as alarms, raw_reader(kafka, retrain_topic) as retrains:
@@ -132,7 +135,9 @@ async def test_assembled_dataset_policy_commits_labelled_drifted_traffic_as_the_
     database, kafka, bus, store, publisher, registry
 ):
     settings = monitor_settings(retrain_dataset="assembled", retrain_min_labelled_rows=100)
-    model = await declare_model(registry, store, uuid.uuid4().hex[:10], consecutive=2)
+    model = await declare_trained_model(
+        registry, store, kafka, database, uuid.uuid4().hex[:10], consecutive=2
+    )
     async with (
         running_monitor(database, kafka, bus, store, publisher, settings),
         raw_reader(kafka, TEST_TOPIC_PREFIX + "mlops.retrain.requested") as retrains,
@@ -182,10 +187,10 @@ async def test_assembled_dataset_policy_commits_labelled_drifted_traffic_as_the_
 
 
 async def test_ground_truth_gives_live_accuracy_and_degradation_after_consecutive_windows(
-    monitor, registry, store, publisher, kafka
+    monitor, registry, store, publisher, kafka, database
 ):
-    model = await declare_model(
-        registry, store, uuid.uuid4().hex[:10], on_degradation="retrain", gate_min=0.8
+    model = await declare_trained_model(
+        registry, store, kafka, database, uuid.uuid4().hex[:10], on_degradation="retrain", gate_min=0.8
     )
 
     async def traffic(*, truthful: bool, seconds: float):
