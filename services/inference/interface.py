@@ -62,7 +62,7 @@ class InputPlan:
 
     @property
     def shape(self) -> list[int]:
-        return [-1] if self.rank == 1 else [-1, max(self.width, 1)]
+        return [-1] if self.rank == 1 else [-1, self.width or -1]
 
 
 @dataclass(frozen=True)
