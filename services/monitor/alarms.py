@@ -26,7 +26,6 @@ from mlops.outbox import Outbox
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.tracecontext import parse_traceparent
 from services.monitor import prometheus, storage
-from services.monitor.external import say_new_model
 from services.monitor.lru import LRU
 from services.monitor.reference import Judgement, advance_run
 from services.monitor.settings import MonitorSettings
@@ -219,8 +218,7 @@ class Alarms:
             profile_sha256=window.profile_sha256,
             detected_at=timestamp(now),
         )
-        if closing.new_model:
-            say_new_model(detected)
+        detected.new_model_needed = closing.new_model
         cause = await self.outbox.add(session, detected)
         prometheus.SERIES.labels(prometheus.DRIFT_ALARMS, *labels).inc()
         trace.get_current_span().set_attribute("mlops.drift.event_id", cause)

@@ -9,14 +9,10 @@ the alarm's event says so. "alert" and "none" mean what they mean for any model.
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlops.monitor.v1 import monitor_pb2
 from mlops.registry.v1 import registry_pb2 as pb
-
-NEW_MODEL_FIELD = "new_model_needed"
-"""The alarm events' flag (DriftDetected, PerformanceDegraded)."""
 
 
 def trained_elsewhere(spec: pb.ModelSpecVersion | None) -> bool:
@@ -37,18 +33,7 @@ def new_model_reason(model: str, what: str) -> str:
     )
 
 
-def say_new_model(event: Message) -> None:
-    """Mark an alarm's event as asking for a new model (the event types' `new_model_needed`). A
-    schema generated without the field leaves the event as it is: the version's state still says so."""
-    if NEW_MODEL_FIELD in event.DESCRIPTOR.fields_by_name:
-        setattr(event, NEW_MODEL_FIELD, True)
-
-
 def show_new_model(item: monitor_pb2.VersionDrift, at: Timestamp, reason: str) -> None:
-    """Put a version's request for a new model in its drift status (`new_model_needed_at`,
-    `new_model_reason`), where the schema has the fields."""
-    fields = item.DESCRIPTOR.fields_by_name
-    if "new_model_needed_at" in fields:
-        item.new_model_needed_at.CopyFrom(at)
-    if "new_model_reason" in fields:
-        item.new_model_reason = reason
+    """Put a version's last request for a new model in its drift status."""
+    item.new_model_needed_at.CopyFrom(at)
+    item.new_model_reason = reason

@@ -27,7 +27,7 @@ from mlops.events.v1 import common_pb2, monitoring_pb2, training_pb2
 from mlops.outbox import Outbox
 from services.monitor import prometheus, storage
 from services.monitor.core import MonitorCore
-from services.monitor.external import asks_for_new_model, new_model_reason, say_new_model
+from services.monitor.external import asks_for_new_model, new_model_reason
 from services.monitor.predictions import class_at, value_at
 from services.monitor.reference import advance_run
 from services.monitor.retraining import REQUESTED_BY
@@ -379,8 +379,7 @@ class PerformanceTracker:
                 f"({side} {bound.bound:g}) for {degraded} windows"
             )
             new_model = asks_for_new_model(spec, spec.spec.spec.monitor.on_degradation)
-            if new_model:
-                say_new_model(degradation)
+            degradation.new_model_needed = new_model
             cause = await self.outbox.add(session, degradation)
             prometheus.SERIES.labels(prometheus.DEGRADATION_ALARMS, model, str(version)).inc()
             if new_model:

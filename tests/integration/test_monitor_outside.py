@@ -87,8 +87,7 @@ async def test_an_outside_models_drifted_text_input_raises_the_alarm_and_asks_fo
     assert set(scores) == {*FEATURES, "colour"}  # `city` is not in the profile: not a feature
     assert scores["colour"].drifted and scores["colour"].score > 1.0
     assert not any(scores[name].drifted for name in FEATURES)
-    if "new_model_needed" in drift.DESCRIPTOR.fields_by_name:
-        assert drift.new_model_needed
+    assert drift.new_model_needed
 
     state = await eventually(
         lambda: _new_model_state(database, model.name, version), timeout_s=10, what="the version's state"
@@ -100,8 +99,7 @@ async def test_an_outside_models_drifted_text_input_raises_the_alarm_and_asks_fo
     status = await drift_status(monitor, model.name)
     (item,) = [v for v in status.versions if v.version == version]
     assert item.HasField("last_alarm_at")
-    if "new_model_reason" in item.DESCRIPTOR.fields_by_name:
-        assert item.new_model_reason == reason and item.HasField("new_model_needed_at")
+    assert item.new_model_reason == reason and item.HasField("new_model_needed_at")
 
     # The input the profile lacks was reported once for the layout, however many batches logged it.
     reports = [r for r in caplog.records if model.name in r.getMessage() and "city" in r.getMessage()]
@@ -138,8 +136,7 @@ async def test_an_outside_models_degradation_asks_for_a_new_model_instead_of_a_r
     degraded = monitoring_pb2.PerformanceDegraded.FromString(record.value)
     assert degraded.version == version and degraded.metric == "accuracy"
     assert degraded.observed == pytest.approx(0.0)
-    if "new_model_needed" in degraded.DESCRIPTOR.fields_by_name:
-        assert degraded.new_model_needed
+    assert degraded.new_model_needed
     needed_at, reason = await _new_model_state(database, model.name, version)
     assert needed_at is not None and reason.startswith("live accuracy 0 outside the gate's bound (>= 0.8)")
     assert "trained outside the platform" in reason

@@ -74,7 +74,7 @@ def drift_status(
         return
     for item in response.versions:
         # Set when an alarm of a model trained outside the platform asked for a new model.
-        new_model = getattr(item, "new_model_reason", "")
+        new_model = item.new_model_reason
         output.fields(
             [
                 ("model", f"{response.model} v{item.version}"),
