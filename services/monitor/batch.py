@@ -172,36 +172,20 @@ def decode_batch(
             r.error,
             r.request_id,
             r.label,
-            r.text_features,
         )
         for r in records
     ]
     if n:
-        (
-            versions_,
-            stamps,
-            latencies,
-            roles,
-            feature_runs,
-            output_runs,
-            errors,
-            request_ids,
-            labels,
-            text_runs,
-        ) = map(list, zip(*meta, strict=True))
+        versions_, stamps, latencies, roles, feature_runs, output_runs, errors, request_ids, labels = map(
+            list, zip(*meta, strict=True)
+        )
     else:
-        (
-            versions_,
-            stamps,
-            latencies,
-            roles,
-            feature_runs,
-            output_runs,
-            errors,
-            request_ids,
-            labels,
-            text_runs,
-        ) = ([] for _ in range(10))
+        versions_, stamps, latencies, roles, feature_runs, output_runs, errors, request_ids, labels = (
+            [] for _ in range(9)
+        )
+    # Text inputs are read only where the batch names some: text a record carries beyond its batch's
+    # names is ignored, like an input the profile does not know.
+    text_runs = [r.text_features for r in records] if text_names else []
     if "\0" in "".join(request_ids):
         i = next(i for i, request_id in enumerate(request_ids) if "\0" in request_id)
         raise InvalidBatch(f"record {i} ({request_ids[i]!r}) has a NUL character in its request id")
@@ -215,8 +199,10 @@ def decode_batch(
             f"record {i} ({request_ids[i]!r}) has {feature_lengths[i]} features; feature_names lists {width}"
         )
     # A classifier that answers a label without probabilities logs no outputs; its label is counted.
-    label_only = (output_lengths == 0) & np.fromiter(map(bool, labels), dtype=bool, count=n) & bool(classes)
-    bad_outputs = (output_lengths != outputs_width) & ~((failed | label_only) & (output_lengths == 0))
+    excused = failed
+    if classes and not output_lengths.all():
+        excused = failed | np.fromiter(map(bool, labels), dtype=bool, count=n)
+    bad_outputs = (output_lengths != outputs_width) & ~(excused & (output_lengths == 0))
     if bad_outputs.any():
         i = int(np.argmax(bad_outputs))
         raise InvalidBatch(
@@ -224,7 +210,9 @@ def decode_batch(
             + ("(one per class label)" if classes else "(one prediction)")
         )
     features = _matrix(feature_runs, feature_lengths, width)
-    texts = _texts(text_runs, failed, text_names, request_ids)
+    texts = (
+        _texts(text_runs, failed, text_names, request_ids) if text_names else np.empty((n, 0), dtype=object)
+    )
     outputs = _matrix(output_runs, output_lengths, outputs_width)
     versions = np.asarray(versions_, dtype=np.int64)
     if n and versions.min() < 1:
