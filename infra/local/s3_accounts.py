@@ -44,8 +44,10 @@ WRITE = ("s3:PutObject", "s3:AbortMultipartUpload")
 """PutObject covers multipart uploads too; aborting one is an action of its own."""
 
 ACCOUNTS: dict[str, dict[str, tuple[str, ...]]] = {
-    # checks each committed data set before recording it (services/registry/datasets.py)
-    "registry": {"datasets": READ},
+    # checks each committed data set before recording it (services/registry/datasets.py); stores the
+    # models registered from outside and their profiles, and runs' files, and serves them back
+    # (services/registry/core/external.py, artifacts.py)
+    "registry": {"datasets": READ, "models": READ + WRITE, "runs": READ + WRITE},
     # trains on a data set version; writes the model and its profile (services/trainer/runs.py)
     "trainer": {"datasets": READ, "models": WRITE},
     # scores the challenger and the champion on the held-out split (services/evaluator/core.py)

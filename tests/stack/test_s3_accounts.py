@@ -44,14 +44,15 @@ OPERATOR = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
 
 # What each service touches in the bucket, read off its code: r = reads, w = writes.
 NEEDS = {
-    "registry": {"datasets": "r"},  # checks each committed data set
+    # checks each committed data set; stores models registered from outside and runs' files, serves them
+    "registry": {"datasets": "r", "models": "rw", "runs": "rw"},
     "trainer": {"datasets": "r", "models": "w"},  # trains on a data set, writes model and profile
     "evaluator": {"datasets": "r", "models": "r"},  # scores models on the held-out split
     "inference": {"models": "r"},  # serves models
     "monitor": {"datasets": "rw", "models": "r"},  # profiles, parent data set; assembles data sets
     "deployer": {},  # no artifact
 }
-PREFIXES = ("datasets", "models", "tests")  # tests/: a prefix no service may touch
+PREFIXES = ("datasets", "models", "runs", "tests")  # tests/: a prefix no service may touch
 
 
 def _load_s3_accounts():
@@ -261,7 +262,7 @@ async def test_the_services_store_calls_work_with_their_own_keys(as_service, uni
         assert not await as_service("inference").exists(model.uri.replace(model.sha256, "4" * 64))
         # and what the table does not give is refused for good (consumers dead-letter it)
         refusals = [
-            lambda: DatasetChecker(as_service("registry")).check(model.uri, model.sha256, "csv"),
+            lambda: as_service("registry").put_bytes(f"datasets/{name}", "data.csv", b"forged"),
             lambda: as_service("inference").get_bytes(dataset.uri, sha),
             lambda: as_service("inference").put_bytes(f"models/{name}", "model.onnx", b"forged"),
             lambda: as_service("trainer").put_bytes(f"datasets/{name}", "data.csv", b"forged"),
