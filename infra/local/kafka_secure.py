@@ -259,7 +259,8 @@ def main(argv: list[str]) -> int:
         elif command == "scram-file" and len(argv) == 4:
             write_private(Path(argv[3]), f"{MECHANISM}=password={load_users(path)[argv[2]]}\n")
         elif command == "missing-users":
-            print(" ".join(asyncio.run(missing_users(load_users(path), ca))))
+            # an identity added to the table since the stack started gets its password here
+            print(" ".join(asyncio.run(missing_users(ensure_users(path), ca))))
         elif command == "acls":
             created, removed, kept = asyncio.run(apply_acls(load_users(path), ca, argv[2:] or [""]))
             print(f"ACLs: {created} created, {removed} stale removed, {kept} kept")
