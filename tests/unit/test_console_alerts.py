@@ -1,6 +1,7 @@
 """The console's read of Prometheus's alerts (services/console/alerts.py), against a real HTTP server
-in this process that answers `/api/v1/alerts` with a sample answer in Prometheus's format
-(tests/unit/data/prometheus_alerts.json), or slowly, or too much, or an error."""
+in this process that answers `/api/v1/alerts` with an answer recorded from Prometheus 3.7.3 evaluating
+infra/prometheus/alerts.yml (prometheus_alerts_recorded.json: a scrape target down), a sample with
+several alerts in the same format (prometheus_alerts.json), or slowly, or too much, or an error."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 
 from services.console.alerts import Alerts, parse, read_alerts
 
-SAMPLE = (Path(__file__).parent / "data" / "prometheus_alerts.json").read_bytes()
+DATA = Path(__file__).parent / "data"
+SAMPLE = (DATA / "prometheus_alerts.json").read_bytes()
+RECORDED = (DATA / "prometheus_alerts_recorded.json").read_bytes()
 SLOW_S = 3.0
 
 
@@ -28,6 +31,8 @@ class Prometheus(BaseHTTPRequestHandler):
             return self._answer(404, b'{"status":"error","errorType":"not_found","error":"no such path"}')
         if behaviour == "ok":
             return self._answer(200, SAMPLE)
+        if behaviour == "recorded":
+            return self._answer(200, RECORDED)
         if behaviour == "slow":
             time.sleep(SLOW_S)  # an answer later than the console waits
             return self._answer(200, SAMPLE)
@@ -76,6 +81,19 @@ async def test_firing_alerts_come_first_with_who_and_since(prometheus: str) -> N
     assert found.alerts[2].active_at.microsecond == 123456, "nanoseconds are cut to microseconds"
     assert [a.name for a in found.firing] == ["MlopsServiceDown", "MlopsDeadLetters"]
     assert [a.name for a in found.pending] == ["MlopsRolloutPaused"]
+
+
+async def test_a_recorded_answer_of_prometheus_is_read(prometheus: str) -> None:
+    found = await read_alerts(f"{prometheus}/recorded", timeout_s=2)
+    assert not found.error, found.error
+    (down,) = found.alerts
+    assert (down.name, down.state, down.severity, down.summary) == (
+        "MlopsServiceDown",
+        "firing",
+        "critical",
+        "registry is down",
+    )
+    assert down.labels["service"] == "registry" and down.active_at is not None
 
 
 async def test_no_url_means_not_configured() -> None:
