@@ -51,12 +51,15 @@ class Batcher:
         estimated_call_s: float | None = None,
         max_pending: int = 1_000,
         name: str = "this version",
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """`estimated_call_s`: what a call is expected to take (the warm-up's slowest); None times the
         first calls on the threads before any runs on the loop. `max_pending`: requests that may wait
         (queued for a batch or for a thread) before more are refused with RESOURCE_EXHAUSTED: the
-        thread pool's own queue has no bound, and a caller is better told at once than after a minute."""
+        thread pool's own queue has no bound, and a caller is better told at once than after a minute.
+        `clock`: what calls are timed with, in seconds."""
         self._run = run
+        self._clock = clock
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(max_wait_us, 0) / 1_000_000
@@ -124,11 +127,11 @@ class Batcher:
 
     def _run_observed(self, rows: Rows) -> Outputs:
         self._observe(row_count(rows))
-        started = time.perf_counter()
+        started = self._clock()
         try:
             return self._run(rows)
         finally:
-            took = time.perf_counter() - started
+            took = self._clock() - started
             mean = self.call_s
             self.call_s = took if mean is None else mean + (took - mean) * CALL_WEIGHT
 

@@ -85,22 +85,42 @@ async def test_batcher_coalesces_queued_requests_and_splits_answers():
     assert late["label"].tolist() == [0]
 
 
-class ThreadNoting(SumModel):
-    """SumModel that notes which thread ran each call, and can be made slow."""
+class FakeClock:
+    """A clock that moves only when a model says its call took time: timing decisions without timing."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ThreadNoting(SumModel):
+    """SumModel that notes which thread ran each call, and can be made slow (on `clock` when given,
+    else by sleeping)."""
+
+    def __init__(self, delay_s: float = 0.0, clock: FakeClock | None = None) -> None:
         self.delay_s = delay_s
+        self.clock = clock
         self.threads: list[int] = []
 
     def run(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         self.threads.append(threading.get_ident())
-        if self.delay_s:
+        if self.clock is not None:
+            self.clock.now += self.delay_s
+        elif self.delay_s:
             time.sleep(self.delay_s)
         return super().run(rows)
 
 
 def cheap_first_batcher(
-    run, *, estimated_call_s: float | None, batch: int = 8, wait_us: int = 0, observe=lambda n: None
+    run,
+    *,
+    estimated_call_s: float | None,
+    batch: int = 8,
+    wait_us: int = 0,
+    observe=lambda n: None,
+    clock=time.perf_counter,
 ) -> Batcher:
     """A batcher that runs calls on the event loop when they take under a millisecond."""
     return Batcher(
@@ -111,6 +131,7 @@ def cheap_first_batcher(
         observe_batch=observe,
         inline_below_us=1_000,
         estimated_call_s=estimated_call_s,
+        clock=clock,
     )
 
 
@@ -131,8 +152,9 @@ async def test_a_cheap_model_runs_on_the_event_loop_and_a_slow_one_on_the_thread
 
 async def test_calls_are_timed_so_the_place_a_model_runs_follows_its_cost():
     loop_thread = threading.get_ident()
-    model = ThreadNoting()
-    batcher = cheap_first_batcher(model.run, estimated_call_s=None)
+    clock = FakeClock()
+    model = ThreadNoting(clock=clock)
+    batcher = cheap_first_batcher(model.run, estimated_call_s=None, clock=clock)
     rows = np.ones((1, 3), np.float32)
     await batcher.submit(rows)
     assert model.threads[-1] != loop_thread, "an untimed model starts on the threads"
