@@ -60,6 +60,8 @@ ACCOUNTS: dict[str, dict[str, tuple[str, ...]]] = {
     # no artifact at all: an account of its own all the same, so that it does not fall back to the
     # operator's root key in <stack>/env
     "deployer": {},
+    # reads through the services' APIs, never the store: likewise an account with no rights
+    "console": {},
 }
 """Each service's account: the prefixes of the content-addressed layout (`<prefix>/<name>/<sha256>/<file>`)
 it may touch, and how."""

@@ -51,6 +51,7 @@ NEEDS = {
     "inference": {"models": "r"},  # serves models
     "monitor": {"datasets": "rw", "models": "r"},  # profiles, parent data set; assembles data sets
     "deployer": {},  # no artifact
+    "console": {},  # reads through the services' APIs
 }
 PREFIXES = ("datasets", "models", "runs", "tests")  # tests/: a prefix no service may touch
 

@@ -417,7 +417,8 @@ def test_s3_accounts_job_gives_each_service_only_what_its_code_uses(out, tmp_pat
         refused(lambda: trainer.delete_object(Bucket=bucket, Key="models/wine/abc/model.onnx"))
         registry = client_of("registry")
         registry.get_object(Bucket=bucket, Key="datasets/wine/abc/data.csv")
-        refused(lambda: registry.get_object(Bucket=bucket, Key="models/wine/abc/model.onnx"))
+        registry.get_object(Bucket=bucket, Key="models/wine/abc/model.onnx")  # serves registered models back
+        refused(lambda: registry.put_object(Bucket=bucket, Key="datasets/wine/def/data.csv", Body=b"x"))
         inference = client_of("inference")
         assert inference.get_object(Bucket=bucket, Key="models/wine/abc/model.onnx")["Body"].read() == b"onnx"
         refused(lambda: inference.list_objects_v2(Bucket=bucket))
