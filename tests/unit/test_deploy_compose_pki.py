@@ -197,7 +197,8 @@ def test_token_ports_are_published_on_loopback_next_to_the_main_ports() -> None:
         env = services[name]["environment"]
         if name == "inference":
             assert "MLOPS_GRPC_TOKEN_PORT" not in env and "MLOPS_GRPC_TLS_CLIENT_CA" not in env
-            assert published == [f"127.0.0.1:{port}:{port}"]
+            # gRPC, and the Open Inference Protocol over REST on 8000; both take tokens on the one port
+            assert sorted(published) == sorted([f"127.0.0.1:{port}:{port}", "127.0.0.1:8000:8000"])
             continue
         assert env["MLOPS_GRPC_TOKEN_PORT"] == str(port + 10)
         if published:
