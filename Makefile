@@ -13,7 +13,7 @@ WITH_STACK_ENV := set -a; [ -f .stack/env ] && . .stack/env; set +a;
 
 export PYTHON := $(abspath $(PY))
 
-.PHONY: help setup up down status test test-unit test-integration test-fault test-stack soak bench demo protos protos-check lint clean image manifests dashboard docs
+.PHONY: help setup up down status test test-unit test-integration test-fault test-stack soak bench demo protos protos-check lint clean image manifests dashboard docs screenshots
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,6 +76,9 @@ bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ (
 demo: up ## The closed loop on the local stack: train, deploy, serve, drift, retrain, canary, production (~2 min)
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo
 	@echo "console: http://127.0.0.1:8080/login?token=$$(cat .stack/clients/console-token)"
+
+screenshots: up ## Draw the console's main pages in headless Chromium into docs/console/ (the README's pictures)
+	MLOPS_CONSOLE_SCREENSHOTS=$(abspath docs/console) $(PY) -m pytest tests/stack/test_console_browser.py -k screenshots
 
 protos: $(VENV)/.installed ## Generate Python code from protos/ into libs/
 	bash protos/generate.sh libs
