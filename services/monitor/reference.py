@@ -3,9 +3,9 @@
 A window of one model version is a single flat vector of counts: for each numeric feature its
 reference bins then one slot for missing values; for each categorical feature its categories, then
 unseen, then missing; then the prediction's slots (predicted classes, or the profile's bins of the
-regression output). A batch of rows becomes slot indices with one `searchsorted` per feature and a
-single `bincount` over the whole matrix, so a window is summarised as it fills and raw rows are
-never kept or re-read.
+regression output). A batch of rows becomes slot indices (the numeric features all at once,
+`stats.bin_slots`) and one `bincount`, so a window is summarised as it fills and raw rows are never
+kept or re-read.
 """
 
 from __future__ import annotations
@@ -34,6 +34,33 @@ class FeatureSlots:
     """The profile's counts on the same slots (missing and unseen included)."""
     vocabulary: dict[str, int] = field(default_factory=dict, compare=False)
     """A categorical feature's code of each category (its position in the profile's categories)."""
+
+
+@dataclass(frozen=True)
+class NumericColumns:
+    """The numeric features side by side, for binning a batch in one pass (`stats.bin_slots`)."""
+
+    columns: np.ndarray
+    """Their positions in the profile's feature_names."""
+    inner: np.ndarray
+    """`stats.inner_edges` of their bin edges, [K, F]."""
+    offsets: np.ndarray
+    missing: np.ndarray
+    """Each feature's missing-value slot."""
+
+    @classmethod
+    def of(cls, features: list[FeatureSlots]) -> NumericColumns:
+        numeric = [f for f in features if f.kind == "numeric"]
+        offsets = np.asarray([f.offset for f in numeric], dtype=np.int64)
+        return cls(
+            columns=np.asarray([f.column for f in numeric], dtype=np.int64),
+            inner=stats.inner_edges([f.edges for f in numeric]),
+            offsets=offsets,
+            missing=offsets + np.asarray([f.size for f in numeric], dtype=np.int64),
+        )
+
+    def subset(self, keep: np.ndarray) -> NumericColumns:
+        return NumericColumns(self.columns[keep], self.inner[:, keep], self.offsets[keep], self.missing[keep])
 
 
 @dataclass(frozen=True)
@@ -73,6 +100,7 @@ class Reference:
     prediction_reference: np.ndarray
     size: int
     _class_index: dict[str, int] = field(default_factory=dict)
+    _numeric: NumericColumns | None = None
 
     @classmethod
     def of(cls, profile: ReferenceProfile, sha256: str) -> Reference:
@@ -115,6 +143,7 @@ class Reference:
             prediction_reference=prediction_reference,
             size=offset + len(prediction_reference),
             _class_index={label: i for i, label in enumerate(prediction.class_labels)},
+            _numeric=NumericColumns.of(features),
         )
 
     def empty(self) -> np.ndarray:
@@ -128,21 +157,29 @@ class Reference:
         whose column is not `present` (the log lacks it) is not counted at all, so that its slots stay
         empty and the window does not judge it."""
         n = matrix.shape[0]
-        slots = np.empty((n, len(self.features) + 1), dtype=np.int64)
-        for j, feature in enumerate(self.features):
+        counts = np.zeros(self.size, dtype=np.int64)
+        numeric = self._numeric or NumericColumns.of(self.features)
+        if present is not None:
+            numeric = numeric.subset(present[numeric.columns])
+        if numeric.columns.size:
+            whole = numeric.columns.size == matrix.shape[1] and bool(
+                (numeric.columns == np.arange(matrix.shape[1])).all()
+            )
+            values = matrix if whole else matrix[:, numeric.columns]
+            slots = stats.bin_slots(values, numeric.inner, numeric.offsets, numeric.missing)
+            counts += np.bincount(slots.ravel(), minlength=self.size)
+        others = [feature for feature in self.features if feature.kind != "numeric"]
+        slots = np.empty((n, len(others) + 1), dtype=np.int64)
+        for j, feature in enumerate(others):
             if present is not None and not present[feature.column]:
                 slots[:, j] = -1
                 continue
             values = matrix[:, feature.column]
-            if feature.kind == "numeric":
-                index = stats.bin_index(values, feature.edges)
-                index[index < 0] = feature.size  # missing
-            else:
-                missing = np.isnan(values)
-                codes = np.where(missing, -1.0, values)
-                known = (codes >= 0) & (codes < feature.size) & (codes == np.floor(codes))
-                index = np.where(known, codes, feature.size).astype(np.int64)  # unseen
-                index[missing] = feature.size + 1
+            missing = np.isnan(values)
+            codes = np.where(missing, -1.0, values)
+            known = (codes >= 0) & (codes < feature.size) & (codes == np.floor(codes))
+            index = np.where(known, codes, feature.size).astype(np.int64)  # unseen
+            index[missing] = feature.size + 1
             slots[:, j] = feature.offset + index
         if self.task == "classification":
             classes = np.asarray(predicted, dtype=np.int64)
@@ -152,7 +189,7 @@ class Reference:
             index = stats.bin_index(values, self.prediction_edges)
             slots[:, -1] = np.where(index >= 0, self.prediction_offset + index, -1)
         flat = slots.ravel()
-        return np.bincount(flat[flat >= 0], minlength=self.size).astype(np.int64)
+        return counts + np.bincount(flat[flat >= 0], minlength=self.size)
 
     def class_index(self, label: str) -> int:
         return self._class_index.get(label, -1)
