@@ -7,6 +7,9 @@
    - Evidently 0.7.23's `DataDriftPreset`, once with `method="psi"` and once with `method="ks"`,
      in its own virtual environment (`tests/bench/setup.sh`).
    Each contender runs in a fresh process on the same `.npy` files; loading them is not timed.
+   Untimed, per feature: the monitor's verdicts against Evidently's (PSI >= 0.1; KS p <= 0.05),
+   and its statistics against `plain_statistics` on the profile's bins to 1e-6, the binned KS D
+   beside the exact `scipy.stats.ks_2samp` of the raw values (which it never exceeds).
 2. Ingest: BATCHES `InferenceLogged` records of 500 rows x 12 features are published in advance to
    topics of a `bench-<id>.` prefix; then a fresh process runs the monitor's ingest (decode, count,
    predictions and window state committed with the offsets in PostgreSQL) from the first offset,
@@ -14,7 +17,7 @@
    measured: with the predictions kept for the ground-truth join (the default) and without, each
    in a fresh process, rounds in alternating order, medians.
 
-    python -m tests.bench.bench_drift [--rows N] [--batches N] [--rounds R] [--skip-evidently]
+    python -m tests.bench.bench_drift [--rows N] [--batches N] [--rounds R] [--skip-evidently] [--skip-ingest]
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ import numpy as np
 
 FEATURES = 50
 SEED = 11
+PSI_THRESHOLD = 0.1
+KS_ALPHA = 0.05
+TOLERANCE = 1e-6
 EVIDENTLY_VENV = Path(os.environ.get("MLOPS_CACHE", Path.home() / ".cache/mlops")) / "evidently-venv"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def generate(directory: Path, rows: int) -> None:
     """Reference rows from assorted distributions; current rows with a fifth of the features shifted."""
     rng = np.random.default_rng(SEED)
-    reference = np.empty((rows, FEATURES), dtype=np.float64)
-    current = np.empty((rows, FEATURES), dtype=np.float64)
+    reference, current = np.empty((rows, FEATURES)), np.empty((rows, FEATURES))
     for j in range(FEATURES):
         kind = j % 3
         for matrix, shift in ((reference, 0.0), (current, 0.3 if j % 5 == 0 else 0.0)):
@@ -81,9 +86,10 @@ def run_monitor_drift(directory: Path) -> dict:
         rows = current[start : start + batch]
         counts += compiled.count(rows, rows[:, 0])
     counted = time.perf_counter()
-    psi = compiled.judge(counts, len(current), Judgement("psi", 0.1, 1))
-    ks = compiled.judge(counts, len(current), Judgement("ks", 0.05, 1, p_value_correction="none"))
+    psi = compiled.judge(counts, len(current), Judgement("psi", PSI_THRESHOLD, 1))
+    ks = compiled.judge(counts, len(current), Judgement("ks", KS_ALPHA, 1, p_value_correction="none"))
     finished = time.perf_counter()
+    edges = {f.name: f.edges.tolist() for f in compiled.features}
     return {
         "seconds": finished - started,
         "profile_seconds": profiled - started,
@@ -91,6 +97,11 @@ def run_monitor_drift(directory: Path) -> dict:
         "judge_seconds": finished - counted,
         "drifted_psi": sum(f.drifted for f in psi.features),
         "drifted_ks": sum(f.drifted for f in ks.features),
+        "features": {  # edges, statistics and verdicts for the untimed checks
+            p.feature: dict(edges=edges[p.feature], psi=p.score, psi_drifted=p.drifted, ks=k.score)
+            | dict(ks_p_value=k.p_value, ks_drifted=k.drifted)
+            for p, k in zip(psi.features, ks.features, strict=True)
+        },
     }
 
 
@@ -117,7 +128,72 @@ def run_evidently_drift(directory: Path) -> dict:
         counts = [m["value"] for m in document["metrics"] if isinstance(m.get("value"), dict)]
         if counts and "count" in counts[0]:
             result[f"drifted_{method}"] = int(counts[0]["count"])
+        # one ValueDrift per column: the PSI itself, or the KS test's p-value
+        result[method] = {
+            m["config"]["column"]: float(m["value"])
+            for m in document["metrics"]
+            if m.get("config", {}).get("type", "").endswith(":ValueDrift")
+        }
     return result
+
+
+def plain_statistics(reference: np.ndarray, current: np.ndarray, edges: list[float]) -> dict:
+    """PSI, binned KS D and its p-value of one column, recomputed plainly on the profile's bins."""
+    from scipy import stats as sps
+
+    from services.monitor.stats import PSI_EPSILON
+
+    bins = [-np.inf, *edges[1:-1], np.inf]  # the end bins are open
+    ref, cur = (np.histogram(v[~np.isnan(v)], bins=bins)[0].astype(float) for v in (reference, current))
+    # PSI counts missing values as one more bin; KS compares the ordered bins only
+    p, q = (np.append(c, np.isnan(v).sum()) for c, v in ((ref, reference), (cur, current)))
+    p, q = np.maximum(p / p.sum(), PSI_EPSILON), np.maximum(q / q.sum(), PSI_EPSILON)
+    n, m = ref.sum(), cur.sum()
+    d = float(np.max(np.abs(np.cumsum(ref) / n - np.cumsum(cur) / m)))
+    p_value = float(sps.kstwo.sf(d, np.round(n * m / (n + m))))
+    return {"psi": float(np.sum((q - p) * np.log(q / p))), "ks": d, "ks_p_value": p_value}
+
+
+def check(directory: Path, monitor: dict, evidently: dict | None) -> dict:
+    """Per feature: the monitor's statistics against `plain_statistics` and the exact KS statistic
+    of the raw values, and its verdicts against Evidently's."""
+    from scipy import stats as sps
+
+    reference, current = np.load(directory / "reference.npy"), np.load(directory / "current.npy")
+    features: dict[str, dict] = {}
+    for j in range(FEATURES):
+        name, mine = f"f{j}", monitor[f"f{j}"]
+        plain = plain_statistics(reference[:, j], current[:, j], mine.pop("edges"))
+        exact = sps.ks_2samp(reference[:, j], current[:, j], method="asymp").statistic
+        item = {**mine, **{f"{k}_plain": v for k, v in plain.items()}, "ks_exact": float(exact)}
+        item["gaps"] = {k: abs(v - mine[k]) for k, v in plain.items()}
+        if evidently is not None:
+            item["evidently_psi"], item["evidently_ks_p_value"] = (
+                evidently["psi"][name],
+                evidently["ks"][name],
+            )
+            item["evidently_psi_drifted"] = evidently["psi"][name] >= PSI_THRESHOLD
+            item["evidently_ks_drifted"] = evidently["ks"][name] <= KS_ALPHA
+        features[name] = item
+    gaps = {k: max(f["gaps"][k] for f in features.values()) for k in ("psi", "ks", "ks_p_value")}
+    summary: dict = {
+        "tolerance": TOLERANCE,
+        "max_abs_difference_to_plain": gaps,
+        "statistics_equal_plain": max(gaps.values()) <= TOLERANCE,
+        "binned_ks_never_above_exact": all(f["ks"] <= f["ks_exact"] + 1e-12 for f in features.values()),
+        "shifted_features": [f"f{j}" for j in range(FEATURES) if j % 5 == 0],
+    }
+    if evidently is not None:
+        for method in ("psi", "ks"):
+            summary[f"{method}_verdicts_differ"] = [
+                name
+                for name, f in features.items()
+                if f[f"{method}_drifted"] != f[f"evidently_{method}_drifted"]
+            ]
+        summary["verdicts_equal_evidently"] = not (
+            summary["psi_verdicts_differ"] or summary["ks_verdicts_differ"]
+        )
+    return {**summary, "features": features}
 
 
 def contender(kind: str, directory: Path) -> dict:
@@ -330,22 +406,9 @@ async def run_ingest(prefix: str, batches: int, store_predictions: bool) -> dict
 
 
 def ingest_contender(prefix: str, batches: int, store_predictions: bool) -> dict:
-    output = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.bench.bench_drift",
-            "--one",
-            "ingest" if store_predictions else "ingest-no-predictions",
-            "--prefix",
-            prefix,
-            "--batches",
-            str(batches),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    kind = "ingest" if store_predictions else "ingest-no-predictions"
+    command = ["-m", "tests.bench.bench_drift", "--one", kind, "--prefix", prefix, "--batches", str(batches)]
+    output = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
     if output.returncode:
         raise RuntimeError(f"ingest failed:\n{output.stderr[-4000:]}")
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -354,7 +417,7 @@ def ingest_contender(prefix: str, batches: int, store_predictions: bool) -> dict
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def main(rows: int, batches: int, rounds: int, skip_evidently: bool) -> dict:
+def main(rows: int, batches: int, rounds: int, skip_evidently: bool, skip_ingest: bool = False) -> dict:
     import asyncio
     import uuid
 
@@ -364,13 +427,22 @@ def main(rows: int, batches: int, rounds: int, skip_evidently: bool) -> dict:
         generate(directory, rows)
         monitor = contender("monitor", directory)
         print(f"monitor drift: {monitor['seconds']:.2f} s", flush=True)
-        drift = {"rows": rows, "features": FEATURES, "monitor": monitor}
-        if not skip_evidently:
-            evidently = contender("evidently", directory)
+        drift: dict = {"rows": rows, "features": FEATURES, "monitor": monitor}
+        evidently = contender("evidently", directory) if not skip_evidently else None
+        if evidently is not None:
             print(f"Evidently drift: {evidently['seconds']:.2f} s", flush=True)
-            drift["evidently"] = evidently
+            drift["evidently"] = {k: v for k, v in evidently.items() if k not in ("psi", "ks")}
+            # end to end (the monitor builds the reference profile), and as in service, where the
+            # trainer built it: counting and judging only
             drift["speedup"] = evidently["seconds"] / monitor["seconds"]
+            window = monitor["count_seconds"] + monitor["judge_seconds"]
+            drift["speedup_profile_prebuilt"] = evidently["seconds"] / window
+            print(f"speedup: {drift['speedup']:.1f}x end to end", flush=True)
+        drift["checks"] = check(directory, monitor.pop("features"), evidently)
+        print({k: drift["checks"].get(k) for k in ("statistics_equal_plain", "verdicts_equal_evidently")})
         summary["drift"] = drift
+    if skip_ingest:
+        return summary
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
     asyncio.run(prepare_ingest(prefix, batches))
     runs: dict[str, list[dict]] = {"with_predictions": [], "without_predictions": []}
@@ -402,10 +474,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batches", type=int, default=1_000, help="InferenceLogged records of 500 rows")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="ingest rounds per contender, order alternating"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="ingest rounds per contender, alternating")
     parser.add_argument("--skip-evidently", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true", help="drift only: no stack needed")
     parser.add_argument("--one", choices=["monitor", "evidently", "ingest", "ingest-no-predictions"])
     parser.add_argument("--data", type=Path)
     parser.add_argument("--prefix")
@@ -419,7 +490,7 @@ if __name__ == "__main__":
 
         print(json.dumps(asyncio.run(run_ingest(args.prefix, args.batches, args.one == "ingest"))))
         sys.exit(0)
-    summary = main(args.rows, args.batches, args.rounds, args.skip_evidently)
+    summary = main(args.rows, args.batches, args.rounds, args.skip_evidently, args.skip_ingest)
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     (out / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
