@@ -100,7 +100,7 @@ class Reference:
     prediction_reference: np.ndarray
     size: int
     _class_index: dict[str, int] = field(default_factory=dict)
-    _numeric: NumericColumns | None = None
+    _numeric: NumericColumns | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, profile: ReferenceProfile, sha256: str) -> Reference:
