@@ -392,12 +392,20 @@ def _run(request: TrainRequest) -> TrainOutcome:
 
 
 def fit(network, stats, data: Prepared, params: TrainingParams, device: str, classification: bool):
-    """Mini-batch Adam with early stopping on the validation loss; the best weights are kept."""
+    """Mini-batch Adam with early stopping on the validation loss; the best weights are kept.
+
+    The hot path: the preprocessing inside the network (imputation, scaling, one-hot) is row-wise
+    and learns nothing, so it runs once over each split and the batches go through the MLP alone
+    (the same numbers as the whole network per batch); the batch losses are kept as tensors and
+    read once per epoch, so nothing waits on the device per batch.
+    """
     import torch
     from torch import nn
 
     def tensors(split: str):
         x = torch.from_numpy(data.x[split]).to(device)
+        with torch.no_grad():
+            x = network.preprocess(x)
         if classification:
             y = torch.from_numpy(data.y[split]).to(device)
         else:
@@ -407,6 +415,7 @@ def fit(network, stats, data: Prepared, params: TrainingParams, device: str, cla
     network.to(device)
     x_train, y_train = tensors("train")
     x_val, y_val = tensors("validation")
+    mlp = network.mlp
     loss_of = nn.CrossEntropyLoss() if classification else nn.MSELoss()
     optimiser = torch.optim.Adam(
         network.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
@@ -414,27 +423,32 @@ def fit(network, stats, data: Prepared, params: TrainingParams, device: str, cla
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
 
     def predict_loss(x, y):
-        out = network(x)
+        out = mlp(x)
         return out, loss_of(out if classification else out.squeeze(1), y)
 
+    rows = len(x_train)
+    sizes = [min(params.batch_size, rows - begin) for begin in range(0, rows, params.batch_size)]
     history: list[EpochRecord] = []
     best_loss, best_state, stale = float("inf"), None, 0
     for epoch in range(1, params.epochs + 1):
         start = time.time_ns()
         network.train()
-        order = torch.randperm(len(x_train), generator=generator).to(device)
-        total = 0.0
-        for begin in range(0, len(order), params.batch_size):
+        order = torch.randperm(rows, generator=generator).to(device)
+        losses = []
+        for begin in range(0, rows, params.batch_size):
             batch = order[begin : begin + params.batch_size]
             optimiser.zero_grad(set_to_none=True)
             _, loss = predict_loss(x_train[batch], y_train[batch])
             loss.backward()
             optimiser.step()
-            total += float(loss.detach()) * len(batch)
+            losses.append(loss.detach())
+        total = 0.0
+        for value, size in zip(torch.stack(losses).tolist(), sizes, strict=True):
+            total += value * size
         network.eval()
         with torch.no_grad():
             out, val_loss = predict_loss(x_val, y_val)
-        metrics = {"train_loss": total / len(order), "val_loss": float(val_loss)}
+        metrics = {"train_loss": total / rows, "val_loss": float(val_loss)}
         if classification:
             metrics["val_accuracy"] = float((out.argmax(dim=1) == y_val).float().mean())
         else:

@@ -116,15 +116,15 @@ def plain_round(data, params: TrainingParams, device: str, epochs: int) -> tuple
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x_train), generator=generator).to(device)
-        total = torch.zeros((), dtype=torch.float64, device=device)
+        losses = []
         for begin in range(0, len(order), params.batch_size):
             batch = order[begin : begin + params.batch_size]
             optimiser.zero_grad(set_to_none=True)
             loss = loss_of(model(x_train[batch]), y_train[batch])
             loss.backward()
             optimiser.step()
-            total += loss.detach() * len(batch)
-    last = float(total) / len(x_train)
+            losses.append(loss.detach())
+    last = float(torch.stack(losses).mean())
     _sync(device)
     return time.perf_counter() - started, last
 
