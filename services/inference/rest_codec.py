@@ -20,24 +20,10 @@ from collections.abc import Callable
 import numpy as np
 
 from inference import grpc_service_pb2 as oip
-from services.inference.codec import NUMERIC
+from services.inference.codec import NUMERIC, TYPED_FIELD
 
 BINARY_SIZE = "binary_data_size"
 HEADER_LENGTH = "inference-header-content-length"
-TYPED_CONTENTS = {
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "BOOL": "bool_contents",
-    "BYTES": "bytes_contents",
-}
 
 
 class BadRequest(ValueError):
@@ -214,7 +200,7 @@ def _raw_outputs(response: oip.ModelInferResponse) -> list[bytes]:
         return list(response.raw_output_contents)
     raws = []
     for tensor in response.outputs:
-        values = getattr(tensor.contents, TYPED_CONTENTS.get(tensor.datatype, "fp32_contents"))
+        values = getattr(tensor.contents, TYPED_FIELD.get(tensor.datatype, "fp32_contents"))
         if tensor.datatype == "BYTES":
             raws.append(b"".join(struct.pack("<I", len(v)) + v for v in values))
         else:

@@ -17,7 +17,7 @@ from mlops.errors import InvalidArgument
 from mlops.onnx_signature import read_signature
 from mlops.registry.v1 import registry_pb2 as pb
 from mlops.tabular import TEST, assign_splits, resolve_schema
-from services.evaluator.core import Contender, held_out_rows, score_contender
+from services.evaluator.contenders import Contender, held_out_rows, score_contender
 from services.evaluator.settings import EvaluatorSettings
 
 SETTINGS = EvaluatorSettings(execution_provider="cpu", latency_sample_size=20, latency_warmup=2)

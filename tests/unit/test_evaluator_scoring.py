@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mlops.errors import InvalidArgument
 from mlops.registry.v1 import registry_pb2
 from mlops.tabular import TEST, assign_splits, resolve_schema
-from services.evaluator.core import Contender, evaluation_id_for, held_out_rows, score_contender
+from services.evaluator.contenders import Contender, evaluation_id_for, held_out_rows, score_contender
 from services.evaluator.scoring import OnnxModel, legacy_signature
 from services.evaluator.settings import EvaluatorSettings
 
