@@ -14,29 +14,98 @@ import logging
 import time
 import uuid
 
+import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import text
 
 from mlops.events.v1 import monitoring_pb2
+from mlops.profile import ReferenceProfile
+from mlops.registry.v1 import registry_pb2 as pb
 from tests.integration.bus_helpers import raw_reader, read_until
 from tests.integration.conftest import TEST_TOPIC_PREFIX, eventually
 from tests.integration.monitor_helpers import (
     CLASSES,
     FEATURES,
-    coloured_frame,
-    declare_outside_model,
+    Model,
+    batch_of,
+    declare_model,
     drift_status,
     monitor,  # noqa: F401 - a shared fixture
+    probabilities_of,
     publish_truth,
     publisher,  # noqa: F401 - a shared fixture
-    recoloured_frame,
     records_for,
     registry,  # noqa: F401 - a shared fixture
     store,  # noqa: F401 - a shared fixture
-    text_batch_of,
+    training_frame,
 )
 
 RETRAIN_TOPICS = [TEST_TOPIC_PREFIX + "mlops.retrain.requested", TEST_TOPIC_PREFIX + "mlops.data.committed"]
+
+
+# --- an outside model: four numbers and one text input --------------------------------------------
+
+COLOURS = ["red", "green", "blue"]
+TEXT_FEATURES = ["colour"]
+
+
+def coloured_frame(rng: np.random.Generator, n: int, *, shares=(0.6, 0.3, 0.1)) -> pd.DataFrame:
+    frame = training_frame(rng, n)
+    frame["colour"] = rng.choice(COLOURS, size=n, p=list(shares))
+    return frame
+
+
+def recoloured_frame(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Numeric inputs as in training, the text input drifted."""
+    return coloured_frame(rng, n, shares=(0.05, 0.15, 0.8))
+
+
+async def declare_outside_model(registry, store, unique: str, **options) -> Model:
+    """A model trained elsewhere (`training.external`) whose inputs are four numbers and one text
+    (`colour`); its profile names the data set's columns, as the registry profiles an outside model."""
+    model = await declare_model(registry, store, unique, **options)
+    frame = coloured_frame(model.rng, 3000)
+    codes = frame["colour"].map({c: i for i, c in enumerate(COLOURS)}).to_numpy(dtype=float)
+    profile = ReferenceProfile.compute(
+        task="classification",
+        features=np.column_stack([frame[FEATURES].to_numpy(), codes]),
+        feature_names=[*FEATURES, "colour"],
+        categorical={"colour": COLOURS},
+        predictions=probabilities_of(frame),
+        class_labels=CLASSES,
+    )
+    profile_ref = await store.put_bytes(f"models/{model.name}", "profile.json", profile.to_json().encode())
+    version = model.version
+    reply = await registry.RegisterModelVersion(
+        pb.RegisterModelVersionRequest(
+            model=model.name,
+            run_id=uuid.uuid4().hex,
+            spec_version=version.spec_version,
+            dataset=model.dataset,
+            dataset_version=model.dataset_version.version,
+            dataset_sha256=model.dataset_version.sha256,
+            artifact_uri=version.artifact_uri,
+            artifact_sha256=version.artifact_sha256,
+            artifact_size_bytes=version.artifact_size_bytes,
+            profile_uri=profile_ref.uri,
+            profile_sha256=profile_ref.sha256,
+            signature=version.signature,
+            metrics={"accuracy": 0.95},
+        )
+    )
+    model.version = reply.model_version
+    return model
+
+
+def text_batch_of(model: Model, frame: pd.DataFrame, *, prefix: str = "") -> monitoring_pb2.InferenceLogged:
+    """`batch_of` for an outside model: the numbers in `features`, the text input (and one the
+    profile does not know, `city`) in `text_features`, every row answered by the model's version."""
+    batch = batch_of(model, frame, version=model.version.version, prefix=prefix)
+    batch.text_feature_names.extend(["city", "colour"])
+    for record, colour in zip(batch.records, frame["colour"], strict=True):
+        record.text_features.extend(["paris", colour])
+    return batch
 
 
 async def _new_model_state(database, model: str, version: int):
