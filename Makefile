@@ -72,6 +72,7 @@ bench: up ## Benchmarks, side by side in one run; figures go to bench-results/ (
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_registry
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_inference --skip-setup
 	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_drift
+	$(WITH_STACK_ENV) $(PY) -m tests.bench.bench_training
 
 demo: up ## The closed loop on the local stack: train, deploy, serve, drift, retrain, canary, production (~2 min)
 	$(WITH_STACK_ENV) $(PY) -m mlops.demo
