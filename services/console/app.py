@@ -197,6 +197,7 @@ def build_app(
     """The application: `caller_for(token)` calls the services as that person; `feed` (events.Feed)
     gives the live events and dead letters, None where the console reads no topics; `jaeger` reads
     traces (mlops.jaeger.JaegerClient)."""
+    from services.console import alerts
     from services.console.pages import events, models, rollouts, runs, traces
 
     routes = [
@@ -210,6 +211,7 @@ def build_app(
         *rollouts.routes,
         *events.routes,
         *traces.routes,
+        *alerts.routes,
     ]
     app = Starlette(
         routes=routes,

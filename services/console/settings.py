@@ -41,6 +41,11 @@ class ConsoleSettings(Settings):
     jaeger_ui_url: str | None = None
     """Jaeger's web UI, linked from trace pages where there is one; unset: no link (a Jaeger built
     without UI assets serves only the API)."""
+    prometheus_url: str = ""
+    """Prometheus's HTTP API, read for the alerts page (`/api/v1/alerts`, the rules of
+    infra/prometheus/alerts.yml); empty: the page says no Prometheus is configured."""
+    prometheus_timeout_s: float = Field(3.0, gt=0)
+    """Deadline of one read of Prometheus's alerts."""
     session_ttl_s: int = Field(8 * 3600, gt=0)
     """How long a sign-in lasts."""
     max_sessions: int = Field(1000, ge=1)

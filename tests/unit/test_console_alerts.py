@@ -137,3 +137,30 @@ def test_alerts_past_the_bound_are_counted() -> None:
     assert [a.name for a in alerts] == ["MlopsServiceDown", "MlopsDeadLetters"] and left_out == 1
     with pytest.raises(ValueError, match=r"no data\.alerts"):
         parse({"status": "success", "data": {}})
+
+
+def _signed_in(prometheus_url: str):
+    from starlette.testclient import TestClient
+
+    from services.console.app import build_app
+    from services.console.settings import ConsoleSettings
+    from tests.unit.test_console import VIEWER, FakePlatform
+
+    client = TestClient(build_app(ConsoleSettings(prometheus_url=prometheus_url), FakePlatform().as_person))
+    assert client.get(f"/login?token={VIEWER}", follow_redirects=False).status_code == 303
+    return client
+
+
+def test_the_alerts_page_shows_what_fires_and_links_the_model(prometheus: str) -> None:
+    page = _signed_in(f"{prometheus}/ok").get("/alerts")
+    assert page.status_code == 200, page.text
+    assert "2 firing, 1 pending" in page.text
+    assert page.text.index("MlopsServiceDown") < page.text.index("MlopsRolloutPaused")
+    assert "registry is down" in page.text and '<a href="/models/wine">model=wine</a>' in page.text
+    assert 'href="/alerts"' in page.text, "the nav links the page"
+
+
+def test_the_alerts_page_says_when_no_prometheus_is_configured_or_it_is_away(prometheus: str) -> None:
+    assert "no Prometheus is configured" in _signed_in("").get("/alerts").text
+    page = _signed_in(f"{prometheus}/error").get("/alerts")
+    assert page.status_code == 200 and "rule manager not ready" in page.text
