@@ -105,6 +105,7 @@ image: ## Build the one image every service runs from (needs Docker): mlops:dev
 manifests: setup ## Render the Kubernetes overlays into build/k8s/{local,production,gpu}.yaml (kustomize)
 	@mkdir -p build/k8s
 	$(PY) infra/k8s/topics.py --check
+	$(PY) infra/k8s/alert_rules.py --check
 	for o in local production gpu; do $${MLOPS_CACHE:-$$HOME/.cache/mlops}/bin/kustomize build infra/k8s/overlays/$$o > build/k8s/$$o.yaml && echo "build/k8s/$$o.yaml"; done
 
 dashboard: up ## Run the demo while a Prometheus scrapes every service, then draw the Grafana dashboard from it: docs/dashboard.png
