@@ -262,7 +262,10 @@ class Harness:
 
 def server_settings(**overrides) -> InferenceSettings:
     values = {
+        # free ports: the stack's own inference server holds 8001 and 8000 (never through the
+        # environment, which the services a test restarts would inherit)
         "grpc_port": 0,
+        "http_port": 0,
         "metrics_port": None,
         "signatures_from_registry": False,
         "confirm_artifacts": False,  # these tests serve models of their own; test_inference_trust checks
@@ -387,6 +390,3 @@ async def _records(reader, model: str, *, want, timeout_s: float = 20.0) -> list
 
 # --- REST (KServe V2 over HTTP) and ModelStreamInfer -------------------------------------------------
 
-# In-process servers take a free REST port, as they take a free gRPC port (`grpc_port=0`): the stack's
-# own inference server holds 8000.
-os.environ.setdefault("MLOPS_INFERENCE_HTTP_PORT", "0")
