@@ -5,6 +5,8 @@
 #   postgres  PostgreSQL, its own data directory                       5432
 #   s3        versitygw, S3-compatible server (posix backend)          9000
 #   jaeger    Jaeger v2 all-in-one, memory storage                      OTLP 4317/4318, UI+API 16686
+#   prometheus Prometheus, the services' /metrics (local.yml) and the   9090 (HTTP API)
+#             rules of infra/prometheus/alerts.yml: what the console's /alerts page reads
 #
 # Usage: infra/local/stack.sh COMMAND [component ...]
 #   up       start what is not running and wait until every component is ready (idempotent)
@@ -23,15 +25,17 @@
 # admin.properties: librdkafka / kcat -F), the random PostgreSQL and S3 secrets in
 # <stack>/pki/local-secrets.json (made on the first up). `up` restarts a running component whose
 # configuration changed (Kafka's server.properties, S3's credentials) and says so.
-# Binaries come from infra/local/install.sh (cache: ${MLOPS_CACHE:-~/.cache/mlops}).
+# Binaries come from infra/local/install.sh (cache: ${MLOPS_CACHE:-~/.cache/mlops}), Prometheus's
+# from infra/k8s/install-tools.sh prometheus (built by the first `up` that lacks it).
 # Ports: MLOPS_KAFKA_PORT, MLOPS_KAFKA_CONTROLLER_PORT, MLOPS_PG_PORT, MLOPS_S3_PORT,
 #   MLOPS_JAEGER_OTLP_GRPC_PORT, MLOPS_JAEGER_OTLP_HTTP_PORT, MLOPS_JAEGER_UI_PORT,
-#   MLOPS_JAEGER_QUERY_GRPC_PORT.
+#   MLOPS_JAEGER_QUERY_GRPC_PORT, MLOPS_PROMETHEUS_PORT.
 # Other settings: MLOPS_KAFKA_HEAP (768m), MLOPS_PG_USER/MLOPS_PG_DB (mlops), MLOPS_PG_PASSWORD
 #   (random, local-secrets.json), MLOPS_S3_ACCESS_KEY (mlops-local), MLOPS_S3_SECRET_KEY (random),
 #   MLOPS_S3_BUCKET (mlops), MLOPS_S3_SIDECAR=1 (keep S3 metadata in a sidecar directory instead
-#   of extended attributes), MLOPS_STACK_TIMEOUT (readiness deadline per component, 120 s),
-#   MLOPS_STACK_STOP_TIMEOUT (graceful stop deadline, 30 s), PYTHON (<repo>/.venv/bin/python).
+#   of extended attributes), MLOPS_PROMETHEUS_RETENTION (7d), MLOPS_STACK_TIMEOUT (readiness
+#   deadline per component, 120 s), MLOPS_STACK_STOP_TIMEOUT (graceful stop deadline, 30 s),
+#   PYTHON (<repo>/.venv/bin/python).
 set -Eeuo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,7 +45,7 @@ source "$HERE/install.sh"   # pinned versions, MLOPS_CACHE, pg_bin_dir (runs not
 
 STACK="${MLOPS_STACK_DIR:-$REPO/.stack}"
 HOST=127.0.0.1
-COMPONENTS=(postgres kafka s3 jaeger)
+COMPONENTS=(postgres kafka s3 jaeger prometheus)
 
 KAFKA_PORT="${MLOPS_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${MLOPS_KAFKA_CONTROLLER_PORT:-9093}"
@@ -59,12 +63,14 @@ JAEGER_OTLP_GRPC_PORT="${MLOPS_JAEGER_OTLP_GRPC_PORT:-4317}"
 JAEGER_OTLP_HTTP_PORT="${MLOPS_JAEGER_OTLP_HTTP_PORT:-4318}"
 JAEGER_UI_PORT="${MLOPS_JAEGER_UI_PORT:-16686}"
 JAEGER_QUERY_GRPC_PORT="${MLOPS_JAEGER_QUERY_GRPC_PORT:-16685}"
+PROMETHEUS_PORT="${MLOPS_PROMETHEUS_PORT:-9090}"
 READY_TIMEOUT="${MLOPS_STACK_TIMEOUT:-120}"
 STOP_TIMEOUT="${MLOPS_STACK_STOP_TIMEOUT:-30}"
 
 KAFKA_LIBS="$MLOPS_CACHE/kafka-$KAFKA_VERSION/libs"
 VERSITYGW_BIN="$MLOPS_CACHE/bin/versitygw"
 JAEGER_BIN="$MLOPS_CACHE/bin/jaeger"
+PROMETHEUS_BIN="$MLOPS_CACHE/bin/prometheus"   # infra/k8s/install-tools.sh prometheus
 
 RUN="$STACK/run"
 LOGS="$STACK/logs"
