@@ -25,13 +25,14 @@ $(VENV)/.installed: pyproject.toml libs/mlops-client/pyproject.toml
 	$(PY) -m pip install -q -e libs/mlops-client
 	@touch $@
 
-setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger, deployment checkers (cached)
+setup: $(VENV)/.installed ## Install everything: Python packages, Kafka jars, PostgreSQL, versitygw, Jaeger, Prometheus, deployment checkers (cached)
 	bash infra/local/install.sh
 	bash infra/local/install.sh ghz
 	bash infra/k8s/install-tools.sh
+	bash infra/k8s/install-tools.sh prometheus
 	bash tests/install-tritonclient.sh
 
-up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger) and every service; returns when all are ready; the CLI's context `local` points at it
+up: setup ## Start the local stack (Kafka, PostgreSQL, S3, Jaeger, Prometheus) and every service; returns when all are ready; the CLI's context `local` points at it
 	bash $(STACK) up
 	bash $(SERVICES) up
 	@$(WITH_STACK_ENV) $(PY) -m mlops.cli context set local --from-env --use

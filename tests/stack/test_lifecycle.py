@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {path.parent.name for path in (ROOT / "services").glob("*/__main__.py")}
-COMPONENTS = {"postgres", "kafka", "s3", "jaeger"} | SERVICES
+COMPONENTS = {"postgres", "kafka", "s3", "jaeger", "prometheus"} | SERVICES
 
 
 def make(target: str) -> subprocess.CompletedProcess:
