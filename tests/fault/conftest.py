@@ -247,3 +247,7 @@ def pytest_runtest_makereport(item, call):
     report = yield
     service_logs.report_on_failure(item, report, STACK / "logs")
     return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    service_logs.summarise_failures(terminalreporter)

@@ -45,9 +45,35 @@ def pytest_runtest_call(item):
 _STARTED = pytest.StashKey[float]()
 
 
+SECTION = "services' warnings and errors during the test"
+SAID = "services_said"
+IN_SUMMARY = 8  # lines per service repeated at the very end of the run, where a log's tail shows them
+LINE_CHARS = 240
+
+
 def report_on_failure(item, report, logs: Path) -> None:
     if report.when != "call" or not report.failed or _STARTED not in item.stash:
         return
     said = said_since(logs, item.stash[_STARTED])
     text = "\n".join(f"--- {service}\n" + "\n".join(lines) for service, lines in said.items())
-    report.sections.append(("services' warnings and errors during the test", text or "(none)"))
+    report.sections.append((SECTION, text or "(none)"))
+    report.user_properties.append((SAID, said))
+
+
+def last_words(said: dict[str, list[str]]) -> list[str]:
+    """The last IN_SUMMARY lines of each service, each cut to LINE_CHARS."""
+    lines: list[str] = []
+    for service, said_lines in said.items():
+        lines.append(f"{service}:")
+        lines += [f"  {line[:LINE_CHARS]}" for line in said_lines[-IN_SUMMARY:]]
+    return lines
+
+
+def summarise_failures(terminalreporter) -> None:
+    """The last lines each service said during every failed fault test, after pytest's own summary."""
+    for report in terminalreporter.stats.get("failed", []):
+        said = dict(getattr(report, "user_properties", [])).get(SAID)
+        if said is None:
+            continue
+        terminalreporter.write_sep("-", f"{report.nodeid}: what the services said last")
+        terminalreporter.write_line("\n".join(last_words(said)) or "(nothing logged at WARNING or above)")

@@ -38,8 +38,9 @@ async def table_digests(database: Database) -> dict[str, tuple[int, str]]:
     """(row count, md5 of every row in a stable order) of every table of every service's schema."""
     digests: dict[str, tuple[int, str]] = {}
     async with database.session() as session:
+        connection = await session.connection()
         tables = (
-            await session.execute(
+            await connection.execute(
                 text(
                     "SELECT table_schema || '.' || table_name FROM information_schema.tables "
                     "WHERE table_schema = ANY(:schemas) AND table_type = 'BASE TABLE' ORDER BY 1"
@@ -49,7 +50,7 @@ async def table_digests(database: Database) -> dict[str, tuple[int, str]]:
         ).scalars()
         for table in list(tables):
             row = (
-                await session.execute(
+                await connection.execute(
                     text(
                         f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"
                     )
