@@ -13,17 +13,3 @@ class RegistryClient(RegistryPeer):
             return await self.stub.RecordEvaluation(
                 pb.RecordEvaluationRequest(evaluation=evaluation), timeout=self.timeout_s
             )
-
-    async def specs_for_dataset(self, dataset: str) -> list[pb.ModelSpecVersion]:
-        """The latest spec of every model judged on `dataset`."""
-        specs, token = [], ""
-        while True:
-            with raise_typed():
-                page = await self.stub.ListModelSpecs(
-                    pb.ListModelSpecsRequest(dataset=dataset, page_size=500, page_token=token),
-                    timeout=self.timeout_s,
-                )
-            specs.extend(page.specs)
-            token = page.next_page_token
-            if not token:
-                return specs

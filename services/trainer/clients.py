@@ -8,20 +8,6 @@ from mlops.registry.v1 import registry_pb2 as pb
 
 
 class RegistryClient(RegistryPeer):
-    async def specs_for_dataset(self, dataset: str) -> list[pb.ModelSpecVersion]:
-        """The latest spec of every model that trains on `dataset`."""
-        specs, token = [], ""
-        while True:
-            with raise_typed():
-                page = await self.stub.ListModelSpecs(
-                    pb.ListModelSpecsRequest(dataset=dataset, page_size=500, page_token=token),
-                    timeout=self.timeout_s,
-                )
-            specs.extend(page.specs)
-            token = page.next_page_token
-            if not token:
-                return specs
-
     async def create_run(self, request: pb.CreateRunRequest) -> pb.Run:
         with raise_typed():
             return await self.stub.CreateRun(request, timeout=self.timeout_s)

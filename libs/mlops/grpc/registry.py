@@ -46,6 +46,20 @@ class RegistryPeer:
                 pb.GetDatasetVersionRequest(dataset=dataset, version=version), timeout=self.timeout_s
             )
 
+    async def specs_for_dataset(self, dataset: str) -> list[pb.ModelSpecVersion]:
+        """The latest spec of every model that trains on, and is judged on, `dataset`."""
+        specs, token = [], ""
+        while True:
+            with raise_typed():
+                page = await self.stub.ListModelSpecs(
+                    pb.ListModelSpecsRequest(dataset=dataset, page_size=500, page_token=token),
+                    timeout=self.timeout_s,
+                )
+            specs.extend(page.specs)
+            token = page.next_page_token
+            if not token:
+                return specs
+
     async def evaluation(self, evaluation_id: str) -> pb.Evaluation:
         """The evaluation the registry holds under `evaluation_id`; NotFound when it holds none."""
         with raise_typed():
