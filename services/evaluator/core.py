@@ -133,39 +133,18 @@ class EvaluatorCore:
                 if champion_version is not None:
                     champion_card = await self._score_champion(champion_version, held_out)
 
-                policy = gates.GatePolicy.from_proto(body.gate, task=body.task)
-                slices = slice_metrics(held_out, challenger_card, champion_card)
                 with tracer.start_as_current_span("apply gates", attributes=attributes):
-                    results = gates.apply_gates(
-                        policy,
-                        metrics=challenger_card.metrics,
-                        champion=compared_champion(champion_version, champion_card),
-                        latency_p99_ms=challenger_card.latency_p99_ms,
-                        model_size_bytes=challenger_card.size_bytes,
-                        slices=slices,
-                        min_slice_rows=self.settings.min_slice_rows,
+                    evaluation = self._judge(
+                        evaluation_id=self.evaluation_id(trained),
+                        model=trained.model,
+                        version=trained.version,
+                        card=challenger_card,
+                        champion=(champion_version, champion_card),
+                        held_out=held_out,
+                        body=body,
+                        spec_version=spec.version,
+                        dataset=dataset,
                     )
-                evaluation = pb.Evaluation(
-                    evaluation_id=self.evaluation_id(trained),
-                    model=trained.model,
-                    version=trained.version,
-                    champion_version=champion_version.version if champion_version else 0,
-                    passed=gates.passed(results),
-                    metrics=challenger_card.metrics,
-                    champion_metrics=champion_card.metrics if champion_card else {},
-                    gates=results,
-                    slices=slices,
-                    latency_p50_ms=challenger_card.latency_p50_ms,
-                    latency_p99_ms=challenger_card.latency_p99_ms,
-                    model_size_bytes=challenger_card.size_bytes,
-                    dataset=trained.dataset,
-                    dataset_version=trained.dataset_version,
-                    dataset_sha256=dataset.sha256,
-                    row_count=len(held_out.rows),
-                    spec_version=spec.version,
-                    primary_metric=policy.metric,
-                )
-                evaluation.evaluated_at.GetCurrentTime()
                 reply = await self.registry.record_evaluation(evaluation)
                 recorded = reply.evaluation
                 span.set_attribute("mlops.evaluator.passed", recorded.passed)
@@ -276,18 +255,7 @@ class EvaluatorCore:
             with tracer.start_as_current_span("re-evaluate champion", attributes=attributes) as span:
                 held_out = await self._held_out(dataset, body)
                 card = await self._score(contender("champion", champion), held_out, measure_latency=True)
-                policy = gates.GatePolicy.from_proto(body.gate, task=body.task)
-                slices = slice_metrics(held_out, card, None)
-                results = gates.apply_gates(
-                    policy,
-                    metrics=card.metrics,
-                    champion=None,
-                    latency_p99_ms=card.latency_p99_ms,
-                    model_size_bytes=card.size_bytes,
-                    slices=slices,
-                    min_slice_rows=self.settings.min_slice_rows,
-                )
-                evaluation = pb.Evaluation(
+                evaluation = self._judge(
                     evaluation_id=evaluation_id_for(
                         model=spec.model,
                         version=champion.version,
@@ -296,21 +264,13 @@ class EvaluatorCore:
                     ),
                     model=spec.model,
                     version=champion.version,
-                    passed=gates.passed(results),
-                    metrics=card.metrics,
-                    gates=results,
-                    slices=slices,
-                    latency_p50_ms=card.latency_p50_ms,
-                    latency_p99_ms=card.latency_p99_ms,
-                    model_size_bytes=card.size_bytes,
-                    dataset=dataset.dataset,
-                    dataset_version=dataset.version,
-                    dataset_sha256=dataset.sha256,
-                    row_count=len(held_out.rows),
+                    card=card,
+                    champion=(None, None),
+                    held_out=held_out,
+                    body=body,
                     spec_version=spec.version,
-                    primary_metric=policy.metric,
+                    dataset=dataset,
                 )
-                evaluation.evaluated_at.GetCurrentTime()
                 reply = await self.registry.record_evaluation(evaluation)
                 recorded = reply.evaluation
                 span.set_attribute("mlops.evaluator.passed", recorded.passed)
@@ -332,6 +292,55 @@ class EvaluatorCore:
                     " | ".join(result.message for result in recorded.gates),
                 )
                 return recorded
+
+    def _judge(
+        self,
+        *,
+        evaluation_id: str,
+        model: str,
+        version: int,
+        card: ScoreCard,
+        champion: tuple[pb.ModelVersion | None, ScoreCard | None],
+        held_out: HeldOut,
+        body: pb.ModelSpecBody,
+        spec_version: int,
+        dataset: pb.DatasetVersion,
+    ) -> pb.Evaluation:
+        """The gates applied to a scored contender, stated as the evaluation the registry keeps."""
+        champion_version, champion_card = champion
+        policy = gates.GatePolicy.from_proto(body.gate, task=body.task)
+        slices = slice_metrics(held_out, card, champion_card)
+        results = gates.apply_gates(
+            policy,
+            metrics=card.metrics,
+            champion=compared_champion(champion_version, champion_card),
+            latency_p99_ms=card.latency_p99_ms,
+            model_size_bytes=card.size_bytes,
+            slices=slices,
+            min_slice_rows=self.settings.min_slice_rows,
+        )
+        evaluation = pb.Evaluation(
+            evaluation_id=evaluation_id,
+            model=model,
+            version=version,
+            champion_version=champion_version.version if champion_version else 0,
+            passed=gates.passed(results),
+            metrics=card.metrics,
+            champion_metrics=champion_card.metrics if champion_card else {},
+            gates=results,
+            slices=slices,
+            latency_p50_ms=card.latency_p50_ms,
+            latency_p99_ms=card.latency_p99_ms,
+            model_size_bytes=card.size_bytes,
+            dataset=dataset.dataset,
+            dataset_version=dataset.version,
+            dataset_sha256=dataset.sha256,
+            row_count=len(held_out.rows),
+            spec_version=spec_version,
+            primary_metric=policy.metric,
+        )
+        evaluation.evaluated_at.GetCurrentTime()
+        return evaluation
 
     async def _held_out(self, dataset: pb.DatasetVersion, body: pb.ModelSpecBody) -> HeldOut:
         with tracer.start_as_current_span(
