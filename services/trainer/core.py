@@ -76,7 +76,7 @@ class TrainerCore:
         self.pool = pool
         self.settings = settings
         self.jobs = JobQueue(database, lane=outbox.topic_prefix)
-        self.runs = RunBook(registry, store)
+        self.runs = RunBook(registry, store, upload_patience_s=settings.upload_patience_s)
         self.intake = JobIntake(registry=registry, outbox=outbox, jobs=self.jobs)
         self._hardware: pb.Hardware | None = None
         self._stopping = asyncio.Event()

@@ -6,6 +6,10 @@ metrics and endings; the uploaded, registered version) in the shape the registry
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,7 +20,7 @@ from mlops.events.v1 import training_pb2
 from mlops.jaeger import TRACE_TAG
 from mlops.outages import is_outage
 from mlops.registry.v1 import registry_pb2 as pb
-from mlops.store import ArtifactStore
+from mlops.store import ArtifactRef, ArtifactStore
 from services.trainer.export import platform_signature
 from services.trainer.storage import Job
 from services.trainer.training import EpochRecord, TrainingParams, TrainOutcome
@@ -24,6 +28,7 @@ from services.trainer.training import EpochRecord, TrainingParams, TrainOutcome
 if TYPE_CHECKING:  # the gRPC clients are handed in by the composition root
     from services.trainer.clients import RegistryClient
 
+log = logging.getLogger("mlops.trainer")
 tracer = trace.get_tracer("mlops.trainer")
 STAGE = training_pb2.TrainingStage
 
@@ -54,9 +59,20 @@ class JobFailed(Exception):
 class RunBook:
     """Runs and model versions of training jobs, in the registry (and the artifact store)."""
 
-    def __init__(self, registry: RegistryClient, store: ArtifactStore) -> None:
+    def __init__(
+        self,
+        registry: RegistryClient,
+        store: ArtifactStore,
+        *,
+        upload_patience_s: float = 300.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
         self.store = store
+        self.upload_patience_s = upload_patience_s
+        self._sleep = sleep
+        self._clock = clock
 
     async def create(
         self, job: Job, run_id: str, params: TrainingParams, hardware: pb.Hardware, parent_run_id: str = ""
@@ -113,15 +129,7 @@ class RunBook:
         spec = job.spec.spec.spec
         namespace = f"models/{job.model}"
         with tracer.start_as_current_span("upload model", attributes={"mlops.model.name": job.model}):
-            try:
-                model_ref = await self.store.put_bytes(namespace, "model.onnx", outcome.onnx)
-                profile_ref = await self.store.put_bytes(
-                    namespace, "profile.json", outcome.profile_json.encode()
-                )
-            except MlopsError as error:
-                raise JobFailed(
-                    STAGE.TRAINING_STAGE_UPLOAD, error.message, type(error).__name__, retryable=True
-                ) from error
+            model_ref, profile_ref = await self.upload(namespace, outcome)
         signature = platform_signature(
             outcome.onnx,
             task=spec.task,
@@ -163,6 +171,32 @@ class RunBook:
                 raise JobFailed(STAGE.TRAINING_STAGE_REGISTER, error.message, type(error).__name__) from error
             span.set_attribute("mlops.model.version", response.model_version.version)
         return response.model_version
+
+    async def upload(self, namespace: str, outcome: TrainOutcome) -> tuple[ArtifactRef, ArtifactRef]:
+        """The model and its profile in the store. A trained model waits out an S3 outage, up to
+        `upload_patience_s`, rather than being trained again; past that the outage is raised as one
+        (the job goes back to the queue). A refusal (denied, rejected) fails the job at UPLOAD."""
+        deadline = self._clock() + self.upload_patience_s
+        delay = 0.5
+        while True:
+            try:
+                model_ref = await self.store.put_bytes(namespace, "model.onnx", outcome.onnx)
+                profile_ref = await self.store.put_bytes(
+                    namespace, "profile.json", outcome.profile_json.encode()
+                )
+                return model_ref, profile_ref
+            except MlopsError as error:
+                if not is_outage(error):
+                    raise JobFailed(
+                        STAGE.TRAINING_STAGE_UPLOAD, error.message, type(error).__name__, retryable=True
+                    ) from error
+                if self._clock() + delay > deadline:
+                    raise
+                log.warning(
+                    "upload to %s waits out an outage (%s); retrying in %.1fs", namespace, error, delay
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     @staticmethod
     def started_event(

@@ -30,6 +30,9 @@ class TrainerSettings(RegistryPeerSettings):
     """A claimed job is retried by another worker (or after a restart) once its lease lapses; renewed while it runs."""
     job_poll_interval_s: float = Field(0.5, gt=0)
     """How often an idle worker looks for pending jobs."""
+    upload_patience_s: float = Field(300.0, ge=0)
+    """How long a trained model waits out an S3 outage before its upload gives up; the job then goes back
+    to the queue (trained again later) instead of failing for good."""
     job_max_attempts: int = Field(3, ge=1)
     """Claims of one job before it is failed for good (the worker died each time)."""
     default_max_seconds: int = Field(int(spec_defaults.TRAINING["max_seconds"]), ge=1)
