@@ -293,6 +293,9 @@ class TrainerCore:
                     raise JobFailed(
                         STAGE.TRAINING_STAGE_LOAD_DATA, error.message, type(error).__name__
                     ) from error
+            log.info(
+                "job %s: %s v%d loaded; training %s", job.job_id, job.dataset, job.dataset_version, job.model
+            )
             best_run, best, best_score = "", None, None
             metric = (search.metric if search is not None else "") or spec.gate.metric
             first_failure: TrainOutcome | None = None

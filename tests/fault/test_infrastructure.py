@@ -1,7 +1,8 @@
 """R1 and R3: the loop completes, exactly once, while the infrastructure under it fails.
 
 R1: Kafka SIGKILLed and restarted three times while a model goes from data commit to production.
-R3: PostgreSQL restarted, the S3 server down for 30 s and Jaeger down, during one turn of the loop.
+R3: PostgreSQL restarted, the S3 server down for 30 s and Jaeger down, during one turn of the loop;
+and the S3 server down from the middle of training until the trained model's upload is waiting.
 Both must end with the version in production and no duplicate version, run, evaluation or rollout;
 every event of the turn must be on its topic (none lost)."""
 
@@ -14,6 +15,7 @@ import pytest
 
 from mlops.events.v1 import deployment_pb2, evaluation_pb2, model_pb2, training_pb2
 from tests.fault.conftest import (
+    STACK,
     all_services_running,
     figures,
     kill_component,
@@ -50,7 +52,18 @@ async def turn_offsets(kafka_settings):
     from mlops.event_catalog import spec_for
     from tests.fault.conftest import end_offsets
 
-    return await end_offsets(kafka_settings, [spec_for(event).topic for event in TURN_EVENTS])
+    topics = [spec_for(event).topic for event in (*TURN_EVENTS, training_pb2.TrainingFailed)]
+    return await end_offsets(kafka_settings, topics)
+
+
+async def failed_for(kafka_settings, model: str, since) -> int:
+    """TrainingFailed events of `model` published since `since`."""
+    from mlops.event_catalog import spec_for
+    from tests.fault.conftest import read_since
+
+    topic = spec_for(training_pb2.TrainingFailed).topic
+    records = await read_since(kafka_settings, {tp: o for tp, o in since.items() if tp.topic == topic})
+    return sum(1 for r in records if r.key == model.encode())
 
 
 def reached(loop: Loop, stage: str) -> bool:
@@ -140,3 +153,60 @@ async def test_r3_database_restarted_store_down_30s_tracing_down(kafka_settings,
     assert made.versions == [1] and made.production == 1
     assert all(count >= 1 for count in events.values()), f"events lost: {events}"
     assert all_services_running() == restarts, "a service restarted because the infrastructure did"
+
+
+class TrainerLog:
+    """What the trainer writes to its log from now on (the stack's `.stack/logs/trainer.log`)."""
+
+    def __init__(self) -> None:
+        self.path = STACK / "logs" / "trainer.log"
+        self.start = self.path.stat().st_size if self.path.exists() else 0
+
+    def says(self, *parts: str) -> bool:
+        with self.path.open("rb") as handle:
+            handle.seek(self.start)
+            text = handle.read().decode(errors="replace")
+        return any(all(part in line for part in parts) for line in text.splitlines())
+
+
+@pytest.mark.timeout(900)
+async def test_r3_s3_down_when_training_ends_the_model_waits_and_ships(kafka_settings, unique, tmp_path):
+    """S3 goes down once the trainer holds the data and stays down until the trained model's upload
+    is waiting: the model must wait the outage out and reach production, with no failed job."""
+    restarts = all_services_running()
+    since = await turn_offsets(kafka_settings)
+    trainer_log = TrainerLog()
+    loop = Loop(f"r3u-{unique}", tmp_path, epochs=3000)  # several seconds of training to kill S3 in
+    started = time.monotonic()
+    try:
+        loop.declare()
+        loop.commit()
+        wait_until(lambda: trainer_log.says("loaded; training", loop.name), timeout_s=240, what="data loaded")
+        kill_component("s3")
+        s3_down = time.monotonic()
+        wait_until(
+            lambda: trainer_log.says("waits out an outage", f"models/{loop.name}"),
+            timeout_s=300,
+            what="the upload waiting out the outage",
+        )
+        start_component("s3")
+        s3_down_s = round(time.monotonic() - s3_down, 1)
+        made = loop.wait_in_production(1, timeout_s=300)
+    finally:
+        start_component("s3")
+        loop.close()
+    events = await published_for(kafka_settings, loop.name, since)
+    failed = await failed_for(kafka_settings, loop.name, since)
+    figures(
+        "R3 s3 down as training ends",
+        turn_s=round(time.monotonic() - started, 1),
+        s3_down_s=s3_down_s,
+        versions=made.versions,
+        runs=made.runs,
+        events=events,
+    )
+    assert failed == 0, "the job failed instead of waiting out the outage"
+    assert not made.duplicates(), made.duplicates()
+    assert made.versions == [1] and made.production == 1
+    assert all(count >= 1 for count in events.values()), f"events lost: {events}"
+    assert all_services_running() == restarts, "a service restarted because S3 did"
