@@ -389,4 +389,3 @@ async def _records(reader, model: str, *, want, timeout_s: float = 20.0) -> list
 
 
 # --- REST (KServe V2 over HTTP) and ModelStreamInfer -------------------------------------------------
-
