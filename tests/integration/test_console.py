@@ -10,6 +10,9 @@ from mlops.events.v1 import deployment_pb2
 from tests.integration.conftest import eventually
 from tests.integration.console_helpers import STACK, Demo, demo, pages, signed_in, token
 
+# The first test may wait for the demo to run on a fresh stack (about two minutes, more under load).
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def data() -> Demo:

@@ -15,6 +15,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.integration.console_helpers import CONSOLE, REPO, Demo, demo, pages, token
 
+# The first test may wait for the demo to run on a fresh stack (about two minutes, more under load).
+pytestmark = pytest.mark.timeout(900)
+
 CHROMIUM = os.environ.get("MLOPS_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("MLOPS_CONSOLE_SCREENSHOTS", REPO / "build" / "console"))
 SHOT_NAMES = {
