@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -440,3 +442,35 @@ async def declare_trained_model(registry, store, kafka, database, unique: str, *
     spec.spec.training.external = False
     await registry.ApplyModelSpec(pb.ApplyModelSpecRequest(spec=spec, applied_by="tests"))
     return model
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stack_monitor_paused():
+    """The stack's own monitor stopped for the test, and started again after it (ready before the next).
+
+    Performance windows live in the monitor's tables, which every monitor shares, as replicas do: the
+    stack's monitor would join the test's labels and close its windows as readily as the test's own,
+    publish the alarms on the stack's topics instead of the test's, and keep the figures in its own
+    memory. A test that judges ground truth must be the only monitor judging it."""
+    down = subprocess.run(
+        ["bash", "infra/local/services.sh", "down", "monitor"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    try:
+        yield
+    finally:
+        up = subprocess.run(
+            ["bash", "infra/local/services.sh", "up", "monitor"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr

@@ -37,6 +37,7 @@ from tests.integration.monitor_helpers import (
     publisher,  # noqa: F401 - a shared fixture
     records_for,
     registry,  # noqa: F401 - a shared fixture
+    stack_monitor_paused,  # noqa: F401 - a shared fixture
     store,  # noqa: F401 - a shared fixture
     training_frame,
 )
@@ -176,7 +177,7 @@ async def test_an_outside_models_drifted_text_input_raises_the_alarm_and_asks_fo
 
 
 async def test_an_outside_models_degradation_asks_for_a_new_model_instead_of_a_retrain(
-    monitor, registry, store, publisher, kafka, database
+    monitor, registry, store, publisher, kafka, database, stack_monitor_paused
 ):
     model = await declare_outside_model(
         registry, store, uuid.uuid4().hex[:10], on_drift="alert", on_degradation="retrain", gate_min=0.8
